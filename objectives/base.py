@@ -1,0 +1,82 @@
+"""What every objective module provides and receives, and the embedded-dataset registry.
+
+An objective module (``objectives/<name>.py``) defines ``Config`` (a frozen dataclass of
+everything a trial may vary), ``EMBEDDED_DATASET`` (the data used when no ``--data`` is given),
+``data_key(config)`` (what its decoded data depends on, so trials share one load),
+``load_data(config, source)`` and ``run(config, data, context) -> TrialResult``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from objectives.data import Splits, find_dataset, load_splits
+from objectives.errors import InputError
+from objectives.train import FitResult, Report, Runtime
+
+TrialResult = FitResult
+
+
+class Bar(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+
+
+BarFactory = Callable[[int, str], contextlib.AbstractContextManager[Bar]]
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def no_bar(total: int, desc: str) -> contextlib.AbstractContextManager[Bar]:
+    return contextlib.nullcontext(_NoBar())
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a trial's data lives: a folder in a known layout and the decoded-image cache."""
+
+    root: Path
+    cache_dir: Path | None = None
+    bar: BarFactory = field(default=no_bar)
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What the runner gives a trial besides its config: how to train and whom to report to."""
+
+    runtime: Runtime
+    report: Report
+    metric: str
+    maximize: bool
+
+
+def load_image_splits(source: DataSource, *, num_classes: int, image_size: int, val_fraction: float, split_seed: int) -> Splits:
+    """Find the dataset under `source.root`, check it, decode it once (cached) and split it."""
+    files = find_dataset(source.root, num_classes=num_classes, seed=split_seed)
+    total = len(files.train.paths) + len(files.test.paths)
+    with source.bar(total, f"decode {total} images at {image_size}px") as bar:
+        return load_splits(files, image_size=image_size, val_fraction=val_fraction, split_seed=split_seed,
+                           cache_dir=source.cache_dir, progress=bar.update)
+
+
+def ensure_embedded(name: str, data_dir: Path, *, train_images: int, test_images: int, seed: int = 0) -> Path:
+    """Generate (once) the embedded dataset `name` under `data_dir` and return its folder."""
+    if name not in EMBEDDED:
+        raise InputError(f"unknown embedded dataset {name!r}; known: {', '.join(EMBEDDED)}")
+    root = data_dir / f"{name}-{train_images}-{test_images}-seed{seed}"
+    return EMBEDDED[name](root, train_images, test_images, seed)
+
+
+def _synthetic_fundus(root: Path, train_images: int, test_images: int, seed: int) -> Path:
+    from objectives import synthetic  # only runs that use the embedded data need the generator
+
+    return synthetic.generate(root, train_images, test_images, seed=seed)
+
+
+EMBEDDED: dict[str, Callable[[Path, int, int, int], Path]] = {"synthetic-fundus": _synthetic_fundus}

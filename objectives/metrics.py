@@ -1,0 +1,59 @@
+"""Classification metrics from one confusion matrix.
+
+Everything derives from the K x K count matrix (rows: true class, columns: predicted), which is
+cheap to accumulate on the device and is what the report draws. The definitions match
+scikit-learn's: accuracy; balanced accuracy over the classes present in the labels; macro F1 over
+the classes present in labels or predictions; quadratic weighted kappa over the fixed grades
+0..K-1 (the Kaggle DR metric, `cohen_kappa_score(..., weights="quadratic", labels=range(K))`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "kappa")
+
+
+def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts on the tensors' own device (no host sync); rows are true classes."""
+    flat = target.long() * num_classes + pred.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def summarize(confusion: np.ndarray) -> dict[str, float | list[float]]:
+    """accuracy, balanced_accuracy, macro_f1, kappa and per-class recall of a count matrix."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    total = cm.sum()
+    true_counts = cm.sum(axis=1)
+    pred_counts = cm.sum(axis=0)
+    hits = np.diag(cm)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(true_counts > 0, hits / true_counts, 0.0)
+        precision = np.where(pred_counts > 0, hits / pred_counts, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    present = true_counts > 0
+    seen = present | (pred_counts > 0)
+    return {
+        "accuracy": float(hits.sum() / total) if total else 0.0,
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0,
+        "kappa": quadratic_kappa(cm),
+        "recall": [float(r) for r in recall],
+    }
+
+
+def quadratic_kappa(confusion: np.ndarray) -> float:
+    """Quadratic weighted Cohen's kappa; 0 where it is undefined (one class everywhere)."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    k = cm.shape[0]
+    total = cm.sum()
+    if total == 0 or k < 2:
+        return 0.0
+    grades = np.arange(k)
+    weights = (grades[:, None] - grades[None, :]) ** 2 / (k - 1) ** 2
+    expected = np.outer(cm.sum(axis=1), cm.sum(axis=0)) / total
+    denominator = (weights * expected).sum()
+    if denominator == 0:
+        return 0.0
+    return float(1.0 - (weights * cm).sum() / denominator)

@@ -1,0 +1,210 @@
+"""The one training loop: a feature-extraction (FE) phase, then fine-tuning (FT), any loss.
+
+FE trains only the new head on a truly frozen backbone (``requires_grad=False`` and BatchNorm in
+eval mode, so neither weights nor running statistics move; the DR lab wrote ``require_grads`` and
+froze nothing). FT then trains every parameter with a fresh optimizer. `fe_epochs` count inside
+`epochs`. After every validation pass `report(epoch, row)` is called with that epoch's curve row
+(``train_loss``, ``val_loss``, ``val_kappa`` ...); it may raise (pruning).
+The best epoch is chosen on validation only; the test split is evaluated once, with the weights of
+that epoch, for reporting.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from objectives import metrics
+from objectives.data import DeviceBatches, ImageSet, Splits
+from objectives.models import HEAD
+
+Report = Callable[[int, Mapping[str, float | str]], None]
+BatchWrapper = Callable[[Iterable, str], Iterable]
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite; `reason` is what the trial records."""
+
+    reason = "nan_loss"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """What to train: epochs and phases, optimiser settings, the metric that picks the best epoch."""
+
+    epochs: int
+    fe_epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    metric: str = "kappa"
+    maximize: bool = True
+    step_size: int = 0  # StepLR period in epochs within a phase; 0 keeps the rate constant
+    step_gamma: float = 0.1
+    flips: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How to train: device and its fast paths, evaluation batch, an optional batch-loop wrapper
+    (a progress bar on a terminal)."""
+
+    device: torch.device = torch.device("cpu")
+    amp: bool = False
+    channels_last: bool = False
+    eval_batch_size: int = 256
+    wrap_batches: BatchWrapper = field(default=lambda batches, desc: batches)
+
+    @classmethod
+    def for_device(cls, device: torch.device, **kwargs) -> Runtime:
+        """bf16 autocast and channels_last on CUDA, plain fp32 elsewhere."""
+        cuda = device.type == "cuda"
+        return cls(device=device, amp=cuda, channels_last=cuda, **kwargs)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    metrics: dict[str, float | list[float]]
+    confusion: list[list[int]]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Per-epoch curves, the best (validation) epoch, and val/test evaluations at that epoch."""
+
+    curves: dict[str, list]
+    best_epoch: int
+    val: Evaluation
+    test: Evaluation
+
+
+def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, runtime: Runtime, report: Report) -> FitResult:
+    device = runtime.device
+    torch.manual_seed(cfg.seed)
+    model = model.to(device, memory_format=torch.channels_last if runtime.channels_last else torch.contiguous_format)
+    loss_fn = loss_fn.to(device)
+    batches = DeviceBatches(
+        splits.train,
+        batch_size=cfg.batch_size,
+        device=device,
+        mean=splits.mean,
+        std=splits.std,
+        shuffle=True,
+        flips=cfg.flips,
+        channels_last=runtime.channels_last,
+        seed=cfg.seed,
+    )
+    curves: dict[str, list] = {}
+    best: tuple[float, int, dict[str, torch.Tensor], Evaluation] | None = None
+    optimizer = scheduler = None
+    for epoch in range(1, cfg.epochs + 1):
+        phase = "fe" if epoch <= cfg.fe_epochs else "ft"
+        if epoch == 1 or epoch == cfg.fe_epochs + 1:
+            optimizer, scheduler = _start_phase(model, phase, cfg)
+        started = time.perf_counter()
+        train_loss, train_acc = _train_epoch(model, loss_fn, batches, optimizer, phase, runtime, f"epoch {epoch}/{cfg.epochs} {phase}")
+        if scheduler is not None:
+            scheduler.step()
+        val = evaluate(model, loss_fn, splits.val, splits, runtime)
+        row = {
+            "epoch": epoch,
+            "phase": phase,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "val_loss": val.loss,
+            **{f"val_{k}": v for k, v in val.metrics.items() if k != "recall"},
+            "seconds": time.perf_counter() - started,
+        }
+        for key, value in row.items():
+            curves.setdefault(key, []).append(value)
+        score = val.loss if cfg.metric == "loss" else float(val.metrics[cfg.metric])
+        better = best is None or (score > best[0] if cfg.maximize else score < best[0])
+        if better:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best = (score, epoch, state, val)
+        report(epoch, row)
+    assert best is not None, "fit needs at least one epoch"
+    model.load_state_dict(best[2])
+    test = evaluate(model, loss_fn, splits.test, splits, runtime)
+    return FitResult(curves=curves, best_epoch=best[1], val=best[3], test=test)
+
+
+def freeze_backbone(model: nn.Module, frozen: bool) -> None:
+    """Set `requires_grad` of every parameter outside the head to ``not frozen``."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(f"{HEAD}.") or not frozen)
+
+
+def _start_phase(model: nn.Module, phase: str, cfg: FitConfig):
+    freeze_backbone(model, frozen=phase == "fe")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size, cfg.step_gamma) if cfg.step_size else None
+    return optimizer, scheduler
+
+
+def _set_train_mode(model: nn.Module, phase: str) -> None:
+    """Train mode, except that in FE the backbone's BatchNorm layers keep their statistics."""
+    model.train()
+    if phase == "fe":
+        for name, module in model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(HEAD):
+                module.eval()
+
+
+def _train_epoch(model, loss_fn, batches: DeviceBatches, optimizer, phase: str, runtime: Runtime, desc: str) -> tuple[float, float]:
+    """One pass over the training set; sums stay on the device until the epoch ends (one sync)."""
+    _set_train_mode(model, phase)
+    loss_sum = torch.zeros((), device=runtime.device)
+    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
+    seen = 0
+    for x, y in runtime.wrap_batches(batches, desc):
+        with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=runtime.amp):
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * y.shape[0]
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += y.shape[0]
+    mean_loss = loss_sum.item() / max(seen, 1)
+    if not math.isfinite(mean_loss):
+        raise Diverged(f"training loss is {mean_loss} in the {phase} phase")
+    return mean_loss, correct.item() / max(seen, 1)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loss_fn: nn.Module, images: ImageSet, splits: Splits, runtime: Runtime) -> Evaluation:
+    """Loss and metrics on one split, confusion matrix accumulated on the device."""
+    model.eval()
+    k = splits.num_classes
+    confusion = torch.zeros((k, k), dtype=torch.long, device=runtime.device)
+    loss_sum = torch.zeros((), device=runtime.device)
+    batches = DeviceBatches(
+        images,
+        batch_size=runtime.eval_batch_size,
+        device=runtime.device,
+        mean=splits.mean,
+        std=splits.std,
+        channels_last=runtime.channels_last,
+    )
+    for x, y in batches:
+        with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=runtime.amp):
+            logits = model(x)
+        loss_sum += loss_fn(logits.float(), y) * y.shape[0]
+        confusion += metrics.confusion_matrix(y, logits.argmax(1), k)
+    counts = confusion.cpu().numpy()
+    loss = loss_sum.item() / max(len(images), 1)
+    return Evaluation(loss=loss, metrics=metrics.summarize(counts), confusion=counts.astype(np.int64).tolist())

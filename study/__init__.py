@@ -1,0 +1,1 @@
+"""`study`: hyperparameter-search and ablation studies for image classifiers on Optuna + PyTorch."""

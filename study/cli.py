@@ -1,0 +1,124 @@
+"""`python -m study <command>`: run and list studies.
+
+Every bad input ends as one line on stderr (``study: error: ...``) and exit code 2, without a
+traceback and before anything is written; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+
+from objectives.errors import InputError
+from study import registry, storage
+from study.space import PRUNERS, parse_value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit 2 (argparse prints the whole usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="study", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run or resume a named study")
+    run.add_argument("name", help="a named study (see `list`) or a path to a search-space .toml")
+    run.add_argument("--data", type=Path, help="dataset folder (DR lab CSVs or Kaggle trainLabels.csv); default: the embedded dataset")
+    run.add_argument("--trials", type=int, help="target total of finished trials in the study (default: the TOML's)")
+    run.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    run.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE", help="pin a setting or parameter (repeatable)")
+    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    run.add_argument("--pruner", choices=PRUNERS, help="override the TOML's pruner")
+    run.add_argument("--study-name", help="store under this name (fork a study)")
+    run.add_argument("--allow-space-change", action="store_true", help="continue a study whose search space or data changed")
+    run.add_argument("--no-cache", action="store_true", help="decode images in memory instead of the shared cache")
+    _common(run)
+
+    listing = commands.add_parser("list", help="named studies and their state in the storage")
+    _common(listing)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RESULTS/optuna.db)")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="output folder (default: ./results)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _list(args)
+    except InputError as exc:
+        print(f"study: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("study: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from study.runner import Output, RunOptions, run_study  # torch loads only for commands that train
+
+    if args.trials is not None and args.trials < 1:
+        raise InputError("--trials must be >= 1")
+    space = registry.resolve(args.name)
+    for item in args.sets:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--set {item!r}: expected NAME=VALUE")
+        space = space.pin(name.strip(), parse_value(raw.strip()))
+    if args.data is not None and not args.data.is_dir():
+        raise InputError(f"--data {args.data}: no such directory")
+    opts = RunOptions(
+        space=space,
+        results_dir=args.results,
+        study_name=args.study_name,
+        storage_url=args.storage,
+        data=args.data,
+        trials=args.trials,
+        timeout=args.timeout,
+        device=args.device,
+        pruner=args.pruner,
+        cache=not args.no_cache,
+        allow_space_change=args.allow_space_change,
+    )
+    run_study(opts, Output())
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from optuna.trial import TrialState
+
+    url = args.storage or storage.default_url(args.results)
+    named = registry.named_studies()
+    present = {}
+    if storage.sqlite_file(url) is None or storage.sqlite_file(url).exists():
+        store = storage.open_storage(url)
+        present = {s.study_name: s for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
+    print(f"storage: {storage.mask(url)}")
+    print(f"{'study':<24} {'complete':>8} {'pruned':>7} {'failed':>7} {'running':>8}  best")
+    for name in sorted(set(named) | set(present)):
+        if name not in present:
+            print(f"{name:<24} {'-':>8} {'-':>7} {'-':>7} {'-':>8}  not started")
+            continue
+        study = optuna.load_study(study_name=name, storage=store)
+        trials = study.get_trials(deepcopy=False)
+        counts = {s: sum(t.state == s for t in trials) for s in TrialState}
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        metric = study.user_attrs.get("metric", "value")
+        best = f"{metric}={study.best_value:.4f} (trial {study.best_trial.number})" if complete else "-"
+        print(f"{name:<24} {counts[TrialState.COMPLETE]:>8} {counts[TrialState.PRUNED]:>7} "
+              f"{counts[TrialState.FAIL]:>7} {counts[TrialState.RUNNING]:>8}  {best}")
+    return 0

@@ -1,0 +1,369 @@
+"""Running a study: storage, sampler, pruner, the trial wrapper, progress and the trial target.
+
+`run_study` checks everything a study needs (search space, data, pretrained weights, storage)
+before it writes anything, then runs trials until the study holds the target number of finished
+(complete + pruned) trials, so a re-run after a crash or a larger `--trials` simply continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from objectives.base import DataSource, TrialContext, ensure_embedded
+from objectives.errors import InputError
+from objectives.models import missing_weights
+from objectives.train import Diverged, Runtime
+from study import registry, storage
+from study.space import SearchSpace, build_config
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_FAILURES_IN_A_ROW = 5
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything `run` was asked for, explicit (no globals)."""
+
+    space: SearchSpace
+    results_dir: Path = Path("results")
+    study_name: str | None = None
+    storage_url: str | None = None
+    data: Path | None = None
+    trials: int | None = None
+    timeout: float | None = None
+    device: str = "auto"
+    pruner: str | None = None
+    cache: bool = True
+    allow_space_change: bool = False
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run whose inputs have all been checked: what `optimize` needs and nothing else."""
+
+    space: SearchSpace
+    module: ModuleType
+    source: DataSource
+    dataset: str
+    device: torch.device
+    study_name: str
+    storage_url: str
+    target: int
+
+
+class Output:
+    """Where progress goes: bars on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.err = err
+        self.bars = err.isatty()
+
+    def line(self, text: str) -> None:
+        tqdm.write(text, file=self.stream) if self.bars else print(text, file=self.stream, flush=True)
+
+    def warn(self, text: str) -> None:
+        print(f"study: warning: {text}", file=self.err, flush=True)
+
+    def bar(self, total: int, desc: str, **kwargs: Any) -> tqdm:
+        return tqdm(total=total, desc=desc, disable=not self.bars, file=self.err, dynamic_ncols=True, **kwargs)
+
+    def wrap_batches(self, batches, desc: str):
+        return tqdm(batches, desc=desc, leave=False, disable=not self.bars, file=self.err, dynamic_ncols=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+def prepare(opts: RunOptions, out: Output) -> Prepared:
+    """Check space, device, data and weights; nothing is written to the storage here."""
+    space = opts.space
+    module = registry.objective_module(space.study.objective)
+    device = resolve_device(opts.device)
+    if opts.pruner is not None:
+        space = dataclasses.replace(space, study=dataclasses.replace(space.study, pruner=opts.pruner))
+    if opts.data is None:
+        space = space.embedded_run()
+    space.check_config(module.Config)
+    space = _check_weights(space, embedded=opts.data is None, out=out)
+    build_config(module.Config, {**space.fixed, **space.pinned})  # pins that contradict each other fail now
+    cache_dir = opts.results_dir / "cache" if opts.cache else None
+    if opts.data is None:
+        dataset = space.embedded.get("dataset", module.EMBEDDED_DATASET)
+        root = ensure_embedded(
+            dataset,
+            opts.results_dir / "data",
+            train_images=int(space.embedded.get("train_images", 800)),
+            test_images=int(space.embedded.get("test_images", 200)),
+        )
+        out.line(f"data: embedded dataset {dataset} ({root})")
+    else:
+        root, dataset = opts.data, str(opts.data.resolve())
+    source = DataSource(root=root, cache_dir=cache_dir, bar=out.bar)
+    url = opts.storage_url or storage.default_url(opts.results_dir)
+    return Prepared(
+        space=space,
+        module=module,
+        source=source,
+        dataset=dataset,
+        device=device,
+        study_name=opts.study_name or space.name,
+        storage_url=url,
+        target=opts.trials if opts.trials is not None else space.study.trials,
+    )
+
+
+def _check_weights(space: SearchSpace, *, embedded: bool, out: Output) -> SearchSpace:
+    """Pretrained weights the space may need must be in torchvision's cache before trial one.
+
+    On the embedded default a missing file pins ``pretrained = false`` with a warning, so the
+    README's first command works offline; on real data it is an error naming the file."""
+    if True not in space.possible_values("pretrained"):
+        return space
+    missing = missing_weights(a for a in space.possible_values("arch") if isinstance(a, str))
+    if not missing:
+        return space
+    hint = f"{missing[0].name} into {missing[0].parent}/" + (f" (and {', '.join(p.name for p in missing[1:])})" if missing[1:] else "")
+    if not embedded:
+        raise InputError(f"pretrained weights missing and not downloadable: put {hint}, or --set pretrained=false")
+    out.warn(f"pretrained weights not found, running with pretrained=false; to use them put {hint}")
+    return space.pin("pretrained", False)
+
+
+def run_study(opts: RunOptions, out: Output) -> optuna.Study:
+    """Run (or resume) the study until it holds the target number of finished trials."""
+    prep = prepare(opts, out)
+    base = build_config(prep.module.Config, {**prep.space.fixed, **prep.space.pinned})
+    data = _DataCache(prep.module, prep.source)
+    data.get(base)  # decode (or read the cache) and validate every image before the study exists
+    study = _open_study(prep, opts.allow_space_change)
+    done = _count(study, FINISHED)
+    url = storage.mask(prep.storage_url)
+    if done >= prep.target:
+        out.line(f"study {prep.study_name} already has {done} finished trials (target {prep.target}); "
+                 f"raise --trials to add more. Storage: {url}")
+        return study
+    out.line(f"study {prep.study_name}: {done} finished trials, running to {prep.target} on {prep.device} "
+             f"(storage {url})")
+    _optimize(study, prep, data, out, opts.timeout, start=done)
+    _print_summary(study, prep, out)
+    return study
+
+
+class _DataCache:
+    """Decoded splits per `module.data_key(config)`: loaded once per process, shared by trials."""
+
+    def __init__(self, module: ModuleType, source: DataSource) -> None:
+        self.module = module
+        self.source = source
+        self.loaded: dict[Hashable, Any] = {}
+
+    def get(self, config: Any) -> Any:
+        key = self.module.data_key(config)
+        if key not in self.loaded:
+            self.loaded[key] = self.module.load_data(config, self.source)
+        return self.loaded[key]
+
+
+def _open_study(prep: Prepared, allow_change: bool) -> optuna.Study:
+    settings = prep.space.study
+    store = storage.open_storage(prep.storage_url)
+    study = optuna.create_study(
+        study_name=prep.study_name,
+        storage=store,
+        direction=settings.direction,
+        load_if_exists=True,
+    )
+    fingerprint = prep.space.fingerprint()
+    recorded = study.user_attrs.get("space_hash")
+    if recorded is None:
+        attrs = {
+            "space_hash": fingerprint,
+            "space_file": str(prep.space.path),
+            "objective": settings.objective,
+            "metric": settings.metric,
+            "dataset": prep.dataset,
+            "fixed": dict(prep.space.fixed),
+            "pinned": dict(prep.space.pinned),
+        }
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+    elif (recorded != fingerprint or study.user_attrs.get("dataset") != prep.dataset) and not allow_change:
+        raise InputError(
+            f"study {prep.study_name} was created with another search space, settings or dataset; "
+            f"fork it with --study-name NEW or accept the change with --allow-space-change"
+        )
+    return study
+
+
+def _sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    kind = space.study.sampler
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    if kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
+    settings = space.study
+    if settings.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if settings.pruner == "hyperband":
+        epochs = int(space.fixed.get("epochs", 1))
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
+    return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_epochs)
+
+
+def _optimize(study: optuna.Study, prep: Prepared, data: _DataCache, out: Output, timeout: float | None, start: int) -> None:
+    # A seed that moves with the study's size: a resumed run does not replay the first run's
+    # random start-up suggestions, and the same history still gives the same next suggestion.
+    study.sampler = _sampler(prep.space, prep.space.study.seed + len(study.trials))
+    study.pruner = _pruner(prep.space)
+    settings = prep.space.study
+    runtime = Runtime.for_device(prep.device, wrap_batches=out.wrap_batches)
+    objective = _Objective(prep, data, runtime)
+    failures: list[int] = []
+    with out.bar(prep.target, f"trials of {prep.study_name}", initial=start) as bar:
+
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            out.line(describe(trial, settings.metric))
+            if trial.state in FINISHED:
+                bar.update(1)
+                failures.clear()
+                if _count(study, FINISHED) >= prep.target:
+                    study.stop()
+            elif trial.state == TrialState.FAIL:
+                failures.append(trial.number)
+                if len(failures) >= MAX_FAILURES_IN_A_ROW:
+                    out.warn(f"{len(failures)} trials failed in a row; stopping (last: {trial.user_attrs.get('fail_reason')})")
+                    study.stop()
+
+        study.optimize(objective, timeout=timeout, callbacks=[after_trial], catch=(Exception,), gc_after_trial=True)
+
+
+class _Objective:
+    """One Optuna trial: suggest a config, train it, record curves and metrics as user attrs."""
+
+    def __init__(self, prep: Prepared, data: _DataCache, runtime: Runtime) -> None:
+        self.prep = prep
+        self.data = data
+        self.runtime = runtime
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        space, settings = self.prep.space, self.prep.space.study
+        values = space.suggest(trial)
+        if "seed" not in space.names():
+            values["seed"] = settings.seed + trial.number
+        try:
+            config = build_config(self.prep.module.Config, values)
+            trial.set_user_attr("config", dataclasses.asdict(config))
+            splits = self.data.get(config)
+            trial.set_user_attr("class_names", list(splits.class_names))
+            context = TrialContext(self.runtime, _Reporter(trial, settings.metric), settings.metric, settings.direction == "maximize")
+            started = time.perf_counter()
+            result = self.prep.module.run(config, splits, context)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", failure_reason(exc))
+            if isinstance(exc, torch.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            raise
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        trial.set_user_attr("curves", result.curves)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        for split, evaluation in (("val", result.val), ("test", result.test)):
+            trial.set_user_attr(f"{split}_metrics", {"loss": evaluation.loss, **evaluation.metrics})
+            trial.set_user_attr(f"{split}_confusion", evaluation.confusion)
+        return metric_value(result.val.loss, result.val.metrics, settings.metric)
+
+
+class _Reporter:
+    """The objective's per-epoch callback: keeps the curves in the storage (so pruned trials
+    keep theirs), reports the metric to Optuna and raises TrialPruned when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.curves: dict[str, list] = {}
+
+    def __call__(self, epoch: int, row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            self.curves.setdefault(key, []).append(value)
+        self.trial.set_user_attr("curves", self.curves)
+        self.trial.report(float(row[f"val_{self.metric}"]), step=epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+
+def metric_value(loss: float, metrics: dict[str, Any], name: str) -> float:
+    return float(loss if name == "loss" else metrics[name])
+
+
+def failure_reason(exc: BaseException) -> str:
+    """`nan_loss`, `cuda_oom`, or the exception's class and first line."""
+    if isinstance(exc, Diverged):
+        return exc.reason
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "cuda_oom"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def describe(trial: optuna.trial.FrozenTrial, metric: str) -> str:
+    """One line per finished trial: number, state, validation metric, params."""
+    params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+    curves = trial.user_attrs.get("curves", {})
+    epochs = len(curves.get("epoch", []))
+    if trial.state == TrialState.COMPLETE:
+        status = f"val {metric}={trial.value:.4f} (best epoch {trial.user_attrs.get('best_epoch')}/{epochs})"
+    elif trial.state == TrialState.PRUNED:
+        last = curves.get(f"val_{metric}", [float("nan")])[-1]
+        status = f"after epoch {epochs}, val {metric}={last:.4f}"
+    else:
+        status = trial.user_attrs.get("fail_reason", "")
+    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete and trial.datetime_start else 0.0
+    return f"trial {trial.number:>3} {trial.state.name:<8} {status} | {params} [{seconds:.0f}s]"
+
+
+def _print_summary(study: optuna.Study, prep: Prepared, out: Output) -> None:
+    metric = prep.space.study.metric
+    counts = {s.name: _count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    out.line("trials: " + ", ".join(f"{n} {name.lower()}" for name, n in counts.items()))
+    if counts["COMPLETE"]:
+        best = study.best_trial
+        test = best.user_attrs.get("test_metrics", {})
+        out.line(f"best: trial {best.number} val {metric}={best.value:.4f}, test {metric}={test.get(metric, float('nan')):.4f} "
+                 f"| {' '.join(f'{k}={_fmt(v)}' for k, v in best.params.items())}")
+    location = storage.sqlite_file(prep.storage_url)
+    out.line(f"results: {location if location else storage.mask(prep.storage_url)} (study {prep.study_name})")
+
+
+def _count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

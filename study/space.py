@@ -1,0 +1,363 @@
+"""Search-space files: read ``search_spaces/*.toml``, validate, pin, and suggest typed configs.
+
+A file has four tables. ``[study]`` says what is optimised and how; ``[fixed]`` holds settings
+every trial shares; ``[space]`` holds the sampled parameters, each either ``{choices = [...]}`` or
+``{low = .., high = .., log = .., step = ..}`` (int when both bounds are ints), optionally with
+``when = {other = value}`` so it is sampled only where the condition holds (otherwise the
+config's default applies); ``[embedded]`` overrides settings when no ``--data`` is given.
+A bound may name a setting with an offset (``high = "epochs - 1"``). Every problem is reported as
+one line naming file, parameter and problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import optuna
+
+from objectives.errors import InputError
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes")
+PRUNERS = ("median", "hyperband", "none")
+DIRECTIONS = ("maximize", "minimize")
+STUDY_KEYS = {"objective", "direction", "metric", "sampler", "pruner", "trials", "seed", "startup_trials", "warmup_epochs", "description"}
+RANGE_KEYS = {"low", "high", "log", "step", "when"}
+CHOICE_KEYS = {"choices", "when"}
+EMBEDDED_DATA_KEYS = {"dataset", "train_images", "test_images", "trials"}
+_BOUND = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:([+-])\s*(\d+))?\s*$")
+
+
+class SpaceError(InputError):
+    """A search-space file or a pin is invalid."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One sampled parameter: categorical (`choices`) or a numeric range."""
+
+    name: str
+    choices: tuple[Any, ...] | None = None
+    low: int | float | str | None = None
+    high: int | float | str | None = None
+    log: bool = False
+    step: int | float | None = None
+    when: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def is_int(self) -> bool:
+        return self.choices is None and not any(isinstance(b, float) for b in (self.low, self.high, self.step))
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        return all(k in values and values[k] == v for k, v in self.when)
+
+    def bounds(self, values: Mapping[str, Any]) -> tuple[int | float, int | float]:
+        return _resolve_bound(self.low, values), _resolve_bound(self.high, values)
+
+    def admits(self, value: Any, values: Mapping[str, Any]) -> bool:
+        if self.choices is not None:
+            return any(value == c and type(value) is type(c) for c in self.choices)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        low, high = self.bounds(values)
+        return low <= value <= high and (not self.is_int or float(value).is_integer())
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    objective: str
+    direction: str = "maximize"
+    metric: str = "kappa"
+    sampler: str = "tpe"
+    pruner: str = "median"
+    trials: int = 20
+    seed: int = 0
+    startup_trials: int = 4
+    warmup_epochs: int = 1
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A parsed search-space file plus the pins of this run."""
+
+    name: str
+    path: Path
+    study: StudySettings
+    fixed: Mapping[str, Any]
+    params: tuple[Param, ...]
+    embedded: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    pinned: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def names(self) -> set[str]:
+        return set(self.fixed) | {p.name for p in self.params}
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def possible_values(self, name: str) -> tuple[Any, ...]:
+        """Every value `name` may take in this run (pinned, fixed or choices); () for ranges."""
+        if name in self.pinned:
+            return (self.pinned[name],)
+        if name in self.fixed:
+            return (self.fixed[name],)
+        p = self.param(name)
+        return tuple(p.choices) if p is not None and p.choices is not None else ()
+
+    def with_settings(self, **changes: Any) -> SearchSpace:
+        """Override [fixed] settings (not sampled ones) and return the new space."""
+        unknown = set(changes) - set(self.fixed)
+        if unknown:
+            raise SpaceError(f"{self.path}: cannot set {', '.join(sorted(unknown))}: not in [fixed]")
+        return dataclasses.replace(self, fixed=MappingProxyType({**self.fixed, **changes}))
+
+    def pin(self, name: str, value: Any) -> SearchSpace:
+        """Fix `name` to `value` for this run: a [fixed] setting is overridden, a [space]
+        parameter is no longer sampled. The value is checked against the declared choices/range."""
+        if name in self.fixed:
+            return self.with_settings(**{name: value})
+        param = self.param(name)
+        if param is None:
+            known = ", ".join(sorted(self.names()))
+            raise SpaceError(f"--set {name}: unknown parameter of {self.name} (known: {known})")
+        context = {**self.fixed, **self.pinned}
+        if not param.admits(value, context):
+            allowed = param.choices if param.choices is not None else "{}..{}".format(*param.bounds(context))
+            raise SpaceError(f"--set {name}={value!r}: outside the declared {allowed}")
+        return dataclasses.replace(self, pinned=MappingProxyType({**self.pinned, name: value}))
+
+    def embedded_run(self) -> SearchSpace:
+        """This space with the [embedded] overrides applied (the run on the embedded dataset)."""
+        overrides = {k: v for k, v in self.embedded.items() if k not in EMBEDDED_DATA_KEYS}
+        trials = self.embedded.get("trials", self.study.trials)
+        space = dataclasses.replace(self, study=dataclasses.replace(self.study, trials=trials))
+        return space.with_settings(**overrides)
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Fixed and pinned settings plus the active sampled parameters of `trial`."""
+        values: dict[str, Any] = {**self.fixed, **self.pinned}
+        for p in self.params:
+            if not p.active(values):
+                values.pop(p.name, None)  # a pin of an inactive parameter does not apply
+                continue
+            if p.name in self.pinned:
+                continue
+            if p.choices is not None:
+                values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+                continue
+            low, high = p.bounds(values)
+            if p.is_int:
+                values[p.name] = trial.suggest_int(p.name, int(low), int(high), step=int(p.step or 1), log=p.log)
+            else:
+                values[p.name] = trial.suggest_float(p.name, float(low), float(high), step=p.step, log=p.log)
+        return values
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The grid for Optuna's GridSampler: every categorical and stepped range, unpinned."""
+        grid: dict[str, list[Any]] = {}
+        context = {**self.fixed, **self.pinned}
+        for p in self.params:
+            if p.name in self.pinned:
+                continue
+            if p.choices is not None:
+                grid[p.name] = list(p.choices)
+            elif p.is_int:
+                low, high = p.bounds(context)
+                grid[p.name] = list(range(int(low), int(high) + 1, int(p.step or 1)))
+            elif p.step:
+                low, high = p.bounds(context)
+                count = int(round((high - low) / p.step)) + 1
+                grid[p.name] = [low + i * p.step for i in range(count)]
+            else:
+                raise SpaceError(f"{self.path}: [space].{p.name}: the grid sampler needs choices or a step")
+        return grid
+
+    def fingerprint(self) -> str:
+        """Hash of what defines the study's trials (not the trial count): a changed file or pin
+        must not silently mix with the trials already stored."""
+        settings = dataclasses.asdict(self.study)
+        settings.pop("trials")
+        settings.pop("description")
+        doc = {
+            "study": settings,
+            "fixed": dict(self.fixed),
+            "pinned": dict(self.pinned),
+            "params": [dataclasses.asdict(p) for p in self.params],
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def check_config(self, config_cls: type) -> None:
+        """Every setting and parameter must be a field of the objective's config, of its type."""
+        hints = typing.get_type_hints(config_cls)
+        for name in sorted(self.names() | set(self.pinned)):
+            if name not in hints:
+                fields = ", ".join(sorted(hints))
+                raise SpaceError(f"{self.path}: {name}: not a setting of objective {self.study.objective} (its settings: {fields})")
+            for value in self.possible_values(name) or _range_samples(self.param(name)):
+                if not _has_type(value, hints[name]):
+                    raise SpaceError(f"{self.path}: {name}: {value!r} is not of type {_type_name(hints[name])}")
+
+
+def parse_value(raw: str) -> Any:
+    """A `--set` value as TOML reads it (1e-3, true, 4, "x"); bare words stay strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def build_config(config_cls: type, values: Mapping[str, Any]) -> Any:
+    """The frozen config of one trial; ints widen to float fields, nothing else is coerced."""
+    hints = typing.get_type_hints(config_cls)
+    kwargs = {k: float(v) if hints.get(k) is float and isinstance(v, int) and not isinstance(v, bool) else v for k, v in values.items()}
+    try:
+        return config_cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SpaceError(f"invalid {config_cls.__module__} config: {exc}") from None
+
+
+def load_space(path: Path, name: str | None = None) -> SearchSpace:
+    """Parse and validate one search-space file."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpaceError(f"{path}: no such search-space file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SpaceError(f"{path}: not valid TOML ({exc})") from None
+    where = str(path)
+    _only(doc, {"study", "fixed", "space", "embedded"}, where, "top-level table")
+    study_doc = _table(doc, "study", where)
+    _only(study_doc, STUDY_KEYS, where, "[study] key")
+    if "objective" not in study_doc:
+        raise SpaceError(f"{where}: [study] needs objective = \"<module in objectives/>\"")
+    try:
+        study = StudySettings(**study_doc)
+    except TypeError as exc:
+        raise SpaceError(f"{where}: [study]: {exc}") from None
+    for key, allowed in (("direction", DIRECTIONS), ("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        if getattr(study, key) not in allowed:
+            raise SpaceError(f"{where}: [study].{key} = {getattr(study, key)!r}; expected one of {', '.join(allowed)}")
+    for key in ("trials", "seed", "startup_trials", "warmup_epochs"):
+        value = getattr(study, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SpaceError(f"{where}: [study].{key} must be a non-negative integer, got {value!r}")
+    fixed = _table(doc, "fixed", where)
+    space_doc = _table(doc, "space", where)
+    params: list[Param] = []
+    for pname, spec in space_doc.items():
+        if pname in fixed:
+            raise SpaceError(f"{where}: {pname}: both in [fixed] and [space]")
+        params.append(_parse_param(pname, spec, where, fixed, params))
+    embedded = _table(doc, "embedded", where)
+    for key in embedded:
+        if key not in EMBEDDED_DATA_KEYS and key not in fixed:
+            raise SpaceError(f"{where}: [embedded].{key}: neither a dataset setting ({', '.join(sorted(EMBEDDED_DATA_KEYS))}) nor in [fixed]")
+    return SearchSpace(
+        name=name or path.stem,
+        path=path,
+        study=study,
+        fixed=MappingProxyType(dict(fixed)),
+        params=tuple(params),
+        embedded=MappingProxyType(dict(embedded)),
+    )
+
+
+def _parse_param(name: str, spec: Any, where: str, fixed: Mapping[str, Any], earlier: list[Param]) -> Param:
+    at = f"{where}: [space].{name}"
+    if not isinstance(spec, dict):
+        raise SpaceError(f"{at}: expected a table like {{choices = [...]}} or {{low = .., high = ..}}")
+    when = spec.get("when", {})
+    if not isinstance(when, dict):
+        raise SpaceError(f"{at}: when must be a table like {{other = value}}")
+    known = {p.name: p for p in earlier}
+    for other, value in when.items():
+        if other not in known and other not in fixed:
+            raise SpaceError(f"{at}: when names unknown parameter {other!r} (it must come earlier in the file)")
+        if other in known and known[other].choices is not None and value not in known[other].choices:
+            raise SpaceError(f"{at}: when {other} = {value!r}, but {other} takes only {list(known[other].choices)}")
+    conditions = tuple(when.items())
+    if "choices" in spec:
+        _only(spec, CHOICE_KEYS, at, "key")
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise SpaceError(f"{at}: choices must be a non-empty list")
+        return Param(name, choices=tuple(choices), when=conditions)
+    _only(spec, RANGE_KEYS, at, "key")
+    if "low" not in spec or "high" not in spec:
+        raise SpaceError(f"{at}: needs choices, or both low and high")
+    low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
+    context = {**fixed, **{p.name: p.choices[0] for p in earlier if p.choices}}
+    for bound in (low, high):
+        if isinstance(bound, str):
+            match = _BOUND.match(bound)
+            if not match or match.group(1) not in fixed:
+                raise SpaceError(f"{at}: bound {bound!r} must be a number or '<fixed setting> +/- <int>'")
+        elif isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise SpaceError(f"{at}: bound {bound!r} is not a number")
+    if not isinstance(log, bool):
+        raise SpaceError(f"{at}: log must be true or false")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        raise SpaceError(f"{at}: step must be a positive number")
+    param = Param(name, low=low, high=high, log=log, step=step, when=conditions)
+    lo, hi = param.bounds(context)
+    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)):
+        raise SpaceError(f"{at}: bounds must resolve to numbers")
+    if lo > hi:
+        raise SpaceError(f"{at}: low {lo} > high {hi}")
+    if log and lo <= 0:
+        raise SpaceError(f"{at}: a log range needs low > 0, got {lo}")
+    if log and step is not None:
+        raise SpaceError(f"{at}: log and step cannot be combined")
+    return param
+
+
+def _resolve_bound(bound: int | float | str | None, values: Mapping[str, Any]) -> int | float:
+    if not isinstance(bound, str):
+        return bound  # type: ignore[return-value]
+    match = _BOUND.match(bound)
+    assert match, bound
+    base = values[match.group(1)]
+    offset = int(match.group(3) or 0)
+    return base - offset if match.group(2) == "-" else base + offset
+
+
+def _table(doc: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise SpaceError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _only(table: Mapping[str, Any], allowed: set[str], where: str, what: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise SpaceError(f"{where}: unknown {what} {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _range_samples(param: Param | None) -> tuple[Any, ...]:
+    if param is None or param.choices is not None:
+        return ()
+    return tuple(b for b in (param.low, param.high) if not isinstance(b, str))
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))

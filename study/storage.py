@@ -1,0 +1,74 @@
+"""Opening Optuna storages: the default SQLite file, any RDB URL, one-line errors, masked passwords."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import warnings
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import make_url
+
+from objectives.errors import InputError
+
+HEARTBEAT_SECONDS = 60
+GRACE_SECONDS = 180
+MAX_RETRY = 2
+
+
+def default_url(results_dir: Path) -> str:
+    return f"sqlite:///{(results_dir / 'optuna.db').resolve()}"
+
+
+def mask(url: str) -> str:
+    """The URL with any password replaced by ***, for everything the tool prints or writes."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a sqlite URL, None for other backends or in-memory databases."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def open_storage(url: str) -> RDBStorage:
+    """An RDB storage with heartbeats, so a trial whose worker died is failed and retried with the
+    same parameters instead of staying RUNNING; unreachable or malformed URLs raise InputError."""
+    try:
+        scheme = make_url(url).get_backend_name()
+    except sqlalchemy.exc.ArgumentError:
+        raise InputError(f"--storage {mask(url)}: not a storage URL (e.g. sqlite:///results/optuna.db, postgresql://user@host/db)") from None
+    path = sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 but are what we rely on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            )
+    except ImportError as exc:
+        raise InputError(f"--storage {mask(url)}: driver missing ({exc}); for PostgreSQL: pip install -e .[postgres]") from None
+    except (sqlalchemy.exc.SQLAlchemyError, OSError, ValueError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise InputError(f"--storage {mask(url)}: cannot open storage ({reason})") from None
+
+
+def study_exists(url: str, name: str) -> bool:
+    """Without creating anything: is `name` in the storage at `url`?"""
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        return False
+    return name in {s.study_name for s in optuna.get_all_study_summaries(open_storage(url), include_best_trial=False)}

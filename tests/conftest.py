@@ -1,0 +1,103 @@
+"""Shared fixtures: small real datasets written as JPEG files, a TORCH_HOME with checkpoint files
+made here, and a runner for the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def class_image(label: int, size: int, rng: np.random.Generator) -> Image.Image:
+    """A noisy image whose colour and bright blob depend on the label: learnable in 2 epochs."""
+    base = rng.integers(0, 60, size=(size, size, 3)).astype(np.uint8)
+    base[..., 0] += np.uint8(40 * label)
+    c = size // 2
+    r = max(2, size // 8 + label * size // 16)
+    base[c - r : c + r, c - r : c + r, 1] = 200
+    return Image.fromarray(base)
+
+
+def write_dr_lab(root: Path, train_labels: list[int], test_labels: list[int], size: int = 48, seed: int = 0) -> Path:
+    """The DR lab layout: four one-column CSVs with headers and DIR/<name>.jpeg."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, labels in (("train", train_labels), ("test", test_labels)):
+        names = [f"{split}_{i:04d}" for i in range(len(labels))]
+        for name, label in zip(names, labels):
+            class_image(label, size, rng).save(root / f"{name}.jpeg", quality=92)
+        (root / f"{split}_img.csv").write_text("image\n" + "".join(f"{n}\n" for n in names))
+        (root / f"{split}_label.csv").write_text("level\n" + "".join(f"{l}\n" for l in labels))
+    return root
+
+
+def dr_labels(n: int, seed: int = 0) -> list[int]:
+    """About the DR grade mix, every grade present at least twice."""
+    rng = np.random.default_rng(seed)
+    labels = list(rng.choice(5, size=n - 10, p=[0.73, 0.07, 0.15, 0.025, 0.025])) + [0, 1, 2, 3, 4] * 2
+    return [int(x) for x in rng.permutation(labels)]
+
+
+@pytest.fixture
+def dr_dir(tmp_path: Path) -> Path:
+    return write_dr_lab(tmp_path / "dr", dr_labels(60), dr_labels(20, seed=1))
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TORCH_HOME whose hub cache holds a resnet18 checkpoint made here (random weights, the
+    real file name and format), so the pretrained path runs without a network."""
+    from objectives.models import weights_file
+    from torchvision.models import resnet18
+
+    home = tmp_path_factory.mktemp("torch_home")
+    previous = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    try:
+        target = weights_file("resnet18")
+    finally:
+        if previous is None:
+            del os.environ["TORCH_HOME"]
+        else:
+            os.environ["TORCH_HOME"] = previous
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(123)
+    torch.save(resnet18().state_dict(), target)
+    return home
+
+
+@pytest.fixture
+def empty_torch_home(tmp_path: Path) -> Path:
+    home = tmp_path / "empty_torch_home"
+    home.mkdir()
+    return home
+
+
+def run_cli(*args: str, cwd: Path, torch_home: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m study ARGS` in a real subprocess, offline-style (TORCH_HOME under our control)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCH_HOME": str(torch_home or cwd / "no_torch_home")}
+    return subprocess.run(
+        [sys.executable, "-m", "study", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def tiny_space(path: Path, *, train_images: int = 100, test_images: int = 40, epochs: int = 2, image_size: int = 32, trials: int = 3, extra: str = "") -> Path:
+    """dr_focal.toml with an embedded section small enough for a test."""
+    text = (ROOT / "search_spaces" / "dr_focal.toml").read_text()
+    head = text.split("[embedded]")[0]
+    path.write_text(
+        head
+        + extra
+        + f'[embedded]\ndataset = "synthetic-fundus"\ntrain_images = {train_images}\ntest_images = {test_images}\n'
+        + f"trials = {trials}\nepochs = {epochs}\nimage_size = {image_size}\nbatch_size = 16\n"
+    )
+    return path

@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, cohen_kappa_score, f1_score,
+                             recall_score)
+from sklearn.metrics import confusion_matrix as sk_confusion
+
+from objectives.metrics import confusion_matrix, quadratic_kappa, summarize
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_metrics_equal_scikit_learn_on_random_predictions(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 400))
+    y = rng.choice(5, size=n, p=[0.73, 0.07, 0.15, 0.025, 0.025])
+    p = np.where(rng.random(n) < 0.5, y, rng.integers(0, 5, n))
+    if seed % 2:
+        p[p == 4] = 3  # a class never predicted
+    cm = confusion_matrix(torch.from_numpy(y), torch.from_numpy(p), 5).numpy()
+    assert np.array_equal(cm, sk_confusion(y, p, labels=range(5)))
+    m = summarize(cm)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, p), abs=1e-12)
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p), abs=1e-12)
+    assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", zero_division=0), abs=1e-12)
+    assert m["kappa"] == pytest.approx(cohen_kappa_score(y, p, weights="quadratic", labels=range(5)), abs=1e-12)
+    assert m["recall"] == pytest.approx(list(recall_score(y, p, average=None, labels=range(5), zero_division=0)), abs=1e-12)
+
+
+def test_kappa_of_majority_class_predictor_is_zero():
+    cm = np.array([[73, 0, 0], [7, 0, 0], [20, 0, 0]])
+    assert quadratic_kappa(cm) == 0.0
+    assert summarize(cm)["accuracy"] == pytest.approx(0.73)
