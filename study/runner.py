@@ -99,6 +99,8 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
     space = opts.space
     module = registry.objective_module(space.study.objective)
     device = resolve_device(opts.device)
+    url = opts.storage_url or storage.default_url(opts.results_dir)
+    storage.check_url(url)
     if opts.pruner is not None:
         space = dataclasses.replace(space, study=dataclasses.replace(space.study, pruner=opts.pruner))
     if opts.data is None:
@@ -119,7 +121,6 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
     else:
         root, dataset = opts.data, str(opts.data.resolve())
     source = DataSource(root=root, cache_dir=cache_dir, bar=out.bar)
-    url = opts.storage_url or storage.default_url(opts.results_dir)
     return Prepared(
         space=space,
         module=module,

@@ -38,13 +38,25 @@ def sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def check_url(url: str) -> str:
+    """The URL's backend name, after checking that it parses and its driver is installed; this
+    connects to nothing, so it can run before any other work."""
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except sqlalchemy.exc.ArgumentError:
+        raise InputError(f"--storage {mask(url)}: not a storage URL (e.g. sqlite:///results/optuna.db, postgresql://user@host/db)") from None
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise InputError(f"--storage {mask(url)}: unknown database scheme {parsed.drivername!r} (use sqlite:// or postgresql://)") from None
+    except ImportError as exc:
+        raise InputError(f"--storage {mask(url)}: driver missing ({exc}); for PostgreSQL: pip install -e .[postgres]") from None
+    return parsed.get_backend_name()
+
+
 def open_storage(url: str) -> RDBStorage:
     """An RDB storage with heartbeats, so a trial whose worker died is failed and retried with the
     same parameters instead of staying RUNNING; unreachable or malformed URLs raise InputError."""
-    try:
-        scheme = make_url(url).get_backend_name()
-    except sqlalchemy.exc.ArgumentError:
-        raise InputError(f"--storage {mask(url)}: not a storage URL (e.g. sqlite:///results/optuna.db, postgresql://user@host/db)") from None
+    scheme = check_url(url)
     path = sqlite_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,16 +71,6 @@ def open_storage(url: str) -> RDBStorage:
                 grace_period=GRACE_SECONDS,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
-    except ImportError as exc:
-        raise InputError(f"--storage {mask(url)}: driver missing ({exc}); for PostgreSQL: pip install -e .[postgres]") from None
     except (sqlalchemy.exc.SQLAlchemyError, OSError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise InputError(f"--storage {mask(url)}: cannot open storage ({reason})") from None
-
-
-def study_exists(url: str, name: str) -> bool:
-    """Without creating anything: is `name` in the storage at `url`?"""
-    path = sqlite_file(url)
-    if path is not None and not path.exists():
-        return False
-    return name in {s.study_name for s in optuna.get_all_study_summaries(open_storage(url), include_best_trial=False)}

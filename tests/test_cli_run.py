@@ -149,10 +149,11 @@ def test_bad_data_and_weights_stop_before_the_study_exists(tmp_path: Path, dr_di
     one_line_error(run_cli("run", "dr_focal", "--data", str(dr_dir), "--set", "pretrained=false", cwd=tmp_path),
                    "2 train image(s) missing", "train_0007.jpeg")
     (dr_dir / "train_label.csv").write_text("level\n" + "0\n" * 30)
-    one_line_error(run_cli("run", "dr_focal", "--data", str(dr_dir), cwd=tmp_path), "has 60 rows but train_label.csv has 30")
+    one_line_error(run_cli("run", "dr_focal", "--data", str(dr_dir), "--set", "pretrained=false", cwd=tmp_path),
+                   "has 60 rows but train_label.csv has 30")
     empty = tmp_path / "empty"
     empty.mkdir()
-    one_line_error(run_cli("run", "dr_focal", "--data", str(empty), cwd=tmp_path), "no known layout")
+    one_line_error(run_cli("run", "dr_focal", "--data", str(empty), "--set", "pretrained=false", cwd=tmp_path), "no known layout")
     assert not (tmp_path / "results" / "optuna.db").exists()
 
 
