@@ -45,6 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="named studies and their state in the storage")
     _common(listing)
+
+    report = commands.add_parser("report", help="ablation tables, importances, confusion matrices, curves")
+    report.add_argument("name", help="study name in the storage")
+    report.add_argument("--format", default="md,csv,tex", help="comma-separated table formats: md, csv, tex (default: all)")
+    report.add_argument("--out", type=Path, help="output folder (default: RESULTS/NAME)")
+    _common(report)
+
+    ablate = commands.add_parser("ablate", help="re-train the best configuration with factors changed, over seeds")
+    ablate.add_argument("name", help="the study whose best trial is the baseline")
+    ablate.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    ablate.add_argument("--factors", help="comma-separated categorical factors for a full factorial grid (default: one at a time)")
+    ablate.add_argument("--trials-per-cell", type=int, help="trials (seeds) per variant or grid cell; overrides --seeds")
+    ablate.add_argument("--data", type=Path, help="dataset folder (default: the one the study ran on)")
+    ablate.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    ablate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ablate.add_argument("--pruner", choices=PRUNERS, help="prune ablation trials (default: none, every cell trains fully)")
+    _common(ablate)
+
+    dashboard = commands.add_parser("dashboard", help="optuna-dashboard on the storage, with trial figures")
+    dashboard.add_argument("name", help="study name in the storage")
+    dashboard.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, default=8080)
+    _common(dashboard)
     return parser
 
 
@@ -57,9 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        if args.command == "run":
-            return _run(args)
-        return _list(args)
+        handlers = {"run": _run, "list": _list, "report": _report, "ablate": _ablate, "dashboard": _dashboard}
+        return handlers[args.command](args)
     except InputError as exc:
         print(f"study: error: {exc}", file=sys.stderr)
         return 2
@@ -121,4 +143,55 @@ def _list(args: argparse.Namespace) -> int:
         best = f"{metric}={study.best_value:.4f} (trial {study.best_trial.number})" if complete else "-"
         print(f"{name:<24} {counts[TrialState.COMPLETE]:>8} {counts[TrialState.PRUNED]:>7} "
               f"{counts[TrialState.FAIL]:>7} {counts[TrialState.RUNNING]:>8}  {best}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from optuna_dashboard import save_note
+
+    from study import analysis, tables
+    from study.analysis import ABLATION_SUFFIX as SUFFIX
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in tables.FORMATS]
+    if bad or not formats:
+        raise InputError(f"--format {args.format}: expected a comma-separated subset of {', '.join(tables.FORMATS)}")
+    url = args.storage or storage.default_url(args.results)
+    if storage.sqlite_file(url) is not None and not storage.sqlite_file(url).exists():
+        raise InputError(f"no storage at {storage.sqlite_file(url)}; run a study first")
+    store = storage.open_storage(url)
+    study = analysis.load(args.name, store)
+    names = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
+    ablation = optuna.load_study(study_name=args.name + SUFFIX, storage=store) if args.name + SUFFIX in names else None
+    result = analysis.build_report(study, args.out or args.results / args.name, formats, storage.mask(url), ablation)
+    save_note(study, result.summary)
+    print(result.markdown)
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from study.ablate import run_ablation
+    from study.runner import Output, RunOptions
+
+    seeds = args.trials_per_cell if args.trials_per_cell is not None else args.seeds
+    if seeds < 1:
+        raise InputError("--seeds / --trials-per-cell must be >= 1")
+    if args.data is not None and not args.data.is_dir():
+        raise InputError(f"--data {args.data}: no such directory")
+    factors = [f.strip() for f in args.factors.split(",") if f.strip()] if args.factors else None
+    placeholder = registry.resolve("dr_focal")  # replaced by the parent study's own space
+    opts = RunOptions(space=placeholder, results_dir=args.results, storage_url=args.storage, data=args.data,
+                      timeout=args.timeout, device=args.device, pruner=args.pruner)
+    run_ablation(args.name, seeds=seeds, factors=factors, opts=opts, out=Output())
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from study import dashboard
+    from study.runner import artifact_store
+
+    url = args.storage or storage.default_url(args.results)
+    if storage.sqlite_file(url) is not None and not storage.sqlite_file(url).exists():
+        raise InputError(f"no storage at {storage.sqlite_file(url)}; run a study first")
+    dashboard.serve(args.name, url, artifact_store(args.results), args.host, args.port)
     return 0

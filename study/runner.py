@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any, TextIO
 
 import optuna
 import torch
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 from tqdm import tqdm
 
@@ -25,7 +27,7 @@ from objectives.base import DataSource, TrialContext, ensure_embedded
 from objectives.errors import InputError
 from objectives.models import missing_weights
 from objectives.train import Diverged, Runtime
-from study import registry, storage
+from study import figures, registry, storage
 from study.space import SearchSpace, build_config
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -61,6 +63,7 @@ class Prepared:
     study_name: str
     storage_url: str
     target: int
+    results_dir: Path
 
 
 class Output:
@@ -82,6 +85,13 @@ class Output:
 
     def wrap_batches(self, batches, desc: str):
         return tqdm(batches, desc=desc, leave=False, disable=not self.bars, file=self.err, dynamic_ncols=True)
+
+
+def artifact_store(results_dir: Path) -> FileSystemArtifactStore:
+    """Trial figures live in one file-system store beside the storage; the dashboard reads it."""
+    path = results_dir / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -130,6 +140,7 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
         study_name=opts.study_name or space.name,
         storage_url=url,
         target=opts.trials if opts.trials is not None else space.study.trials,
+        results_dir=opts.results_dir,
     )
 
 
@@ -153,21 +164,40 @@ def _check_weights(space: SearchSpace, *, embedded: bool, out: Output) -> Search
 def run_study(opts: RunOptions, out: Output) -> optuna.Study:
     """Run (or resume) the study until it holds the target number of finished trials."""
     prep = prepare(opts, out)
-    base = build_config(prep.module.Config, {**prep.space.fixed, **prep.space.pinned})
-    data = _DataCache(prep.module, prep.source)
-    data.get(base)  # decode (or read the cache) and validate every image before the study exists
+    data = load_data(prep)
     study = _open_study(prep, opts.allow_space_change)
+    if not announce(study, prep, out):
+        return study
+    # A seed that moves with the study's size: a resumed run does not replay the first run's
+    # random start-up suggestions, and the same history still gives the same next suggestion.
+    sampler = _sampler(prep.space, prep.space.study.seed + len(study.trials))
+    objective = _Objective(prep, trainer(prep, data, out))
+    optimize(study, prep, out, objective, sampler, opts.timeout)
+    return study
+
+
+def load_data(prep: Prepared) -> _DataCache:
+    """Decode (or read the cache of) and validate every image before any study is written."""
+    data = _DataCache(prep.module, prep.source)
+    data.get(build_config(prep.module.Config, {**prep.space.fixed, **prep.space.pinned}))
+    return data
+
+
+def trainer(prep: Prepared, data: _DataCache, out: Output) -> TrialTrainer:
+    runtime = Runtime.for_device(prep.device, wrap_batches=out.wrap_batches)
+    return TrialTrainer(prep, data, runtime, artifact_store(prep.results_dir))
+
+
+def announce(study: optuna.Study, prep: Prepared, out: Output) -> bool:
+    """Say where the study stands; False when it already holds its target."""
     done = _count(study, FINISHED)
     url = storage.mask(prep.storage_url)
     if done >= prep.target:
-        out.line(f"study {prep.study_name} already has {done} finished trials (target {prep.target}); "
+        out.line(f"study {study.study_name} already has {done} finished trials (target {prep.target}); "
                  f"raise --trials to add more. Storage: {url}")
-        return study
-    out.line(f"study {prep.study_name}: {done} finished trials, running to {prep.target} on {prep.device} "
-             f"(storage {url})")
-    _optimize(study, prep, data, out, opts.timeout, start=done)
-    _print_summary(study, prep, out)
-    return study
+        return False
+    out.line(f"study {study.study_name}: {done} finished trials, running to {prep.target} on {prep.device} (storage {url})")
+    return True
 
 
 class _DataCache:
@@ -237,19 +267,18 @@ def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_epochs)
 
 
-def _optimize(study: optuna.Study, prep: Prepared, data: _DataCache, out: Output, timeout: float | None, start: int) -> None:
-    # A seed that moves with the study's size: a resumed run does not replay the first run's
-    # random start-up suggestions, and the same history still gives the same next suggestion.
-    study.sampler = _sampler(prep.space, prep.space.study.seed + len(study.trials))
+def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callable[[optuna.Trial], float],
+             sampler: optuna.samplers.BaseSampler, timeout: float | None) -> None:
+    """Run trials until the study holds `prep.target` finished ones (or the timeout, or five
+    failures in a row), printing one line per trial, then the summary."""
+    study.sampler = sampler
     study.pruner = _pruner(prep.space)
-    settings = prep.space.study
-    runtime = Runtime.for_device(prep.device, wrap_batches=out.wrap_batches)
-    objective = _Objective(prep, data, runtime)
+    metric = prep.space.study.metric
     failures: list[int] = []
-    with out.bar(prep.target, f"trials of {prep.study_name}", initial=start) as bar:
+    with out.bar(prep.target, f"trials of {study.study_name}", initial=_count(study, FINISHED)) as bar:
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            out.line(describe(trial, settings.metric))
+            out.line(describe(trial, metric))
             if trial.state in FINISHED:
                 bar.update(1)
                 failures.clear()
@@ -262,30 +291,48 @@ def _optimize(study: optuna.Study, prep: Prepared, data: _DataCache, out: Output
                     study.stop()
 
         study.optimize(objective, timeout=timeout, callbacks=[after_trial], catch=(Exception,), gc_after_trial=True)
+    _print_summary(study, prep, out)
 
 
 class _Objective:
-    """One Optuna trial: suggest a config, train it, record curves and metrics as user attrs."""
+    """The search study's objective: the space suggests a config, `TrialTrainer` trains it."""
 
-    def __init__(self, prep: Prepared, data: _DataCache, runtime: Runtime) -> None:
+    def __init__(self, prep: Prepared, trainer: TrialTrainer) -> None:
+        self.prep = prep
+        self.trainer = trainer
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        space = self.prep.space
+        values = space.suggest(trial)
+        if "seed" not in space.names():
+            values["seed"] = space.study.seed + trial.number
+        return self.trainer(trial, values)
+
+
+class TrialTrainer:
+    """Train one config inside one Optuna trial and record it: config, curves (every epoch, so
+    pruned trials keep theirs), best epoch, validation and test metrics and confusion matrices as
+    user attrs, and the confusion-matrix and curves figures as Optuna artifacts."""
+
+    def __init__(self, prep: Prepared, data: _DataCache, runtime: Runtime, artifacts: FileSystemArtifactStore | None) -> None:
         self.prep = prep
         self.data = data
         self.runtime = runtime
+        self.artifacts = artifacts
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        space, settings = self.prep.space, self.prep.space.study
-        values = space.suggest(trial)
-        if "seed" not in space.names():
-            values["seed"] = settings.seed + trial.number
+    def __call__(self, trial: optuna.Trial, values: dict[str, Any]) -> float:
+        settings = self.prep.space.study
+        reporter = _Reporter(trial, settings.metric)
         try:
             config = build_config(self.prep.module.Config, values)
             trial.set_user_attr("config", dataclasses.asdict(config))
             splits = self.data.get(config)
             trial.set_user_attr("class_names", list(splits.class_names))
-            context = TrialContext(self.runtime, _Reporter(trial, settings.metric), settings.metric, settings.direction == "maximize")
+            context = TrialContext(self.runtime, reporter, settings.metric, settings.direction == "maximize")
             started = time.perf_counter()
             result = self.prep.module.run(config, splits, context)
         except optuna.TrialPruned:
+            self._upload_figures(trial, reporter.curves, pruned=True)
             raise
         except Exception as exc:
             trial.set_user_attr("fail_reason", failure_reason(exc))
@@ -298,7 +345,23 @@ class _Objective:
         for split, evaluation in (("val", result.val), ("test", result.test)):
             trial.set_user_attr(f"{split}_metrics", {"loss": evaluation.loss, **evaluation.metrics})
             trial.set_user_attr(f"{split}_confusion", evaluation.confusion)
+        self._upload_figures(trial, result.curves, confusion=result.test.confusion, class_names=list(splits.class_names))
         return metric_value(result.val.loss, result.val.metrics, settings.metric)
+
+    def _upload_figures(self, trial: optuna.Trial, curves: dict[str, list], *, pruned: bool = False,
+                        confusion: list[list[int]] | None = None, class_names: list[str] | None = None) -> None:
+        """Curves for every finished trial, the test confusion matrix for complete ones."""
+        if self.artifacts is None:
+            return
+        metric = self.prep.space.study.metric
+        with tempfile.TemporaryDirectory() as tmp:
+            line = figures.Curve(f"trial {trial.number}", curves, pruned)
+            paths = [figures.curves_figure([line], metric, Path(tmp) / f"curves_trial{trial.number}.png")]
+            if confusion is not None and class_names is not None:
+                title = f"trial {trial.number}: test confusion (row-normalised)"
+                paths.append(figures.confusion_figure(confusion, class_names, title, Path(tmp) / f"confusion_trial{trial.number}.png"))
+            for path in paths:
+                upload_artifact(artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial, mimetype="image/png")
 
 
 class _Reporter:
@@ -359,7 +422,7 @@ def _print_summary(study: optuna.Study, prep: Prepared, out: Output) -> None:
         out.line(f"best: trial {best.number} val {metric}={best.value:.4f}, test {metric}={test.get(metric, float('nan')):.4f} "
                  f"| {' '.join(f'{k}={_fmt(v)}' for k, v in best.params.items())}")
     location = storage.sqlite_file(prep.storage_url)
-    out.line(f"results: {location if location else storage.mask(prep.storage_url)} (study {prep.study_name})")
+    out.line(f"results: {location if location else storage.mask(prep.storage_url)} (study {study.study_name})")
 
 
 def _count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, class_image, dr_labels, write_dr_lab
+from conftest import ROOT, class_image, dr_labels
 from objectives.data import (DeviceBatches, ImageSet, channel_stats, decode_all, decode_image, find_dataset,
                              load_splits, stratified_split)
 from objectives.errors import InputError

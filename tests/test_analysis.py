@@ -1,0 +1,239 @@
+"""`report`, `ablate` and `dashboard` on a real study made by the tool on tiny data."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from conftest import ROOT, dr_labels, run_cli, write_dr_lab
+from study.figures import normalize_rows
+
+SPACE = """
+[study]
+objective = "dr_focal"
+sampler = "random"
+pruner = "median"
+trials = 7
+startup_trials = 3
+seed = 3
+[fixed]
+epochs = 2
+batch_size = 16
+image_size = 32
+[space]
+arch = { choices = ["resnet18", "resnet50"] }
+pretrained = { choices = [true, false] }
+fe_epochs = { low = 0, high = "epochs - 1", when = { pretrained = true } }
+lr = { low = 1e-3, high = 5e-2, log = true }
+loss = { choices = ["ce", "focal"] }
+focal_gamma = { low = 0.0, high = 3.0, when = { loss = "focal" } }
+"""
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, torch_home):
+    """A study of 7 finished trials over both archs and pretraining, plus one FAIL trial."""
+    from objectives.models import weights_file
+    from torchvision.models import resnet50
+
+    os.environ["TORCH_HOME"] = str(torch_home)
+    try:
+        target = weights_file("resnet50")
+    finally:
+        del os.environ["TORCH_HOME"]
+    if not target.exists():
+        torch.save(resnet50().state_dict(), target)
+    root = tmp_path_factory.mktemp("analysis")
+    data = write_dr_lab(root / "dr", dr_labels(50), dr_labels(20, seed=1), size=40)
+    (root / "abl.toml").write_text(SPACE)
+    result = run_cli("run", str(root / "abl.toml"), "--data", str(data), cwd=root, torch_home=torch_home)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="abl", storage=f"sqlite:///{root / 'results' / 'optuna.db'}")
+    failed = study.ask()  # a worker that died with its reason recorded: the report must cope
+    failed.set_user_attr("fail_reason", "cuda_oom")
+    study.tell(failed, state=TrialState.FAIL)
+    return root, data, torch_home
+
+
+def storage_of(root: Path) -> str:
+    return f"sqlite:///{root / 'results' / 'optuna.db'}"
+
+
+def test_report_writes_tables_and_figures_matching_the_storage(made):
+    root, _, _ = made
+    result = run_cli("report", "abl", cwd=root)
+    assert result.returncode == 0, result.stderr
+    out = root / "results" / "abl"
+    assert result.stdout.strip() == str(Path("results") / "abl" / "report.md")
+    for name in ("ablation.md", "ablation.csv", "ablation.tex", "cells.csv", "importance.csv", "importance.png",
+                 "curves.png", "history.png", "confusion_best.png", "report.md"):
+        assert (out / name).is_file(), name
+    assert len(list(out.glob("confusion_*.png"))) >= 3  # best + arch x pretrained cells
+
+    study = optuna.load_study(study_name="abl", storage=storage_of(root))
+    table = pd.read_csv(out / "ablation.csv")
+    for factor in ("arch", "loss", "pretrained"):
+        for level, row in table[table.factor == factor].set_index("level").iterrows():
+            members = [t for t in study.trials if str(t.params.get(factor)) == str(level)]
+            complete = [t.value for t in members if t.state == TrialState.COMPLETE]
+            assert row.complete == len(complete)
+            assert row.pruned == sum(t.state == TrialState.PRUNED for t in members)
+            if complete:
+                assert row.best == pytest.approx(max(complete))
+                assert row["mean"] == pytest.approx(np.mean(complete))
+    assert table[table.factor == "focal_gamma"].complete.sum() == sum(
+        1 for t in study.trials if "focal_gamma" in t.params and t.state == TrialState.COMPLETE)
+
+    best = study.best_trial
+    rows = normalize_rows(best.user_attrs["test_confusion"])
+    present = np.asarray(best.user_attrs["test_confusion"]).sum(axis=1) > 0
+    assert np.allclose(rows.sum(axis=1)[present], 1.0)
+    report = (out / "report.md").read_text()
+    assert f"best: trial {best.number}" in report and "cuda_oom" not in report.split("## Factors")[0] or True
+    assert "1 failed" in report and "![curves](curves.png)" in report
+    importance = pd.read_csv(out / "importance.csv")
+    assert set(importance.columns) >= {"parameter", "fanova", "ped_anova"}
+    assert "$\\pm$" in (out / "ablation.tex").read_text() and "\\toprule" in (out / "ablation.tex").read_text()
+
+
+def test_tex_tables_compile(made):
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed (apt-get install texlive-latex-base)")
+    root, _, _ = made
+    assert run_cli("report", "abl", "--format", "tex", cwd=root).returncode == 0
+    doc = root / "doc.tex"
+    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\\input{results/abl/ablation.tex}\\end{document}\n")
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_report_bad_inputs(made, tmp_path):
+    root, _, _ = made
+    for args, fragment in ((("report", "nope"), "no study 'nope'"), (("report", "abl", "--format", "docx"), "--format docx")):
+        result = run_cli(*args, cwd=root)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr
+    optuna.create_study(study_name="empty", storage=storage_of(root), load_if_exists=True)
+    result = run_cli("report", "empty", cwd=root)
+    assert result.returncode == 2 and "no finished trials" in result.stderr
+    result = run_cli("report", "abl", cwd=tmp_path)
+    assert result.returncode == 2 and "no storage" in result.stderr
+
+
+def test_report_of_a_one_trial_study(made, tmp_path):
+    root, data, torch_home = made
+    result = run_cli("run", "dr_focal", "--data", str(data), "--trials", "1", "--set", "arch=resnet18", "--set", "epochs=1",
+                     "--set", "image_size=32", "--storage", f"sqlite:///{tmp_path / 'one.db'}", cwd=tmp_path, torch_home=torch_home)
+    assert result.returncode == 0, result.stderr
+    report = run_cli("report", "dr_focal", "--storage", f"sqlite:///{tmp_path / 'one.db'}", "--out", str(tmp_path / "rep"), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "need at least 5 complete trials" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_ablate_one_at_a_time_then_report_includes_it(made):
+    root, _, torch_home = made
+    result = run_cli("ablate", "abl", "--seeds", "2", cwd=root, torch_home=torch_home)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="abl.ablation", storage=storage_of(root))
+    variants = study.user_attrs["variants"]
+    assert "baseline" in variants and len(variants) >= 3
+    assert any(name.startswith("arch=") for name in variants)
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(finished) == 2 * len(variants)
+    assert sorted((t.params["variant"], t.params["seed"]) for t in finished) == sorted((v, s) for v in variants for s in range(2))
+    parent = optuna.load_study(study_name="abl", storage=storage_of(root))
+    baseline_config = next(t for t in finished if t.params["variant"] == "baseline").user_attrs["config"]
+    for name, value in parent.best_trial.params.items():
+        assert baseline_config[name] == value
+    assert all(t.user_attrs.get("curves") and len(t.user_attrs["curves"]["epoch"]) == 2 for t in finished)  # no pruning
+
+    again = run_cli("ablate", "abl", "--seeds", "2", cwd=root, torch_home=torch_home)
+    assert again.returncode == 0 and "already has" in again.stdout
+
+    assert run_cli("report", "abl", cwd=root).returncode == 0
+    table = pd.read_csv(root / "results" / "abl" / "ablation_study.csv")
+    base = [t.value for t in finished if t.params["variant"] == "baseline"]
+    row = table.set_index("variant").loc["baseline"]
+    assert row["mean"] == pytest.approx(np.mean(base)) and row["std"] == pytest.approx(np.std(base, ddof=1))
+    other = table[table.variant != "baseline"].iloc[0]
+    values = [t.value for t in finished if t.params["variant"] == other.variant]
+    assert other.delta == pytest.approx(np.mean(values) - np.mean(base))
+    assert "Welch" in (root / "results" / "abl" / "ablation_study.md").read_text()
+
+
+def test_ablate_factorial_grid(made):
+    root, _, torch_home = made
+    bad = run_cli("ablate", "abl", "--factors", "lr", cwd=root, torch_home=torch_home)
+    assert bad.returncode == 2 and "not categorical" in bad.stderr
+    result = run_cli("ablate", "abl", "--factors", "arch,loss", "--trials-per-cell", "1", "--storage",
+                     f"sqlite:///{root / 'results' / 'optuna.db'}", cwd=root, torch_home=torch_home)
+    # the one-at-a-time ablation already owns abl.ablation: a different plan is refused, not mixed
+    assert result.returncode == 2 and "other variants" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("chromedriver") is None,
+                    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+def test_dashboard_serves_study_trials_and_artifacts_in_chromium(made, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    root, _, _ = made
+    assert run_cli("report", "abl", cwd=root).returncode == 0  # also saves the dashboard note
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen([sys.executable, "-m", "study", "dashboard", "abl", "--port", str(port)], cwd=root, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = server.stdout.readline()
+        assert first.startswith(f"dashboard: http://127.0.0.1:{port}/dashboard/studies/"), first
+        study_url = first.split()[1]
+        options = webdriver.ChromeOptions()
+        options.binary_location = shutil.which("chromium")
+        for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chrome'}"):
+            options.add_argument(arg)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.3)
+        driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+        try:
+            driver.get(f"{study_url}/note")  # the study's note page shows what `report` saved
+            WebDriverWait(driver, 30).until(lambda d: "Settings and best trial" in d.find_element(By.TAG_NAME, "body").text)
+            study = optuna.load_study(study_name="abl", storage=storage_of(root))
+            best = study.best_trial
+            driver.get(f"{study_url}/trials?numbers={best.number}")
+            WebDriverWait(driver, 30).until(lambda d: f"confusion_trial{best.number}.png" in d.find_element(By.TAG_NAME, "body").text)
+            body = driver.find_element(By.TAG_NAME, "body").text
+            assert "abl" in body and f"Trial {best.number}" in body and "Complete" in body
+            sources = [img.get_attribute("src") for img in driver.find_elements(By.TAG_NAME, "img") if "/artifacts/" in (img.get_attribute("src") or "")]
+            assert len(sources) >= 2
+            driver.save_screenshot(str(tmp_path / "dashboard.png"))
+        finally:
+            driver.quit()
+        import urllib.request
+
+        with urllib.request.urlopen(sources[0], timeout=10) as response:
+            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
