@@ -99,7 +99,7 @@ def test_report_writes_tables_and_figures_matching_the_storage(made):
     present = np.asarray(best.user_attrs["test_confusion"]).sum(axis=1) > 0
     assert np.allclose(rows.sum(axis=1)[present], 1.0)
     report = (out / "report.md").read_text()
-    assert f"best: trial {best.number}" in report and "cuda_oom" not in report.split("## Factors")[0] or True
+    assert f"best: trial {best.number}, " in report
     assert "1 failed" in report and "![curves](curves.png)" in report
     importance = pd.read_csv(out / "importance.csv")
     assert set(importance.columns) >= {"parameter", "fanova", "ped_anova"}
