@@ -9,14 +9,14 @@ everything a trial may vary), ``EMBEDDED_DATASET`` (the data used when no ``--da
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from objectives.data import Splits, find_dataset, load_splits
 from objectives.errors import InputError
-from objectives.train import FitResult, Report, Runtime
+from objectives.train import Checkpointing, FitResult, Report, Runtime
 
 TrialResult = FitResult
 
@@ -44,6 +44,7 @@ class DataSource:
     root: Path
     cache_dir: Path | None = None
     bar: BarFactory = field(default=no_bar)
+    layout: str | None = None  # forced layout (`--layout`); None detects it
 
 
 @dataclass(frozen=True)
@@ -54,15 +55,31 @@ class TrialContext:
     report: Report
     metric: str
     maximize: bool
+    checkpoint: Checkpointing | None = None  # per-epoch state, and where to resume from
 
 
-def load_image_splits(source: DataSource, *, num_classes: int, image_size: int, val_fraction: float, split_seed: int) -> Splits:
-    """Find the dataset under `source.root`, check it, decode it once (cached) and split it."""
-    files = find_dataset(source.root, num_classes=num_classes, seed=split_seed)
-    total = len(files.train.paths) + len(files.test.paths)
+def load_image_splits(
+    source: DataSource,
+    *,
+    image_size: int,
+    val_fraction: float,
+    split_seed: int,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Splits:
+    """Find the dataset under `source.root`, check it, decode it once (cached) and split it.
+
+    Classes come from the data; `num_classes` / `class_names` are what the study fixes, if it
+    does (a mismatch is an InputError). `mean` / `std` fix the normalisation; None computes it
+    from the training rows.
+    """
+    files = find_dataset(source.root, num_classes=num_classes, class_names=class_names, layout=source.layout, seed=split_seed)
+    total = len(files.train) + len(files.test)
     with source.bar(total, f"decode {total} images at {image_size}px") as bar:
         return load_splits(files, image_size=image_size, val_fraction=val_fraction, split_seed=split_seed,
-                           cache_dir=source.cache_dir, progress=bar.update)
+                           cache_dir=source.cache_dir, progress=bar.update, mean=mean, std=std)
 
 
 def ensure_embedded(name: str, data_dir: Path, *, train_images: int, test_images: int, seed: int = 0) -> Path:
@@ -79,4 +96,10 @@ def _synthetic_fundus(root: Path, train_images: int, test_images: int, seed: int
     return synthetic.generate(root, train_images, test_images, seed=seed)
 
 
-EMBEDDED: dict[str, Callable[[Path, int, int, int], Path]] = {"synthetic-fundus": _synthetic_fundus}
+def _digits(root: Path, train_images: int, test_images: int, seed: int) -> Path:
+    from objectives import digits
+
+    return digits.export(root, train_images, test_images, seed)
+
+
+EMBEDDED: dict[str, Callable[[Path, int, int, int], Path]] = {"synthetic-fundus": _synthetic_fundus, "digits": _digits}

@@ -1,24 +1,33 @@
 """Datasets: the layouts a user brings, the decode-once image cache, splits and device batches.
 
+Four layouts are recognised under a ``--data`` folder (`LAYOUTS`): the DR lab's CSVs, Kaggle's
+``trainLabels.csv``, torchvision's ``cifar-10-batches-py`` pickles and an ImageFolder tree. Each
+reader only lists images and labels; the checks (`table_problems`) are separate, so that `data
+inspect` can list every problem where a run stops at the first. The number of classes and their
+names come from the data.
+
 Images are decoded and resized a single time into a uint8 array cached under ``results/cache/``
-(keyed by the files' names, sizes and mtimes and by the image size), which every trial and every
-worker then reads. Conversion to float, normalisation and random flips happen per batch on the
-training device, so an epoch costs what the model costs, not what JPEG decoding costs.
+(keyed by the files' names, sizes and mtimes, or by the pixels of an array dataset, and by the
+image size), which every trial and every worker then reads. Conversion to float, normalisation,
+random crops and flips happen per batch on the training device, so an epoch costs what the model
+costs, not what JPEG decoding costs.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from objectives.errors import InputError
@@ -26,16 +35,29 @@ from objectives.errors import InputError
 DR_CLASS_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
 DR_LAB_FILES = ("train_img.csv", "train_label.csv", "test_img.csv", "test_label.csv")
 KAGGLE_LABELS = "trainLabels.csv"
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST = "test_batch"
+CIFAR_META = "batches.meta"
 CACHE_VERSION = 1  # bump when the decode (resize/crop) changes, so old caches are not reused
 Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
 class ImageTable:
-    """Image files and their integer labels, in a fixed order."""
+    """Images and their integer labels, in a fixed order: files to decode (`paths`), or the rows
+    of an already decoded uint8 NHWC array (`pixels`, e.g. CIFAR's batches; `paths` is empty)."""
 
     paths: tuple[Path, ...]
     labels: np.ndarray
+    pixels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def name(self, i: int) -> str:
+        """How messages name image `i`: its file name, or its row for an array table."""
+        return self.paths[i].name if self.pixels is None else f"image #{i}"
 
 
 @dataclass(frozen=True)
@@ -47,6 +69,20 @@ class DatasetFiles:
     train: ImageTable
     test: ImageTable
     class_names: tuple[str, ...]
+    test_held_out: float = 0.0  # the fraction of train held out as test where the data has no test split
+
+    def tables(self) -> tuple[tuple[str, ImageTable], ...]:
+        return (("train", self.train), ("test", self.test))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset; `fatal` when a run would stop on it (a duplicate between
+    train and test does not stop a run, it only makes the test figure optimistic)."""
+
+    kind: str
+    message: str
+    fatal: bool = True
 
 
 @dataclass(frozen=True)
@@ -66,7 +102,7 @@ class ImageSet:
 
 @dataclass(frozen=True)
 class Splits:
-    """Train / validation (carved from train) / test sets plus the train channel statistics."""
+    """Train / validation (carved from train) / test sets plus the normalisation statistics."""
 
     train: ImageSet
     val: ImageSet
@@ -83,25 +119,98 @@ class Splits:
 # ---------------------------------------------------------------- layouts
 
 
-def find_dataset(root: Path, *, num_classes: int, test_fraction: float = 0.2, seed: int = 0) -> DatasetFiles:
-    """Detect the layout of `root` and read its tables, checking every file and label."""
-    if not root.is_dir():
-        raise InputError(f"--data {root}: no such directory")
-    if any((root / name).exists() for name in DR_LAB_FILES):
-        files = _read_dr_lab(root)
-    elif (root / KAGGLE_LABELS).is_file():
-        files = _read_kaggle(root, test_fraction=test_fraction, seed=seed)
-    else:
-        raise InputError(
-            f"--data {root}: no known layout (expected {', '.join(DR_LAB_FILES)} "
-            f"or {KAGGLE_LABELS} with train/<image>.jpeg)"
-        )
-    for split, table in (("train", files.train), ("test", files.test)):
-        _check_table(files.root, split, table, num_classes)
+@dataclass(frozen=True)
+class Layout:
+    """One dataset layout: what it looks like on disk, how to recognise it, how to list it.
+
+    `detect(dir)` returns the dataset's root when `dir` holds this layout (CIFAR's may be the
+    ``cifar-10-batches-py`` folder inside `dir`), else None. `read(root, test_fraction, seed)`
+    lists images and labels without checking them (see `table_problems`); a layout without test
+    labels holds out a stratified, seeded test split of `test_fraction`.
+    """
+
+    description: str
+    detect: Callable[[Path], Path | None]
+    read: Callable[[Path, float, int], DatasetFiles]
+
+
+def find_dataset(
+    root: Path,
+    *,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    layout: str | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> DatasetFiles:
+    """Detect the layout of `root` (or use `layout`), read its tables and check every file and
+    label; the first problem is an InputError. `num_classes` / `class_names`, where a study fixes
+    them, must match what the data says."""
+    files = read_dataset(root, layout=layout, test_fraction=test_fraction, seed=seed)
+    fatal = [p for p in table_problems(files) if p.fatal]
+    if fatal:
+        raise InputError(fatal[0].message)
+    check_classes(files, num_classes=num_classes, class_names=class_names)
     return files
 
 
-def _read_dr_lab(root: Path) -> DatasetFiles:
+def read_dataset(root: Path, *, layout: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> DatasetFiles:
+    """The tables of `root` in its detected (or the forced) layout, unchecked."""
+    name, found = detect_layout(root, layout)
+    return LAYOUTS[name].read(found, test_fraction, seed)
+
+
+def detect_layout(root: Path, layout: str | None = None) -> tuple[str, Path]:
+    """(layout name, dataset root) of `root`: the first layout that recognises it, or `layout`."""
+    if not root.is_dir():
+        raise InputError(f"--data {root}: no such directory")
+    if layout is not None:
+        if layout not in LAYOUTS:
+            raise InputError(f"--layout {layout}: unknown layout; known: {', '.join(LAYOUTS)}")
+        return layout, LAYOUTS[layout].detect(root) or root
+    for name, spec in LAYOUTS.items():
+        found = spec.detect(root)
+        if found is not None:
+            return name, found
+    expected = "; ".join(f"{name}: {spec.description}" for name, spec in LAYOUTS.items())
+    raise InputError(f"--data {root}: no known layout (expected {expected})")
+
+
+def table_problems(files: DatasetFiles) -> list[Problem]:
+    """Labels outside the classes and missing files, split by split (cheap: no image is read)."""
+    problems = []
+    k = len(files.class_names)
+    for split, table in files.tables():
+        bad = np.flatnonzero((table.labels < 0) | (table.labels >= k))
+        if bad.size:
+            i = int(bad[0])
+            problems.append(Problem("label", f"{files.root}: {split} label {int(table.labels[i])} of {table.name(i)} is outside "
+                                             f"0..{k - 1} ({bad.size} such labels)"))
+        missing = [p for p in table.paths if not p.is_file()]
+        if missing:
+            shown = ", ".join(p.name for p in missing[:3])
+            problems.append(Problem("missing", f"{files.root}: {len(missing)} {split} image(s) missing, e.g. {shown}"))
+    return problems
+
+
+def check_classes(files: DatasetFiles, *, num_classes: int | None, class_names: Sequence[str] | None) -> None:
+    """The classes a study fixes (count or names) must be the data's."""
+    found = files.class_names
+    if num_classes is not None and num_classes != len(found):
+        raise InputError(f"--data {files.root}: the data has {len(found)} classes ({_names(found)}), the study expects {num_classes}")
+    if class_names is not None and tuple(class_names) != found:
+        raise InputError(f"--data {files.root}: the data's classes are {_names(found)}, the study expects {_names(class_names)}")
+
+
+def _names(names: Sequence[str], shown: int = 10) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
+
+
+def _detect_dr_lab(root: Path) -> Path | None:
+    return root if any((root / name).exists() for name in DR_LAB_FILES) else None
+
+
+def _read_dr_lab(root: Path, test_fraction: float, seed: int) -> DatasetFiles:
     """The source lab's layout: four one-column CSVs (with header) and DIR/<name>.jpeg."""
     missing = [name for name in DR_LAB_FILES if not (root / name).is_file()]
     if missing:
@@ -120,30 +229,165 @@ def _read_dr_lab(root: Path) -> DatasetFiles:
     return DatasetFiles("dr_lab", root, tables[0], tables[1], DR_CLASS_NAMES)
 
 
-def _read_kaggle(root: Path, *, test_fraction: float, seed: int) -> DatasetFiles:
+def _detect_kaggle(root: Path) -> Path | None:
+    return root if (root / KAGGLE_LABELS).is_file() else None
+
+
+def _read_kaggle(root: Path, test_fraction: float, seed: int) -> DatasetFiles:
     """Kaggle's ``trainLabels.csv`` (image,level) with ``train/<image>.jpeg``.
 
     Kaggle published no labels with its test images, so a stratified test split is held out of
     train (seeded, so every run of a study holds out the same images).
     """
-    with open(root / KAGGLE_LABELS, newline="") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        with open(root / KAGGLE_LABELS, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except FileNotFoundError:
+        raise InputError(f"--data {root}: Kaggle layout needs {KAGGLE_LABELS}") from None
     header = [h.strip() for h in rows[0]] if rows else []
     if header[:2] != ["image", "level"]:
         raise InputError(f"{root / KAGGLE_LABELS}: expected header 'image,level', found {','.join(header)!r}")
     body = [r for r in rows[1:] if r]
     if not body:
         raise InputError(f"{root / KAGGLE_LABELS}: no rows")
-    paths = np.array([root / "train" / f"{r[0].strip()}.jpeg" for r in body], dtype=object)
+    paths = tuple(root / "train" / f"{r[0].strip()}.jpeg" for r in body)
     labels = _parse_labels([r[1] if len(r) > 1 else "" for r in body], root / KAGGLE_LABELS)
-    keep, held = stratified_split(labels, test_fraction, seed)
-    return DatasetFiles(
-        "kaggle",
-        root,
-        ImageTable(tuple(paths[keep]), labels[keep]),
-        ImageTable(tuple(paths[held]), labels[held]),
-        DR_CLASS_NAMES,
-    )
+    train, test = _hold_out(ImageTable(paths, labels), test_fraction, seed)
+    return DatasetFiles("kaggle", root, train, test, DR_CLASS_NAMES, test_held_out=test_fraction)
+
+
+def _detect_cifar(root: Path) -> Path | None:
+    for candidate in (root, root / CIFAR_FOLDER):
+        if (candidate / CIFAR_META).is_file() or (candidate / CIFAR_TRAIN[0]).is_file():
+            return candidate
+    return None
+
+
+def _read_cifar(root: Path, test_fraction: float, seed: int) -> DatasetFiles:
+    """torchvision's ``cifar-10-batches-py``: five training batches, a test batch and
+    ``batches.meta`` (the class names), each a pickled dict of a (N, 3072) uint8 array in
+    channel-major order and a list of labels. Read here, never downloaded."""
+    missing = [name for name in (*CIFAR_TRAIN, CIFAR_TEST, CIFAR_META) if not (root / name).is_file()]
+    if missing:
+        raise InputError(f"--data {root}: CIFAR-10 batches incomplete, missing {', '.join(missing)}")
+    meta = _unpickle(root / CIFAR_META)
+    names = _field(meta, "label_names", root / CIFAR_META)
+    class_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    train = _cifar_table([root / name for name in CIFAR_TRAIN])
+    test = _cifar_table([root / CIFAR_TEST])
+    return DatasetFiles("cifar10", root, train, test, class_names)
+
+
+def _cifar_table(paths: Sequence[Path]) -> ImageTable:
+    arrays, labels = [], []
+    for path in paths:
+        batch = _unpickle(path)
+        data = np.asarray(_field(batch, "data", path))
+        rows = np.asarray(_field(batch, "labels", path))
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(rows) != len(data):
+            raise InputError(f"{path}: expected a (N, 3072) uint8 'data' array and N labels, found {data.dtype} {data.shape} "
+                             f"and {len(rows)} labels")
+        arrays.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(rows.astype(np.int64))
+    return ImageTable((), np.concatenate(labels), pixels=np.ascontiguousarray(np.concatenate(arrays)))
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches and nothing else: a pickle may name any callable, so only the
+    few numpy and codec functions that rebuild an array are allowed (torchvision's loader
+    allows everything)."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # type: ignore[override]
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            loaded = _BatchUnpickler(handle, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, OSError) as exc:
+        raise InputError(f"{path}: not a CIFAR-10 python batch ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(loaded, dict):
+        raise InputError(f"{path}: not a CIFAR-10 python batch (a {type(loaded).__name__}, not a dict)")
+    return loaded
+
+
+def _field(batch: dict, key: str, path: Path):
+    for candidate in (key.encode(), key):
+        if candidate in batch:
+            return batch[candidate]
+    raise InputError(f"{path}: no {key!r} entry in this CIFAR-10 batch")
+
+
+def _detect_imagefolder(root: Path) -> Path | None:
+    train = root / "train"
+    return root if train.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in train.iterdir()) else None
+
+
+def _read_imagefolder(root: Path, test_fraction: float, seed: int) -> DatasetFiles:
+    """``train/<class>/<image>`` and optionally ``test/<class>/<image>``, any image format Pillow
+    reads. Classes are train's sub-folders, sorted (by number when every name is a number, so
+    grades 0..10 keep their order); without ``test/`` a stratified test split is held out."""
+    classes = _class_folders(root / "train")
+    if not classes:
+        raise InputError(f"--data {root}: ImageFolder layout needs train/<class>/<image> folders")
+    train = _folder_table(root / "train", classes)
+    if not (root / "test").is_dir():
+        train, test = _hold_out(train, test_fraction, seed)
+        return DatasetFiles("imagefolder", root, train, test, tuple(classes), test_held_out=test_fraction)
+    unknown = [c for c in _class_folders(root / "test") if c not in classes]
+    if unknown:
+        raise InputError(f"--data {root}: test class folder(s) {', '.join(unknown)} have no train/ counterpart")
+    return DatasetFiles("imagefolder", root, train, _folder_table(root / "test", classes), tuple(classes))
+
+
+def _class_folders(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    names = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(names, key=int) if names and all(n.isdigit() for n in names) else sorted(names)
+
+
+def image_extensions() -> frozenset[str]:
+    """File extensions of every format Pillow can open (not the save-only ones such as PDF)."""
+    Image.init()
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def _folder_table(folder: Path, classes: Sequence[str]) -> ImageTable:
+    extensions = image_extensions()
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (folder / name).glob("*") if p.suffix.lower() in extensions and not p.name.startswith("."))
+        paths += found
+        labels += [label] * len(found)
+    return ImageTable(tuple(paths), np.asarray(labels, dtype=np.int64))
+
+
+def _hold_out(table: ImageTable, fraction: float, seed: int) -> tuple[ImageTable, ImageTable]:
+    """(train, test): a stratified, seeded `fraction` of `table` held out as test."""
+    keep, held = stratified_split(table.labels, fraction, seed)
+    paths = np.empty(len(table.paths), dtype=object)
+    paths[:] = table.paths
+    return (ImageTable(tuple(paths[keep]), table.labels[keep]), ImageTable(tuple(paths[held]), table.labels[held]))
+
+
+LAYOUTS: dict[str, Layout] = {
+    "dr_lab": Layout(f"{', '.join(DR_LAB_FILES)} with <name>.jpeg", _detect_dr_lab, _read_dr_lab),
+    "kaggle": Layout(f"{KAGGLE_LABELS} with train/<image>.jpeg", _detect_kaggle, _read_kaggle),
+    "cifar10": Layout(f"{CIFAR_FOLDER} ({', '.join(CIFAR_TRAIN[:1])}.., {CIFAR_TEST}, {CIFAR_META})", _detect_cifar, _read_cifar),
+    "imagefolder": Layout("train/<class>/<image>, optional test/<class>/<image>", _detect_imagefolder, _read_imagefolder),
+}
 
 
 def _read_column(path: Path) -> list[str]:
@@ -167,25 +411,11 @@ def _parse_labels(values: Sequence[str], source: Path) -> np.ndarray:
     return np.asarray(labels, dtype=np.int64)
 
 
-def _check_table(root: Path, split: str, table: ImageTable, num_classes: int) -> None:
-    bad = np.flatnonzero((table.labels < 0) | (table.labels >= num_classes))
-    if bad.size:
-        i = int(bad[0])
-        raise InputError(
-            f"{root}: {split} label {int(table.labels[i])} of {table.paths[i].name} is outside "
-            f"0..{num_classes - 1} ({bad.size} such labels)"
-        )
-    missing = [p for p in table.paths if not p.is_file()]
-    if missing:
-        shown = ", ".join(p.name for p in missing[:3])
-        raise InputError(f"{root}: {len(missing)} {split} image(s) missing, e.g. {shown}")
-
-
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(kept, held-out) sorted indices; each class gives round(fraction * n) images, at least one
     where it has two or more, so the 2.5 % grades of DR appear on both sides."""
     rng = np.random.default_rng(seed)
-    kept, held = [], []
+    kept, held = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
         n_held = int(round(fraction * len(members)))
@@ -199,51 +429,70 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 # ---------------------------------------------------------------- decoding and its cache
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One image as uint8 HWC RGB: shorter side resized to `size`, centre crop to a square.
-
-    JPEG `draft` lets libjpeg decode at a reduced scale first (DCT scaling), which is most of the
-    speed-up for 512 px from multi-megapixel fundus photographs.
-    """
+def open_rgb(source: Path | BinaryIO, name: Path, *, draft: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """An image as RGB, and its (width, height) as stored. Grayscale, palette, RGBA, CMYK ... are
+    converted as torchvision's ImageFolder loader converts them (alpha is dropped); 16-bit
+    grayscale keeps its top 8 bits instead of saturating. `draft` lets libjpeg decode at a reduced
+    scale first (DCT scaling), which is most of the speed-up for small sizes from multi-megapixel
+    photographs. A file Pillow cannot read is an InputError naming `name`."""
     try:
-        with Image.open(path) as img:
-            img.draft("RGB", (size, size))
-            img = img.convert("RGB")
-            w, h = img.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-            return np.asarray(img, dtype=np.uint8)
+        with Image.open(source) as img:
+            size = img.size
+            if draft is not None:
+                img.draft("RGB", (draft, draft))
+            if img.mode.startswith("I;16"):
+                img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))
+            return img.convert("RGB"), size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable or corrupt image ({exc.__class__.__name__}: {exc})") from None
+        raise InputError(f"{name}: unreadable or corrupt image ({exc.__class__.__name__}: {exc})") from None
+
+
+def fit_square(img: Image.Image, size: int) -> np.ndarray:
+    """uint8 HWC: shorter side resized to `size`, centre crop to a square."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """One image file as uint8 HWC RGB, `size` x `size` (see `open_rgb` and `fit_square`)."""
+    return fit_square(open_rgb(path, path, draft=size)[0], size)
+
+
+def decode_table(table: ImageTable, size: int, *, cache_dir: Path | None, progress: Progress | None = None) -> np.ndarray:
+    """Every image of `table` as an (N, size, size, 3) uint8 array: files are decoded, array rows
+    resized; both through the same square fit and the same cache."""
+    if table.pixels is None:
+        return decode_all(table.paths, size, cache_dir=cache_dir, progress=progress)
+    return resize_all(table.pixels, size, cache_dir=cache_dir, progress=progress)
 
 
 def decode_all(paths: Sequence[Path], size: int, *, cache_dir: Path | None, progress: Progress | None = None) -> np.ndarray:
-    """All `paths` decoded to an (N, size, size, 3) uint8 array, read from the cache when present.
+    """All `paths` decoded to an (N, size, size, 3) uint8 array, read from the cache when present."""
+    key = content_key(paths, size) if cache_dir is not None else ""
 
-    The cache file is written under a temporary name and renamed into place, so concurrent
-    workers either see a complete file or none (and at worst both build it, identically).
-    """
-    if cache_dir is None:
-        return _decode_into(np.empty((len(paths), size, size, 3), np.uint8), paths, size, progress)
-    target = cache_dir / f"{content_key(paths, size)}.npy"
-    if target.is_file():
+    def fill(out: np.ndarray) -> None:
+        for_each(len(paths), lambda i: out.__setitem__(i, decode_image(paths[i], size)), progress)
+
+    return _cached(cache_dir, key, (len(paths), size, size, 3), fill, progress)
+
+
+def resize_all(pixels: np.ndarray, size: int, *, cache_dir: Path | None, progress: Progress | None = None) -> np.ndarray:
+    """Rows of a decoded uint8 NHWC array fitted to `size` (cached); the array itself where its
+    images already have that size (CIFAR at 32 px: nothing to do)."""
+    if pixels.shape[1:3] == (size, size):
         if progress:
-            progress(len(paths))
-        return np.load(target, mmap_mode="r")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache_dir / f".{target.stem}.{os.getpid()}.npy"
-    array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-    try:
-        _decode_into(array, paths, size, progress)
-        array.flush()
-        del array
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return np.load(target, mmap_mode="r")
+            progress(len(pixels))
+        return pixels
+    key = pixels_key(pixels, size) if cache_dir is not None else ""
+
+    def fill(out: np.ndarray) -> None:
+        for_each(len(pixels), lambda i: out.__setitem__(i, fit_square(Image.fromarray(pixels[i]), size)), progress)
+
+    return _cached(cache_dir, key, (len(pixels), size, size, 3), fill, progress)
 
 
 def content_key(paths: Sequence[Path], size: int) -> str:
@@ -256,15 +505,48 @@ def content_key(paths: Sequence[Path], size: int) -> str:
     return f"{digest.hexdigest()[:20]}-{len(paths)}x{size}px"
 
 
-def _decode_into(out: np.ndarray, paths: Sequence[Path], size: int, progress: Progress | None) -> np.ndarray:
-    def one(i: int) -> None:
-        out[i] = decode_image(paths[i], size)
+def pixels_key(pixels: np.ndarray, size: int) -> str:
+    """A hash of an array dataset's pixels and the target size."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION}:{size}:{pixels.shape}".encode())
+    digest.update(memoryview(np.ascontiguousarray(pixels)).cast("B"))
+    return f"{digest.hexdigest()[:20]}-{len(pixels)}x{size}px"
 
+
+def _cached(cache_dir: Path | None, key: str, shape: tuple[int, ...], fill: Callable[[np.ndarray], None],
+            progress: Progress | None) -> np.ndarray:
+    """`fill` an array of `shape`, or read it from ``cache_dir/key.npy`` (memory-mapped).
+
+    The cache file is written under a temporary name and renamed into place, so concurrent
+    workers either see a complete file or none (and at worst both build it, identically).
+    """
+    if cache_dir is None:
+        out = np.empty(shape, np.uint8)
+        fill(out)
+        return out
+    target = cache_dir / f"{key}.npy"
+    if target.is_file():
+        if progress:
+            progress(shape[0])
+        return np.load(target, mmap_mode="r")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = cache_dir / f".{target.stem}.{os.getpid()}.npy"
+    array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+    try:
+        fill(array)
+        array.flush()
+        del array
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return np.load(target, mmap_mode="r")
+
+
+def for_each(n: int, one: Callable[[int], None], progress: Progress | None = None) -> None:
+    """`one(i)` for i < n on a thread pool (PIL's decode and resize release the GIL)."""
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for _ in pool.map(one, range(len(paths)), chunksize=1):
+        for _ in pool.map(one, range(n), chunksize=1):
             if progress:
                 progress(1)
-    return out
 
 
 # ---------------------------------------------------------------- splits
@@ -278,19 +560,26 @@ def load_splits(
     split_seed: int,
     cache_dir: Path | None,
     progress: Progress | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> Splits:
-    """Decode (or read from cache) both tables and carve a stratified validation split from train."""
-    train_images = decode_all(files.train.paths, image_size, cache_dir=cache_dir, progress=progress)
-    test_images = decode_all(files.test.paths, image_size, cache_dir=cache_dir, progress=progress)
+    """Decode (or read from cache) both tables and carve a stratified validation split from train.
+
+    Normalisation uses `mean` / `std` where given (a study that fixes the constants of its source
+    lab), else the channel statistics of the training rows.
+    """
+    train_images = decode_table(files.train, image_size, cache_dir=cache_dir, progress=progress)
+    test_images = decode_table(files.test, image_size, cache_dir=cache_dir, progress=progress)
     train_idx, val_idx = stratified_split(files.train.labels, val_fraction, split_seed)
     train = ImageSet(train_images, files.train.labels, train_idx)
-    mean, std = channel_stats(train)
+    if mean is None or std is None:
+        mean, std = channel_stats(train)
     return Splits(
         train=train,
         val=ImageSet(train_images, files.train.labels, val_idx),
         test=ImageSet(test_images, files.test.labels, np.arange(len(files.test.labels))),
-        mean=mean,
-        std=std,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
         class_names=files.class_names,
     )
 
@@ -305,6 +594,11 @@ def channel_stats(images: ImageSet, chunk: int = 256) -> tuple[tuple[float, floa
         total += block.sum(axis=(0, 1, 2))
         squares += np.square(block).sum(axis=(0, 1, 2))
         count += block.shape[0] * block.shape[1] * block.shape[2]
+    return moments(total, squares, count)
+
+
+def moments(total: np.ndarray, squares: np.ndarray, count: int) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Per-channel (mean, std) from sums and sums of squares over `count` pixels."""
     mean = total / max(count, 1)
     std = np.sqrt(np.maximum(squares / max(count, 1) - mean**2, 1e-12))
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
@@ -313,12 +607,30 @@ def channel_stats(images: ImageSet, chunk: int = 256) -> tuple[tuple[float, floa
 # ---------------------------------------------------------------- batches on the device
 
 
+@dataclass(frozen=True)
+class Augment:
+    """Random training augmentation, per image, on the device.
+
+    `crop_padding` is torchvision's ``RandomCrop(size, padding)``: pad with black, cut a random
+    window of the original size. Flips keep labels; fundus images have no preferred orientation
+    (h and v), natural photographs only a left-right symmetry (h), digits none.
+    """
+
+    hflip: bool = False
+    vflip: bool = False
+    crop_padding: int = 0
+
+    def __post_init__(self) -> None:
+        if self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
+
+
 class DeviceBatches:
     """Batches of one ImageSet as normalised float NCHW tensors on `device`.
 
     uint8 rows are gathered on the host (from RAM or the memory-mapped cache), copied once per
-    batch (pinned and asynchronous on CUDA), then converted, normalised and randomly flipped on
-    the device; flips keep labels, since fundus images have no preferred orientation.
+    batch (pinned and asynchronous on CUDA), then converted, augmented and normalised on the
+    device.
     """
 
     def __init__(
@@ -330,7 +642,7 @@ class DeviceBatches:
         mean: Sequence[float],
         std: Sequence[float],
         shuffle: bool = False,
-        flips: bool = False,
+        augment: Augment = Augment(),
         channels_last: bool = False,
         seed: int = 0,
     ) -> None:
@@ -338,7 +650,7 @@ class DeviceBatches:
         self.batch_size = batch_size
         self.device = device
         self.shuffle = shuffle
-        self.flips = flips
+        self.augment = augment
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.generator = torch.Generator().manual_seed(seed)
         self.scale = torch.tensor(std, device=device).mul(255.0).view(1, 3, 1, 1).reciprocal()
@@ -361,11 +673,22 @@ class DeviceBatches:
             yield self._prepare(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2).float().sub_(self.shift).mul_(self.scale)
-        if self.flips:
-            n = x.shape[0]
-            flip_h = torch.rand(n, generator=self.generator).lt(0.5).to(self.device).view(n, 1, 1, 1)
-            flip_v = torch.rand(n, generator=self.generator).lt(0.5).to(self.device).view(n, 1, 1, 1)
-            x = torch.where(flip_h, x.flip(3), x)
-            x = torch.where(flip_v, x.flip(2), x)
+        x = x.float().permute(0, 3, 1, 2)  # convert while contiguous: several times faster than a strided convert
+        if self.augment.crop_padding:
+            x = self._random_crop(x, self.augment.crop_padding)
+        n = x.shape[0]
+        for flip, dim in ((self.augment.hflip, 3), (self.augment.vflip, 2)):
+            if flip:
+                chosen = torch.rand(n, generator=self.generator).lt(0.5).to(self.device).view(n, 1, 1, 1)
+                x = torch.where(chosen, x.flip(dim), x)
+        x = x.sub_(self.shift).mul_(self.scale)
         return x.contiguous(memory_format=self.memory_format)
+
+    def _random_crop(self, x: torch.Tensor, pad: int) -> torch.Tensor:
+        """Each image padded with black by `pad` and cut back at its own random offset."""
+        n, _, h, w = x.shape
+        padded = F.pad(x, (pad, pad, pad, pad))
+        top, left = (torch.randint(2 * pad + 1, (n,), generator=self.generator).to(x.device) for _ in range(2))
+        rows = (top.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+        cols = (left.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+        return padded[torch.arange(n, device=x.device).view(n, 1, 1, 1), torch.arange(3, device=x.device).view(1, 3, 1, 1), rows, cols]

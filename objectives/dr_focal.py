@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from objectives.base import DataSource, TrialContext, TrialResult, load_image_splits
-from objectives.data import Splits
+from objectives.data import Augment, Splits
 from objectives.losses import ALPHA_KINDS, LOSSES, build_loss
-from objectives.models import MODELS, build_model
+from objectives.models import build_model
 from objectives.train import FitConfig, fit
 
 EMBEDDED_DATASET = "synthetic-fundus"
 NUM_CLASSES = 5
+ARCHS = ("resnet18", "resnet50")
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.arch not in MODELS or self.arch == "convnet":
-            raise ValueError(f"arch {self.arch!r} is not one of resnet18, resnet50")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch {self.arch!r} is not one of {', '.join(ARCHS)}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss {self.loss!r} is not one of {', '.join(LOSSES)}")
         if self.focal_alpha not in ALPHA_KINDS:
@@ -68,7 +69,7 @@ def load_data(config: Config, source: DataSource) -> Splits:
 
 
 def run(config: Config, data: Splits, context: TrialContext) -> TrialResult:
-    model = build_model(config.arch, data.num_classes, pretrained=config.pretrained)
+    model = build_model(config.arch, data.num_classes, pretrained=config.pretrained, seed=config.seed)
     loss = build_loss(config.loss, class_counts=data.train.class_counts(data.num_classes),
                       gamma=config.focal_gamma, alpha=config.focal_alpha)
     fit_config = FitConfig(
@@ -80,6 +81,7 @@ def run(config: Config, data: Splits, context: TrialContext) -> TrialResult:
         batch_size=config.batch_size,
         metric=context.metric,
         maximize=context.maximize,
+        augment=Augment(hflip=True, vflip=True),  # fundus photographs have no preferred orientation
         seed=config.seed,
     )
-    return fit(model, loss, data, fit_config, context.runtime, context.report)
+    return fit(model, loss, data, fit_config, context.runtime, context.report, context.checkpoint)

@@ -1,4 +1,5 @@
-"""The model registry: torchvision ResNet18/ResNet50 with a new head, and the CIFAR lab's ConvNet.
+"""The model registry: torchvision ResNet18/ResNet50 with a new head, ResNet18 adapted to 32 px
+images, and the CIFAR lab's ConvNet.
 
 Pretrained weights come only from torchvision's local cache (``$TORCH_HOME/hub/checkpoints``),
 through the weights API; `missing_weights` tells before a study starts which files are absent so
@@ -36,6 +37,16 @@ class ConvNet(nn.Module):
         return self.fc(self.classifier(self.pool(self.features(x))))
 
 
+def resnet18_32() -> nn.Module:
+    """torchvision's ResNet18 for 32 px images (the usual CIFAR adaptation): a 3x3 stride-1 stem
+    and no max-pool, so layer1 sees 32x32 instead of ImageNet's 8x8 from a 32 px input. The
+    changed stem has no ImageNet weights, hence no pretrained variant."""
+    model = tvm.resnet18()
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """How to build one architecture; `weights` is None where no pretrained weights exist."""
@@ -47,18 +58,27 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     "resnet18": ModelSpec(lambda w: tvm.resnet18(weights=w), ResNet18_Weights.IMAGENET1K_V1),
     "resnet50": ModelSpec(lambda w: tvm.resnet50(weights=w), ResNet50_Weights.IMAGENET1K_V1),
+    "resnet18_32": ModelSpec(lambda w: resnet18_32(), None),
     "convnet": ModelSpec(lambda w: ConvNet(), None),
 }
 HEAD = "fc"  # every registered model names its classifier `fc`; FE trains only this module
 
 
-def build_model(arch: str, num_classes: int, *, pretrained: bool) -> nn.Module:
-    """`arch` with a freshly initialised `fc` of `num_classes` outputs."""
+def build_model(arch: str, num_classes: int, *, pretrained: bool, seed: int | None = None) -> nn.Module:
+    """`arch` with a freshly initialised `fc` of `num_classes` outputs.
+
+    With `seed`, the random initial weights are drawn from it (without touching the global
+    generator), so a trial's seed decides its whole run; without it they depend on whatever ran
+    before in the process (the first trial of a run differed from run to run).
+    """
     spec = _spec(arch)
     if pretrained and spec.weights is None:
         raise ValueError(f"{arch} has no pretrained weights")
-    model = spec.build(spec.weights if pretrained else None)
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = spec.build(spec.weights if pretrained else None)
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
 
 

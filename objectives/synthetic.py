@@ -21,11 +21,8 @@ is returned untouched).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -34,13 +31,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from objectives.folders import build_once
+
 __all__ = ["CLASS_NAMES", "GRADE_MIX", "generate", "grade_counts"]
 
 GRADE_MIX: tuple[float, ...] = (0.73, 0.07, 0.15, 0.025, 0.025)
 CLASS_NAMES: tuple[str, ...] = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
 
 _DATASET_NAME = "synthetic-fundus"
-_MARKER = "COMPLETE"
 _GENERATOR_VERSION = 1  # recorded in the marker for people; not compared (parameters are)
 _JPEG_QUALITY = 90
 _MIN_SIZE = 32
@@ -122,61 +120,13 @@ def generate(
     ``image`` and ``level``) and ``<name>.jpeg`` images of `size` x `size` px, rows shuffled, with
     per-grade counts from `grade_counts`. Same arguments give byte-identical files.
 
-    The work happens in a temporary sibling folder that is renamed to `root` after its ``COMPLETE``
-    marker is written, so a crash never leaves a half dataset that looks whole. If `root` is
-    already complete with the same parameters it is returned at once; if it holds anything else,
-    FileExistsError (it is not ours to overwrite). Two processes racing: the loser's rename fails,
-    it deletes its copy and returns the winner's. `progress(n)` is called (from the calling
-    thread) after every n images written, for the caller's progress bar.
+    Written once and atomically by `objectives.folders.build_once`: a crash never leaves a half
+    dataset that looks whole; a complete `root` with the same parameters is returned at once, one
+    with anything else is a FileExistsError. `progress(n)` is called (from the calling thread)
+    after every n images written, for the caller's progress bar.
     """
-    root = Path(root)
     params = _Params(train_images, test_images, size, seed)
-    if _is_complete(root, params):
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{threading.get_ident()}"
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run with this very pid and thread
-    try:
-        tmp.mkdir()
-        _write_dataset(tmp, params, progress)
-        marker = {**params.record(), "version": _GENERATOR_VERSION}
-        (tmp / _MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        os.rename(tmp, root)  # atomic; fails when another process has put its dataset there first
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if _is_complete(root, params):
-            return root
-        raise
-    return root
-
-
-def _is_complete(root: Path, params: _Params) -> bool:
-    """True if `root` already holds this exact dataset; False if it is absent (or an empty folder,
-    which the atomic rename may replace); FileExistsError for anything else, which we never
-    overwrite."""
-    if not root.exists():
-        return False
-    if root.is_dir() and not any(root.iterdir()):
-        return False
-    try:
-        found = json.loads((root / _MARKER).read_text())
-    except (OSError, ValueError):
-        raise FileExistsError(
-            f"{root} exists but is not a complete {_DATASET_NAME} dataset (no readable {_MARKER} "
-            f"marker); remove it or choose another folder"
-        ) from None
-    wanted = params.record()
-    theirs = {key: found.get(key) for key in wanted} if isinstance(found, dict) else found
-    if theirs != wanted:
-        raise FileExistsError(
-            f"{root} holds a {_DATASET_NAME} dataset generated with {theirs}, not {wanted}; "
-            f"remove it or choose another folder"
-        )
-    return True
+    return build_once(Path(root), params.record(), lambda folder: _write_dataset(folder, params, progress), version=_GENERATOR_VERSION)
 
 
 def _write_dataset(folder: Path, params: _Params, progress: Callable[[int], None] | None) -> None:

@@ -11,7 +11,7 @@ that epoch, for reporting.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from objectives import metrics
-from objectives.data import DeviceBatches, ImageSet, Splits
+from objectives.data import Augment, DeviceBatches, ImageSet, Splits
 from objectives.models import HEAD
 
 Report = Callable[[int, Mapping[str, float | str]], None]
@@ -49,7 +49,7 @@ class FitConfig:
     maximize: bool = True
     step_size: int = 0  # StepLR period in epochs within a phase; 0 keeps the rate constant
     step_gamma: float = 0.1
-    flips: bool = True
+    augment: Augment = Augment(hflip=True, vflip=True)  # the DR default; CIFAR crops and flips left-right only
     seed: int = 0
 
 
@@ -88,7 +88,17 @@ class FitResult:
     test: Evaluation
 
 
-def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, runtime: Runtime, report: Report) -> FitResult:
+@dataclass(frozen=True)
+class Checkpointing:
+    """Mid-trial resume: `save` receives the state after every finished epoch; `resume` is such a
+    state to continue from (a trial whose worker died or was interrupted)."""
+
+    save: Callable[[dict], None]
+    resume: dict | None = None
+
+
+def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, runtime: Runtime, report: Report,
+        checkpoint: Checkpointing | None = None) -> FitResult:
     device = runtime.device
     torch.manual_seed(cfg.seed)
     model = model.to(device, memory_format=torch.channels_last if runtime.channels_last else torch.contiguous_format)
@@ -100,17 +110,29 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
         mean=splits.mean,
         std=splits.std,
         shuffle=True,
-        flips=cfg.flips,
+        augment=cfg.augment,
         channels_last=runtime.channels_last,
         seed=cfg.seed,
     )
     curves: dict[str, list] = {}
     best: tuple[float, int, dict[str, torch.Tensor], Evaluation] | None = None
     optimizer = scheduler = None
-    for epoch in range(1, cfg.epochs + 1):
+    state = checkpoint.resume if checkpoint is not None else None
+    first = 1 if state is None else int(state["epoch"]) + 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        curves = {k: list(v) for k, v in state["curves"].items()}
+        best = (state["best_score"], state["best_epoch"], state["best_model"], Evaluation(**state["best_val"]))
+        torch.set_rng_state(state["torch_rng"])
+        batches.generator.set_state(state["batch_rng"])
+    for epoch in range(first, cfg.epochs + 1):
         phase = "fe" if epoch <= cfg.fe_epochs else "ft"
-        if epoch == 1 or epoch == cfg.fe_epochs + 1:
+        if epoch == first or epoch == cfg.fe_epochs + 1:
             optimizer, scheduler = _start_phase(model, phase, cfg)
+            if state is not None and epoch == first and state["phase"] == phase:  # same phase: same optimizer
+                optimizer.load_state_dict(state["optimizer"])
+                if scheduler is not None:
+                    scheduler.load_state_dict(state["scheduler"])
         started = time.perf_counter()
         train_loss, train_acc = _train_epoch(model, loss_fn, batches, optimizer, phase, runtime, f"epoch {epoch}/{cfg.epochs} {phase}")
         if scheduler is not None:
@@ -131,9 +153,16 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
         score = val.loss if cfg.metric == "loss" else float(val.metrics[cfg.metric])
         better = best is None or (score > best[0] if cfg.maximize else score < best[0])
         if better:
-            state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            best = (score, epoch, state, val)
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best = (score, epoch, weights, val)
         report(epoch, row)
+        if checkpoint is not None:
+            checkpoint.save({
+                "epoch": epoch, "phase": phase, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else {}, "curves": curves,
+                "best_score": best[0], "best_epoch": best[1], "best_model": best[2], "best_val": dataclasses.asdict(best[3]),
+                "torch_rng": torch.get_rng_state(), "batch_rng": batches.generator.get_state(),
+            })
     assert best is not None, "fit needs at least one epoch"
     model.load_state_dict(best[2])
     test = evaluate(model, loss_fn, splits.test, splits, runtime)

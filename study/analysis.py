@@ -331,6 +331,9 @@ def _settings_section(study: optuna.Study, frame: pd.DataFrame, metric: str, sto
         f"- pinned: {', '.join(f'{k}={v}' for k, v in attrs.get('pinned', {}).items()) or '–'}",
         f"- trials: {counts.get('COMPLETE', 0)} complete, {counts.get('PRUNED', 0)} pruned, {counts.get('FAIL', 0)} failed",
     ]
+    reasons = frame[frame.state == "FAIL"].fail_reason.fillna("stale worker").value_counts()
+    if len(reasons):
+        lines.append("- failure reasons: " + ", ".join(f"{reason} ×{n}" for reason, n in reasons.items()))
     if counts.get("COMPLETE"):
         best = study.best_trial
         val, test = best.user_attrs.get("val_metrics", {}), best.user_attrs.get("test_metrics", {})

@@ -1,4 +1,4 @@
-"""`python -m study <command>`: run and list studies.
+"""`python -m study <command>`: run and list studies, check data.
 
 Every bad input ends as one line on stderr (``study: error: ...``) and exit code 2, without a
 traceback and before anything is written; Ctrl-C exits 130.
@@ -7,7 +7,9 @@ traceback and before anything is written; Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run or resume a named study")
     run.add_argument("name", help="a named study (see `list`) or a path to a search-space .toml")
-    run.add_argument("--data", type=Path, help="dataset folder (DR lab CSVs or Kaggle trainLabels.csv); default: the embedded dataset")
+    run.add_argument("--data", type=Path, help="dataset folder (DR lab CSVs, Kaggle trainLabels.csv, cifar-10-batches-py or train/<class>/<image>); default: the embedded dataset")
+    run.add_argument("--layout", help="force the layout of --data: dr_lab, kaggle, cifar10 or imagefolder (default: detected)")
     run.add_argument("--trials", type=int, help="target total of finished trials in the study (default: the TOML's)")
     run.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE", help="pin a setting or parameter (repeatable)")
@@ -41,7 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--study-name", help="store under this name (fork a study)")
     run.add_argument("--allow-space-change", action="store_true", help="continue a study whose search space or data changed")
     run.add_argument("--no-cache", action="store_true", help="decode images in memory instead of the shared cache")
+    run.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one per GPU where there are several)")
+    run.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
+                     help="worker heartbeat; a trial silent for 3 intervals is failed and retried (default 60)")
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     _common(run)
+
+    data = commands.add_parser("data", help="check a dataset folder before a run")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    inspect = data_commands.add_parser("inspect", help="layout, images per class, sizes, channel statistics and every problem")
+    inspect.add_argument("dir", type=Path, help="the dataset folder, as for run --data")
+    inspect.add_argument("--layout", help="force a layout: dr_lab, kaggle, cifar10 or imagefolder (default: detected)")
 
     listing = commands.add_parser("list", help="named studies and their state in the storage")
     _common(listing)
@@ -76,18 +89,36 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"), help="output folder (default: ./results)")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the running trial is recorded as interrupted."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        handlers = {"run": _run, "list": _list, "report": _report, "ablate": _ablate, "dashboard": _dashboard}
+        handlers = {"run": _run, "list": _list, "report": _report, "ablate": _ablate, "dashboard": _dashboard, "data": _data}
         return handlers[args.command](args)
     except InputError as exc:
         print(f"study: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("study: terminated (SIGTERM); run again to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("study: interrupted", file=sys.stderr)
+        print("study: interrupted; run again to resume", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        code = getattr(exc, "code", None)  # a worker process failed; it printed its own reason
+        if code is None:
+            raise
+        print(f"study: error: {exc}", file=sys.stderr)
+        return code
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -95,6 +126,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.trials is not None and args.trials < 1:
         raise InputError("--trials must be >= 1")
+    if args.workers < 1 or args.heartbeat < 1:
+        raise InputError("--workers and --heartbeat must be >= 1")
     space = registry.resolve(args.name)
     for item in args.sets:
         name, sep, raw = item.partition("=")
@@ -103,20 +136,39 @@ def _run(args: argparse.Namespace) -> int:
         space = space.pin(name.strip(), parse_value(raw.strip()))
     if args.data is not None and not args.data.is_dir():
         raise InputError(f"--data {args.data}: no such directory")
+    if args.layout is not None and args.data is None:
+        raise InputError("--layout needs --data")
     opts = RunOptions(
         space=space,
         results_dir=args.results,
         study_name=args.study_name,
         storage_url=args.storage,
         data=args.data,
+        layout=args.layout,
         trials=args.trials,
         timeout=args.timeout,
         device=args.device,
         pruner=args.pruner,
         cache=not args.no_cache,
         allow_space_change=args.allow_space_change,
+        workers=args.workers,
+        worker=args.worker_index,
+        heartbeat=args.heartbeat,
     )
     run_study(opts, Output())
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from study import data_inspect
+    from study.runner import Output
+
+    out = Output()
+    result = data_inspect.inspect_dataset(args.dir, layout=args.layout, bar=out.bar)
+    for line in data_inspect.render(result):
+        out.line(line)
+    if result.fatal:
+        raise InputError(f"{len(result.fatal)} problem(s) above would stop a run")
     return 0
 
 
@@ -141,8 +193,10 @@ def _list(args: argparse.Namespace) -> int:
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         metric = study.user_attrs.get("metric", "value")
         best = f"{metric}={study.best_value:.4f} (trial {study.best_trial.number})" if complete else "-"
+        reasons = Counter(str(t.user_attrs.get("fail_reason") or "stale worker") for t in trials if t.state == TrialState.FAIL)
+        failed = "; failed: " + ", ".join(f"{r} x{n}" for r, n in reasons.most_common()) if reasons else ""
         print(f"{name:<24} {counts[TrialState.COMPLETE]:>8} {counts[TrialState.PRUNED]:>7} "
-              f"{counts[TrialState.FAIL]:>7} {counts[TrialState.RUNNING]:>8}  {best}")
+              f"{counts[TrialState.FAIL]:>7} {counts[TrialState.RUNNING]:>8}  {best}{failed}")
     return 0
 
 

@@ -10,7 +10,7 @@ from types import ModuleType
 from objectives.errors import InputError
 from study.space import SearchSpace, load_space
 
-OBJECTIVES = {"dr_focal": "objectives.dr_focal"}
+OBJECTIVES = {"dr_focal": "objectives.dr_focal", "cifar_loss": "objectives.cifar_loss"}
 
 
 def named_studies() -> dict[str, Path]:

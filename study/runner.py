@@ -8,6 +8,9 @@ before it writes anything, then runs trials until the study holds the target num
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,9 +27,10 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from objectives.base import DataSource, TrialContext, ensure_embedded
+from objectives.data import detect_layout
 from objectives.errors import InputError
 from objectives.models import missing_weights
-from objectives.train import Diverged, Runtime
+from objectives.train import Checkpointing, Diverged, Runtime
 from study import figures, registry, storage
 from study.space import SearchSpace, build_config
 
@@ -43,12 +47,16 @@ class RunOptions:
     study_name: str | None = None
     storage_url: str | None = None
     data: Path | None = None
+    layout: str | None = None  # forced data layout; None detects it
     trials: int | None = None
     timeout: float | None = None
     device: str = "auto"
     pruner: str | None = None
     cache: bool = True
     allow_space_change: bool = False
+    workers: int = 1
+    worker: int | None = None  # set in a worker process started by `run --workers N`
+    heartbeat: int = storage.HEARTBEAT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -109,8 +117,11 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
     space = opts.space
     module = registry.objective_module(space.study.objective)
     device = resolve_device(opts.device)
+    if opts.worker is not None and os.environ.get("STUDY_THREADS"):
+        torch.set_num_threads(int(os.environ["STUDY_THREADS"]))  # the parent's share for this worker
     url = opts.storage_url or storage.default_url(opts.results_dir)
     storage.check_url(url)
+    _check_writable(opts.results_dir)
     if opts.pruner is not None:
         space = dataclasses.replace(space, study=dataclasses.replace(space.study, pruner=opts.pruner))
     if opts.data is None:
@@ -130,7 +141,8 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
         out.line(f"data: embedded dataset {dataset} ({root})")
     else:
         root, dataset = opts.data, str(opts.data.resolve())
-    source = DataSource(root=root, cache_dir=cache_dir, bar=out.bar)
+        out.line(f"data: {root} ({detect_layout(root, opts.layout)[0]} layout)")
+    source = DataSource(root=root, cache_dir=cache_dir, bar=out.bar, layout=opts.layout)
     return Prepared(
         space=space,
         module=module,
@@ -142,6 +154,17 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
         target=opts.trials if opts.trials is not None else space.study.trials,
         results_dir=opts.results_dir,
     )
+
+
+def _check_writable(folder: Path) -> None:
+    """The results folder must take files (data, caches, checkpoints, artifacts) before trial one."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"--results {folder}: cannot write there ({exc.strerror or exc})") from None
 
 
 def _check_weights(space: SearchSpace, *, embedded: bool, out: Output) -> SearchSpace:
@@ -165,14 +188,23 @@ def run_study(opts: RunOptions, out: Output) -> optuna.Study:
     """Run (or resume) the study until it holds the target number of finished trials."""
     prep = prepare(opts, out)
     data = load_data(prep)
-    study = _open_study(prep, opts.allow_space_change)
+    study = _open_study(prep, opts.allow_space_change, opts.heartbeat)
+    if opts.worker is None:
+        requeue_interrupted(study, out)
     if not announce(study, prep, out):
+        return study
+    if opts.workers > 1 and opts.worker is None:
+        run_workers(opts.workers, prep, out)
+        print_summary(optuna.load_study(study_name=study.study_name, storage=study._storage), prep, out)
         return study
     # A seed that moves with the study's size: a resumed run does not replay the first run's
     # random start-up suggestions, and the same history still gives the same next suggestion.
-    sampler = _sampler(prep.space, prep.space.study.seed + len(study.trials))
+    # Workers started together see the same history, so each offsets the seed by its index.
+    sampler = _sampler(prep.space, prep.space.study.seed + len(study.trials) + 7919 * (opts.worker or 0))
     objective = _Objective(prep, trainer(prep, data, out))
     optimize(study, prep, out, objective, sampler, opts.timeout)
+    if opts.worker is None:
+        print_summary(study, prep, out)
     return study
 
 
@@ -200,6 +232,51 @@ def announce(study: optuna.Study, prep: Prepared, out: Output) -> bool:
     return True
 
 
+def requeue_interrupted(study: optuna.Study, out: Output) -> None:
+    """Queue again, with the same params, each trial stopped by Ctrl-C/SIGTERM that has not been
+    re-run yet; the re-run resumes from its checkpoint."""
+    trials = study.get_trials(deepcopy=False)
+    done = {t.user_attrs.get("resume_of") for t in trials}
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == "interrupted" and t.number not in done:
+            study.enqueue_trial(t.params, user_attrs={"resume_of": t.number})
+            out.line(f"re-running interrupted trial {t.number} (from its last checkpoint)")
+
+
+def run_workers(count: int, prep: Prepared, out: Output) -> None:
+    """Start `count` worker processes of this same command on the same study; each trains on
+    GPU i mod #GPUs, or on an equal share of the CPU threads. Ctrl-C/SIGTERM reach all of them."""
+    gpus = torch.cuda.device_count() if prep.device.type == "cuda" else 0
+    threads = max(1, (os.cpu_count() or 1) // count)
+    argv = [sys.executable, "-m", "study", *sys.argv[1:]]
+    children = []
+    for index in range(count):
+        env = {**os.environ, "STUDY_THREADS": str(threads)}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        children.append(subprocess.Popen([*argv, "--worker-index", str(index)], env=env))
+    out.line(f"started {count} workers ({'one GPU each' if gpus else f'{threads} CPU thread(s) each'})")
+    try:
+        codes = [child.wait() for child in children]
+    except BaseException:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            child.wait()
+        raise
+    if any(codes):
+        raise WorkerFailed(max(codes))
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process exited with a non-zero code (its own message is above)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"a worker exited with code {code}")
+        self.code = code
+
+
 class _DataCache:
     """Decoded splits per `module.data_key(config)`: loaded once per process, shared by trials."""
 
@@ -215,9 +292,9 @@ class _DataCache:
         return self.loaded[key]
 
 
-def _open_study(prep: Prepared, allow_change: bool) -> optuna.Study:
+def _open_study(prep: Prepared, allow_change: bool, heartbeat: int) -> optuna.Study:
     settings = prep.space.study
-    store = storage.open_storage(prep.storage_url)
+    store = storage.open_storage(prep.storage_url, heartbeat=heartbeat)
     study = optuna.create_study(
         study_name=prep.study_name,
         storage=store,
@@ -268,30 +345,57 @@ def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
 
 
 def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callable[[optuna.Trial], float],
-             sampler: optuna.samplers.BaseSampler, timeout: float | None) -> None:
-    """Run trials until the study holds `prep.target` finished ones (or the timeout, or five
-    failures in a row), printing one line per trial, then the summary."""
+             sampler: optuna.samplers.BaseSampler, timeout: float | None, *, limit: int | None = None) -> None:
+    """Run trials until the study holds exactly `prep.target` finished ones, counting every
+    worker's (or the timeout, five failures in a row, or `limit` trials in all), printing one line
+    per trial. A worker that sees the remaining trials already running waits
+    (failing stale ones, whose retries it may then run) instead of starting more."""
     study.sampler = sampler
     study.pruner = _pruner(prep.space)
     metric = prep.space.study.metric
     failures: list[int] = []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    stopped = False
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal stopped
+        out.line(describe(trial, metric))
+        if trial.state in FINISHED:
+            bar.update(1)
+            failures.clear()
+        elif trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") != SURPLUS:
+            failures.append(trial.number)
+            if len(failures) >= MAX_FAILURES_IN_A_ROW:
+                out.warn(f"{len(failures)} trials failed in a row; stopping (last: {trial.user_attrs.get('fail_reason')})")
+                stopped = True
+
+    def guarded(trial: optuna.Trial) -> float:
+        ahead = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)) if t.number < trial.number]
+        if len(ahead) >= prep.target:  # another worker started the last trial first
+            trial.set_user_attr("fail_reason", SURPLUS)
+            raise _Surplus(f"the study already had {prep.target} trials under way")
+        return objective(trial)
+
     with out.bar(prep.target, f"trials of {study.study_name}", initial=_count(study, FINISHED)) as bar:
+        while not stopped and (deadline is None or time.monotonic() < deadline):
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            if finished >= prep.target or (limit is not None and sum(t.state != TrialState.WAITING for t in trials) >= limit):
+                break
+            if finished + running >= prep.target:
+                optuna.storages.fail_stale_trials(study)
+                time.sleep(1.0)
+                continue
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            study.optimize(guarded, n_trials=1, timeout=left, callbacks=[after_trial], catch=(Exception,), gc_after_trial=True)
 
-        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            out.line(describe(trial, metric))
-            if trial.state in FINISHED:
-                bar.update(1)
-                failures.clear()
-                if _count(study, FINISHED) >= prep.target:
-                    study.stop()
-            elif trial.state == TrialState.FAIL:
-                failures.append(trial.number)
-                if len(failures) >= MAX_FAILURES_IN_A_ROW:
-                    out.warn(f"{len(failures)} trials failed in a row; stopping (last: {trial.user_attrs.get('fail_reason')})")
-                    study.stop()
 
-        study.optimize(objective, timeout=timeout, callbacks=[after_trial], catch=(Exception,), gc_after_trial=True)
-    _print_summary(study, prep, out)
+SURPLUS = "surplus"
+
+
+class _Surplus(RuntimeError):
+    """Raised for a trial started after the study already had its target under way."""
 
 
 class _Objective:
@@ -323,22 +427,33 @@ class TrialTrainer:
     def __call__(self, trial: optuna.Trial, values: dict[str, Any]) -> float:
         settings = self.prep.space.study
         reporter = _Reporter(trial, settings.metric)
+        checkpoints = self.prep.results_dir / "checkpoints" / _safe(trial.study.study_name)
+        own = checkpoints / f"trial{trial.number}.pt"
+        if "fail_reason" in trial.user_attrs:  # a retry inherits its failed original's attrs
+            trial.set_user_attr("fail_reason", None)
         try:
             config = build_config(self.prep.module.Config, values)
             trial.set_user_attr("config", dataclasses.asdict(config))
             splits = self.data.get(config)
             trial.set_user_attr("class_names", list(splits.class_names))
-            context = TrialContext(self.runtime, reporter, settings.metric, settings.direction == "maximize")
+            resume = _resume_state(trial, checkpoints, reporter)
+            context = TrialContext(self.runtime, reporter, settings.metric, settings.direction == "maximize",
+                                   Checkpointing(save=lambda state: _save_checkpoint(state, own), resume=resume))
             started = time.perf_counter()
             result = self.prep.module.run(config, splits, context)
         except optuna.TrialPruned:
             self._upload_figures(trial, reporter.curves, pruned=True)
+            own.unlink(missing_ok=True)
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")  # the checkpoint stays: `run` resumes it
             raise
         except Exception as exc:
             trial.set_user_attr("fail_reason", failure_reason(exc))
             if isinstance(exc, torch.OutOfMemoryError):
                 torch.cuda.empty_cache()
             raise
+        own.unlink(missing_ok=True)
         trial.set_user_attr("seconds", time.perf_counter() - started)
         trial.set_user_attr("curves", result.curves)
         trial.set_user_attr("best_epoch", result.best_epoch)
@@ -364,6 +479,41 @@ class TrialTrainer:
                 upload_artifact(artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial, mimetype="image/png")
 
 
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def resumed_from(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int | None:
+    """The latest earlier attempt this trial re-runs: a heartbeat retry of a dead worker's trial
+    (the last entry of Optuna's retry history) or a re-queued interrupted one (`resume_of`)."""
+    frozen = trial if isinstance(trial, optuna.trial.FrozenTrial) else trial.study._storage.get_trial(trial._trial_id)
+    history = frozen.system_attrs.get("retry_history", [])  # what RetryHeartbeatStaleTrialCallback records
+    return history[-1] if history else frozen.user_attrs.get("resume_of")
+
+
+def _resume_state(trial: optuna.Trial, checkpoints: Path, reporter: _Reporter) -> dict | None:
+    """The checkpoint of the trial this one re-runs, with its epochs re-reported to Optuna so the
+    pruner and the curves continue where the first attempt stopped; None to start at epoch 1."""
+    origin = resumed_from(trial)
+    path = checkpoints / f"trial{origin}.pt"
+    if origin is None or not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    trial.set_user_attr("resumed_from", {"trial": origin, "epoch": int(state["epoch"])})
+    rows = [dict(zip(state["curves"], values)) for values in zip(*state["curves"].values())]
+    for row in rows:
+        reporter.replay(int(row["epoch"]), row)
+    return state
+
+
+def _save_checkpoint(state: dict, path: Path) -> None:
+    """Atomically (temporary file, then rename): a kill mid-write leaves the previous epoch's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
 class _Reporter:
     """The objective's per-epoch callback: keeps the curves in the storage (so pruned trials
     keep theirs), reports the metric to Optuna and raises TrialPruned when the pruner says so."""
@@ -373,11 +523,15 @@ class _Reporter:
         self.metric = metric
         self.curves: dict[str, list] = {}
 
-    def __call__(self, epoch: int, row: dict[str, Any]) -> None:
+    def replay(self, epoch: int, row: dict[str, Any]) -> None:
+        """Record an epoch trained by an earlier attempt of this trial, without pruning."""
         for key, value in row.items():
             self.curves.setdefault(key, []).append(value)
         self.trial.set_user_attr("curves", self.curves)
         self.trial.report(float(row[f"val_{self.metric}"]), step=epoch)
+
+    def __call__(self, epoch: int, row: dict[str, Any]) -> None:
+        self.replay(epoch, row)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
@@ -412,7 +566,7 @@ def describe(trial: optuna.trial.FrozenTrial, metric: str) -> str:
     return f"trial {trial.number:>3} {trial.state.name:<8} {status} | {params} [{seconds:.0f}s]"
 
 
-def _print_summary(study: optuna.Study, prep: Prepared, out: Output) -> None:
+def print_summary(study: optuna.Study, prep: Prepared, out: Output) -> None:
     metric = prep.space.study.metric
     counts = {s.name: _count(study, (s,)) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     out.line("trials: " + ", ".join(f"{n} {name.lower()}" for name, n in counts.items()))

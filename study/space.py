@@ -4,7 +4,8 @@ A file has four tables. ``[study]`` says what is optimised and how; ``[fixed]`` 
 every trial shares; ``[space]`` holds the sampled parameters, each either ``{choices = [...]}`` or
 ``{low = .., high = .., log = .., step = ..}`` (int when both bounds are ints), optionally with
 ``when = {other = value}`` so it is sampled only where the condition holds (otherwise the
-config's default applies); ``[embedded]`` overrides settings when no ``--data`` is given.
+config's default applies); ``[embedded]`` overrides settings (or pins parameters) when no
+``--data`` is given.
 A bound may name a setting with an offset (``high = "epochs - 1"``). Every problem is reported as
 one line naming file, parameter and problem.
 """
@@ -122,9 +123,11 @@ class SearchSpace:
 
     def pin(self, name: str, value: Any) -> SearchSpace:
         """Fix `name` to `value` for this run: a [fixed] setting is overridden, a [space]
-        parameter is no longer sampled. The value is checked against the declared choices/range."""
+        parameter is no longer sampled. The value is checked against the declared choices/range.
+        Pins are recorded, so the [embedded] overrides do not undo them."""
         if name in self.fixed:
-            return self.with_settings(**{name: value})
+            space = self.with_settings(**{name: value})
+            return dataclasses.replace(space, pinned=MappingProxyType({**self.pinned, name: value}))
         param = self.param(name)
         if param is None:
             known = ", ".join(sorted(self.names()))
@@ -136,11 +139,16 @@ class SearchSpace:
         return dataclasses.replace(self, pinned=MappingProxyType({**self.pinned, name: value}))
 
     def embedded_run(self) -> SearchSpace:
-        """This space with the [embedded] overrides applied (the run on the embedded dataset)."""
-        overrides = {k: v for k, v in self.embedded.items() if k not in EMBEDDED_DATA_KEYS}
+        """This space with the [embedded] overrides applied (the run on the embedded dataset):
+        [fixed] settings replaced, [space] parameters pinned, except what this run pinned itself."""
+        overrides = {k: v for k, v in self.embedded.items() if k not in EMBEDDED_DATA_KEYS and k not in self.pinned}
         trials = self.embedded.get("trials", self.study.trials)
         space = dataclasses.replace(self, study=dataclasses.replace(self.study, trials=trials))
-        return space.with_settings(**overrides)
+        space = space.with_settings(**{k: v for k, v in overrides.items() if k in self.fixed})
+        for name, value in overrides.items():
+            if name not in self.fixed:
+                space = space.pin(name, value)
+        return space
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Fixed and pinned settings plus the active sampled parameters of `trial`."""
@@ -259,8 +267,12 @@ def load_space(path: Path, name: str | None = None) -> SearchSpace:
         params.append(_parse_param(pname, spec, where, fixed, params))
     embedded = _table(doc, "embedded", where)
     for key in embedded:
-        if key not in EMBEDDED_DATA_KEYS and key not in fixed:
-            raise SpaceError(f"{where}: [embedded].{key}: neither a dataset setting ({', '.join(sorted(EMBEDDED_DATA_KEYS))}) nor in [fixed]")
+        if key not in EMBEDDED_DATA_KEYS and key not in fixed and key not in space_doc:
+            raise SpaceError(f"{where}: [embedded].{key}: neither a dataset setting ({', '.join(sorted(EMBEDDED_DATA_KEYS))}) "
+                             f"nor in [fixed] or [space]")
+        param = next((p for p in params if p.name == key), None)
+        if param is not None and not param.admits(embedded[key], {**fixed, **embedded}):
+            raise SpaceError(f"{where}: [embedded].{key} = {embedded[key]!r}: outside the declared [space] values")
     return SearchSpace(
         name=name or path.stem,
         path=path,

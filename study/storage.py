@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import importlib.util
 import warnings
 
 import optuna
@@ -14,7 +15,7 @@ from sqlalchemy.engine import make_url
 from objectives.errors import InputError
 
 HEARTBEAT_SECONDS = 60
-GRACE_SECONDS = 180
+GRACE_FACTOR = 3  # a trial whose worker sent no heartbeat for 3 intervals is failed and retried
 MAX_RETRY = 2
 
 
@@ -38,11 +39,23 @@ def sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def with_driver(url: str) -> str:
+    """``postgresql://`` means psycopg2 to SQLAlchemy; the `postgres` extra installs psycopg 3, so
+    a plain URL is pointed at it (an explicit ``postgresql+driver://`` is left alone)."""
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
 def check_url(url: str) -> str:
     """The URL's backend name, after checking that it parses and its driver is installed; this
     connects to nothing, so it can run before any other work."""
     try:
-        parsed = make_url(url)
+        parsed = make_url(with_driver(url))
         parsed.get_dialect()
     except sqlalchemy.exc.ArgumentError:
         raise InputError(f"--storage {mask(url)}: not a storage URL (e.g. sqlite:///results/optuna.db, postgresql://user@host/db)") from None
@@ -53,9 +66,10 @@ def check_url(url: str) -> str:
     return parsed.get_backend_name()
 
 
-def open_storage(url: str) -> RDBStorage:
+def open_storage(url: str, *, heartbeat: int = HEARTBEAT_SECONDS) -> RDBStorage:
     """An RDB storage with heartbeats, so a trial whose worker died is failed and retried with the
-    same parameters instead of staying RUNNING; unreachable or malformed URLs raise InputError."""
+    same parameters instead of staying RUNNING; unreachable or malformed URLs raise InputError.
+    SQLite waits up to 60 s for a lock, so several local workers share one file."""
     scheme = check_url(url)
     path = sqlite_file(url)
     if path is not None:
@@ -65,10 +79,10 @@ def open_storage(url: str) -> RDBStorage:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 but are what we rely on
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(
-                url,
+                with_driver(url),
                 engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
+                heartbeat_interval=heartbeat,
+                grace_period=GRACE_FACTOR * heartbeat,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
     except (sqlalchemy.exc.SQLAlchemyError, OSError, ValueError) as exc:

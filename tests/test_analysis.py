@@ -100,7 +100,7 @@ def test_report_writes_tables_and_figures_matching_the_storage(made):
     assert np.allclose(rows.sum(axis=1)[present], 1.0)
     report = (out / "report.md").read_text()
     assert f"best: trial {best.number}, " in report
-    assert "1 failed" in report and "![curves](curves.png)" in report
+    assert "1 failed" in report and "failure reasons: cuda_oom ×1" in report and "![curves](curves.png)" in report
     importance = pd.read_csv(out / "importance.csv")
     assert set(importance.columns) >= {"parameter", "fanova", "ped_anova"}
     assert "$\\pm$" in (out / "ablation.tex").read_text() and "\\toprule" in (out / "ablation.tex").read_text()

@@ -114,6 +114,8 @@ def test_nan_trial_is_recorded_and_study_goes_on(tmp_path: Path, dr_dir: Path):
     assert failed[0].params["lr"] == 1e6
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 1
     assert "FAIL     nan_loss" in result.stdout
+    listing = run_cli("list", cwd=tmp_path)
+    assert "failed: nan_loss x1" in listing.stdout
 
 
 def one_line_error(result, *fragments):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT, class_image, dr_labels
-from objectives.data import (DeviceBatches, ImageSet, channel_stats, decode_all, decode_image, find_dataset,
+from objectives.data import (Augment, DeviceBatches, ImageSet, channel_stats, decode_all, decode_image, find_dataset,
                              load_splits, stratified_split)
 from objectives.errors import InputError
 
@@ -120,7 +120,8 @@ def test_device_batches_normalise_and_flips_keep_labels():
     subset = ImageSet(images, labels, np.arange(10))
     mean, std = channel_stats(subset)
     plain = DeviceBatches(subset, batch_size=4, device=torch.device("cpu"), mean=mean, std=std)
-    flipped = DeviceBatches(subset, batch_size=4, device=torch.device("cpu"), mean=mean, std=std, shuffle=True, flips=True, seed=1)
+    flipped = DeviceBatches(subset, batch_size=4, device=torch.device("cpu"), mean=mean, std=std, shuffle=True,
+                            augment=Augment(hflip=True, vflip=True), seed=1)
     reference = {int(y): x for xb, yb in plain for x, y in zip(xb, yb)}
     assert len(reference) == 10
     stacked = torch.stack([reference[i] for i in range(10)])
