@@ -98,7 +98,7 @@ def run_ablation(name: str, *, seeds: int, factors: Sequence[str] | None, opts: 
         return study
     sampler = optuna.samplers.GridSampler({"variant": [v.name for v in found], "seed": list(range(seeds))}, seed=0)
     objective = _AblationObjective({v.name: v.values for v in found}, seeds, runner.trainer(prep, data_cache, out))
-    runner.optimize(study, prep, out, objective, sampler, opts.timeout, limit=len(found) * seeds)
+    runner.optimize(study, prep, out, objective, sampler, opts.timeout)
     runner.print_summary(study, prep, out)
     return study
 

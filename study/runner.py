@@ -345,9 +345,9 @@ def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
 
 
 def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callable[[optuna.Trial], float],
-             sampler: optuna.samplers.BaseSampler, timeout: float | None, *, limit: int | None = None) -> None:
+             sampler: optuna.samplers.BaseSampler, timeout: float | None) -> None:
     """Run trials until the study holds exactly `prep.target` finished ones, counting every
-    worker's (or the timeout, five failures in a row, or `limit` trials in all), printing one line
+    worker's (or the timeout, five failures in a row, or a grid sampler's last point), printing one line
     per trial. A worker that sees the remaining trials already running waits
     (failing stale ones, whose retries it may then run) instead of starting more."""
     study.sampler = sampler
@@ -381,7 +381,8 @@ def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callab
             trials = study.get_trials(deepcopy=False)
             finished = sum(t.state in FINISHED for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
-            if finished >= prep.target or (limit is not None and sum(t.state != TrialState.WAITING for t in trials) >= limit):
+            exhausted = isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
+            if finished >= prep.target or exhausted:  # a grid runs each point once, failed ones too
                 break
             if finished + running >= prep.target:
                 optuna.storages.fail_stale_trials(study)
