@@ -218,11 +218,11 @@ def test_dashboard_serves_study_trials_and_artifacts_in_chromium(made, tmp_path)
         driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
         try:
             driver.get(f"{study_url}/note")  # the study's note page shows what `report` saved
-            WebDriverWait(driver, 30).until(lambda d: "Settings and best trial" in d.find_element(By.TAG_NAME, "body").text)
+            WebDriverWait(driver, 90).until(lambda d: "Settings and best trial" in d.find_element(By.TAG_NAME, "body").text)
             study = optuna.load_study(study_name="abl", storage=storage_of(root))
             best = study.best_trial
             driver.get(f"{study_url}/trials?numbers={best.number}")
-            WebDriverWait(driver, 30).until(lambda d: f"confusion_trial{best.number}.png" in d.find_element(By.TAG_NAME, "body").text)
+            WebDriverWait(driver, 90).until(lambda d: f"confusion_trial{best.number}.png" in d.find_element(By.TAG_NAME, "body").text)
             body = driver.find_element(By.TAG_NAME, "body").text
             assert "abl" in body and f"Trial {best.number}" in body and "Complete" in body
             sources = [img.get_attribute("src") for img in driver.find_elements(By.TAG_NAME, "img") if "/artifacts/" in (img.get_attribute("src") or "")]
