@@ -236,4 +236,8 @@ def test_dashboard_serves_study_trials_and_artifacts_in_chromium(made, tmp_path)
             assert response.read(8) == b"\x89PNG\r\n\x1a\n"
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # never let teardown hide the test's own failure
+            server.kill()
+            server.wait()
