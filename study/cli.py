@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one per GPU where there are several)")
     run.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
                      help="worker heartbeat; a trial silent for 3 intervals is failed and retried (default 60)")
+    run.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                     help="save a running trial's state at most this often, for resume (0: every epoch; default 60)")
+    run.add_argument("--compile", action="store_true", help="torch.compile each trial's model (pays on long GPU trials)")
     run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     _common(run)
 
@@ -128,6 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError("--trials must be >= 1")
     if args.workers < 1 or args.heartbeat < 1:
         raise InputError("--workers and --heartbeat must be >= 1")
+    if args.checkpoint_every < 0:
+        raise InputError("--checkpoint-every must be >= 0")
     space = registry.resolve(args.name)
     for item in args.sets:
         name, sep, raw = item.partition("=")
@@ -154,6 +159,8 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers,
         worker=args.worker_index,
         heartbeat=args.heartbeat,
+        checkpoint_every=args.checkpoint_every,
+        compile=args.compile,
     )
     run_study(opts, Output())
     return 0

@@ -8,6 +8,7 @@ before it writes anything, then runs trials until the study holds the target num
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import signal
 import subprocess
@@ -36,6 +37,7 @@ from study.space import SearchSpace, build_config
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILURES_IN_A_ROW = 5
+CHECKPOINT_EVERY_S = 60.0  # mid-trial checkpoints at most this often (see `Checkpointing`)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class RunOptions:
     workers: int = 1
     worker: int | None = None  # set in a worker process started by `run --workers N`
     heartbeat: int = storage.HEARTBEAT_SECONDS
+    checkpoint_every: float = CHECKPOINT_EVERY_S
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ class Prepared:
     storage_url: str
     target: int
     results_dir: Path
+    checkpoint_every: float = CHECKPOINT_EVERY_S
+    compile: bool = False
 
 
 class Output:
@@ -153,6 +159,8 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
         storage_url=url,
         target=opts.trials if opts.trials is not None else space.study.trials,
         results_dir=opts.results_dir,
+        checkpoint_every=opts.checkpoint_every,
+        compile=opts.compile,
     )
 
 
@@ -216,7 +224,10 @@ def load_data(prep: Prepared) -> _DataCache:
 
 
 def trainer(prep: Prepared, data: _DataCache, out: Output) -> TrialTrainer:
-    runtime = Runtime.for_device(prep.device, wrap_batches=out.wrap_batches)
+    if prep.device.type == "cuda":
+        # every trial of a study repeats the same few input shapes: let cuDNN time its algorithms once
+        torch.backends.cudnn.benchmark = True
+    runtime = Runtime.for_device(prep.device, wrap_batches=out.wrap_batches, compile=prep.compile)
     return TrialTrainer(prep, data, runtime, artifact_store(prep.results_dir))
 
 
@@ -360,6 +371,8 @@ def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callab
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal stopped
         out.line(describe(trial, metric))
+        if trial.state == TrialState.FAIL:
+            gc.collect()  # a failed trial's traceback can hold its model in a cycle; ~0.3 s, so not after every trial
         if trial.state in FINISHED:
             bar.update(1)
             failures.clear()
@@ -389,7 +402,7 @@ def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callab
                 time.sleep(1.0)
                 continue
             left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-            study.optimize(guarded, n_trials=1, timeout=left, callbacks=[after_trial], catch=(Exception,), gc_after_trial=True)
+            study.optimize(guarded, n_trials=1, timeout=left, callbacks=[after_trial], catch=(Exception,))
 
 
 SURPLUS = "surplus"
@@ -439,7 +452,8 @@ class TrialTrainer:
             trial.set_user_attr("class_names", list(splits.class_names))
             resume = _resume_state(trial, checkpoints, reporter)
             context = TrialContext(self.runtime, reporter, settings.metric, settings.direction == "maximize",
-                                   Checkpointing(save=lambda state: _save_checkpoint(state, own), resume=resume))
+                                   Checkpointing(save=lambda state: _save_checkpoint(state, own), resume=resume,
+                                                 every_s=self.prep.checkpoint_every))
             started = time.perf_counter()
             result = self.prep.module.run(config, splits, context)
         except optuna.TrialPruned:

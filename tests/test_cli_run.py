@@ -104,14 +104,14 @@ def test_nan_trial_is_recorded_and_study_goes_on(tmp_path: Path, dr_dir: Path):
     space.write_text(
         '[study]\nobjective = "dr_focal"\nsampler = "grid"\npruner = "none"\ntrials = 2\n'
         '[fixed]\nepochs = 1\nbatch_size = 16\nimage_size = 32\narch = "resnet18"\npretrained = false\n'
-        '[space]\nlr = { choices = [1e6, 0.01] }\n'
+        '[space]\nlr = { choices = [1e30, 0.01] }\n'
     )
     result = run_cli("run", str(space), "--data", str(dr_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     study = load(tmp_path / "results", "nan")
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert [t.user_attrs["fail_reason"] for t in failed] == ["nan_loss"]
-    assert failed[0].params["lr"] == 1e6
+    assert failed[0].params["lr"] == 1e30
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 1
     assert "FAIL     nan_loss" in result.stdout
     listing = run_cli("list", cwd=tmp_path)

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -111,6 +112,21 @@ def test_splits_and_channel_stats_come_from_train_only(dr_dir: Path):
     pixels = np.asarray(splits.train.images)[splits.train.index].astype(np.float64) / 255
     assert splits.mean == pytest.approx(pixels.mean(axis=(0, 1, 2)), abs=1e-9)
     assert splits.std == pytest.approx(pixels.std(axis=(0, 1, 2)), abs=1e-6)
+
+
+def test_channel_stats_are_cached_beside_the_decode_cache_per_split(dr_dir: Path, tmp_path: Path):
+    files = find_dataset(dr_dir, num_classes=5)
+    cache = tmp_path / "cache"
+    direct = load_splits(files, image_size=32, val_fraction=0.25, split_seed=0, cache_dir=None)
+    first = load_splits(files, image_size=32, val_fraction=0.25, split_seed=0, cache_dir=cache)
+    assert first.mean == pytest.approx(direct.mean, abs=1e-12) and first.std == pytest.approx(direct.std, abs=1e-12)
+    saved = list(cache.glob("*.stats-*.json"))
+    assert len(saved) == 1
+    saved[0].write_text(json.dumps({"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5]}))
+    assert load_splits(files, image_size=32, val_fraction=0.25, split_seed=0, cache_dir=cache).mean == (0.1, 0.2, 0.3)
+    other = load_splits(files, image_size=32, val_fraction=0.25, split_seed=1, cache_dir=cache)
+    assert len(list(cache.glob("*.stats-*.json"))) == 2
+    assert other.mean != (0.1, 0.2, 0.3) and other.mean != pytest.approx(direct.mean, abs=1e-9)
 
 
 def test_device_batches_normalise_and_flips_keep_labels():

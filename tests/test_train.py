@@ -6,7 +6,7 @@ import torch
 from objectives.data import find_dataset, load_splits
 from objectives.losses import build_loss
 from objectives.models import HEAD, build_model, missing_weights, weights_file
-from objectives.train import Diverged, FitConfig, Runtime, fit
+from objectives.train import Checkpointing, Diverged, FitConfig, Runtime, fit
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_fit_picks_best_epoch_on_validation_and_evaluates_test(splits):
 
 
 def test_nan_loss_raises_diverged(splits):
-    cfg = FitConfig(epochs=2, fe_epochs=0, lr=1e6, momentum=0.9, weight_decay=0.0, batch_size=16)
+    cfg = FitConfig(epochs=2, fe_epochs=0, lr=1e30, momentum=0.9, weight_decay=0.0, batch_size=16)
     with pytest.raises(Diverged) as err:
         fit(build_model("resnet18", 5, pretrained=False), build_loss("ce", class_counts=[1] * 5), splits, cfg, Runtime(), lambda e, r: None)
     assert err.value.reason == "nan_loss"
@@ -91,3 +91,25 @@ def test_bf16_autocast_path_runs_on_cpu(splits):
         cfg = FitConfig(epochs=1, fe_epochs=0, lr=0.0, momentum=0.0, weight_decay=0.0, batch_size=16)
         results.append(fit(model, build_loss("ce", class_counts=[1] * 5), splits, cfg, runtime, lambda e, r: None))
     assert results[1].curves["val_loss"][0] == pytest.approx(results[0].curves["val_loss"][0], rel=0.05)
+
+
+@pytest.mark.parametrize("every_s, saves", [(0.0, [1, 2, 3]), (3600.0, [])])
+def test_checkpoints_follow_their_time_interval(splits, every_s, saves):
+    """Every epoch with interval 0 (what the resume tests use); none within a long interval."""
+    saved = []
+    cfg = FitConfig(epochs=3, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16)
+    fit(build_model("convnet", 5, pretrained=False, seed=0), build_loss("ce", class_counts=[1] * 5), splits, cfg, Runtime(),
+        lambda e, r: None, Checkpointing(save=lambda state: saved.append(state["epoch"]), every_s=every_s))
+    assert saved == saves
+
+
+def test_compiled_model_trains_like_the_eager_one(splits):
+    """`--compile` runs torch.compile (inductor, a C compiler on the CPU) and keeps the results."""
+    results = []
+    for compiled in (False, True):
+        cfg = FitConfig(epochs=2, fe_epochs=1, lr=0.01, momentum=0.9, weight_decay=0.0, batch_size=16)
+        model = build_model("convnet", 5, pretrained=False, seed=0)
+        results.append(fit(model, build_loss("ce", class_counts=[1] * 5), splits, cfg, Runtime(compile=compiled), lambda e, r: None))
+    assert results[1].curves["phase"] == ["fe", "ft"]
+    assert results[1].curves["train_loss"] == pytest.approx(results[0].curves["train_loss"], rel=1e-3)
+    assert results[1].test.confusion == results[0].test.confusion

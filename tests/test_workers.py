@@ -91,7 +91,7 @@ def test_workers_on_postgresql(tmp_path: Path, dr_dir: Path):
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_marks_trial_and_next_run_resumes_from_its_checkpoint(tmp_path: Path, dr_dir: Path, signum, code):
     space = space_file(tmp_path, epochs=5)
-    proc = start("run", str(space), "--data", str(dr_dir), "--trials", "2", cwd=tmp_path)
+    proc = start("run", str(space), "--data", str(dr_dir), "--trials", "2", "--checkpoint-every", "0", cwd=tmp_path)
     checkpoint = wait_for("trial0.pt", tmp_path / "results" / "checkpoints" / "w")
     os.killpg(proc.pid, signum)
     _, stderr = proc.communicate(timeout=120)
@@ -103,7 +103,7 @@ def test_interrupt_marks_trial_and_next_run_resumes_from_its_checkpoint(tmp_path
     assert checkpoint.exists()
     saved_epochs = len(first.user_attrs["curves"]["epoch"])
 
-    again = run_cli("run", str(space), "--data", str(dr_dir), "--trials", "2", cwd=tmp_path)
+    again = run_cli("run", str(space), "--data", str(dr_dir), "--trials", "2", "--checkpoint-every", "0", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "re-running interrupted trial 0" in again.stdout
     study = optuna.load_study(study_name="w", storage=storage)
@@ -122,7 +122,7 @@ def test_interrupt_marks_trial_and_next_run_resumes_from_its_checkpoint(tmp_path
 
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_from_checkpoint(tmp_path: Path, dr_dir: Path):
     space = space_file(tmp_path, epochs=5)
-    args = ("run", str(space), "--data", str(dr_dir), "--trials", "2", "--heartbeat", "1")
+    args = ("run", str(space), "--data", str(dr_dir), "--trials", "2", "--heartbeat", "1", "--checkpoint-every", "0")
     proc = start(*args, cwd=tmp_path)
     wait_for("trial0.pt", tmp_path / "results" / "checkpoints" / "w")
     os.killpg(proc.pid, signal.SIGKILL)
