@@ -675,8 +675,10 @@ class DeviceBatches:
         augment: Augment = Augment(),
         channels_last: bool = False,
         seed: int = 0,
+        prefetch: bool = True,
     ) -> None:
         self.images = images
+        self.prefetch = prefetch
         self.batch_size = batch_size
         self.device = device
         self.shuffle = shuffle
@@ -694,18 +696,32 @@ class DeviceBatches:
         order = self.images.index
         if self.shuffle:
             order = order[torch.randperm(len(order), generator=self.generator).numpy()]
-        pin = self.device.type == "cuda"
-        shape = self.images.images.shape[1:]
-        for start in range(0, len(order), self.batch_size):
-            rows = np.sort(order[start : start + self.batch_size])
-            y = torch.from_numpy(self.images.labels[rows])
-            if pin:  # gathered straight into pinned memory: one host copy, and an asynchronous transfer
-                x = torch.empty((len(rows), *shape), dtype=torch.uint8, pin_memory=True)
-                np.take(self.images.images, rows, axis=0, out=x.numpy())
-                y = y.pin_memory()
-            else:
-                x = torch.from_numpy(self.images.images[rows])
-            yield self._prepare(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
+        starts = range(0, len(order), self.batch_size)
+        if not self.prefetch or len(starts) < 2:
+            for start in starts:
+                yield self._batch(order[start : start + self.batch_size])
+            return
+        # One batch ahead on a helper thread (torch and numpy copies release the GIL): the gather
+        # and preparation of batch k+1 overlap step k instead of adding to it. The helper makes
+        # the random draws in batch order, so augmentation stays reproducible.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches") as pool:
+            pending = pool.submit(self._batch, order[: self.batch_size])
+            for start in starts[1:]:
+                ready = pending.result()
+                pending = pool.submit(self._batch, order[start : start + self.batch_size])
+                yield ready
+            yield pending.result()
+
+    def _batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.sort(rows)  # sequential reads from the memory-mapped cache
+        y = torch.from_numpy(self.images.labels[rows])
+        if self.device.type == "cuda":  # gathered straight into pinned memory: one host copy, an asynchronous transfer
+            x = torch.empty((len(rows), *self.images.images.shape[1:]), dtype=torch.uint8, pin_memory=True)
+            np.take(self.images.images, rows, axis=0, out=x.numpy())
+            y = y.pin_memory()
+        else:
+            x = torch.from_numpy(self.images.images[rows])
+        return self._prepare(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> augmented, normalised float NCHW. Crops and flips move uint8 (a quarter
