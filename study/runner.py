@@ -531,7 +531,12 @@ def _save_checkpoint(state: dict, path: Path) -> None:
 
 class _Reporter:
     """The objective's per-epoch callback: keeps the curves in the storage (so pruned trials
-    keep theirs), reports the metric to Optuna and raises TrialPruned when the pruner says so."""
+    keep theirs), reports the metric to Optuna and raises TrialPruned when the pruner says so.
+
+    Never during the frozen-backbone (FE) phase: a head-only model is a different regime that
+    fine-tuning overtakes, and judging it against other trials' FT epochs would prune every long
+    FE phase early, biasing the very question (how long to extract features) the study asks.
+    """
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial = trial
@@ -547,7 +552,7 @@ class _Reporter:
 
     def __call__(self, epoch: int, row: dict[str, Any]) -> None:
         self.replay(epoch, row)
-        if self.trial.should_prune():
+        if row.get("phase") != "fe" and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
 

@@ -34,7 +34,8 @@ DIRECTIONS = ("maximize", "minimize")
 STUDY_KEYS = {"objective", "direction", "metric", "sampler", "pruner", "trials", "seed", "startup_trials", "warmup_epochs", "description"}
 RANGE_KEYS = {"low", "high", "log", "step", "when"}
 CHOICE_KEYS = {"choices", "when"}
-EMBEDDED_DATA_KEYS = {"dataset", "train_images", "test_images", "trials"}
+EMBEDDED_STUDY_KEYS = {"trials", "startup_trials", "warmup_epochs"}  # [study] settings [embedded] may change
+EMBEDDED_DATA_KEYS = {"dataset", "train_images", "test_images", *EMBEDDED_STUDY_KEYS}
 _BOUND = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:([+-])\s*(\d+))?\s*$")
 
 
@@ -142,8 +143,8 @@ class SearchSpace:
         """This space with the [embedded] overrides applied (the run on the embedded dataset):
         [fixed] settings replaced, [space] parameters pinned, except what this run pinned itself."""
         overrides = {k: v for k, v in self.embedded.items() if k not in EMBEDDED_DATA_KEYS and k not in self.pinned}
-        trials = self.embedded.get("trials", self.study.trials)
-        space = dataclasses.replace(self, study=dataclasses.replace(self.study, trials=trials))
+        study = dataclasses.replace(self.study, **{k: v for k, v in self.embedded.items() if k in EMBEDDED_STUDY_KEYS})
+        space = dataclasses.replace(self, study=study)
         space = space.with_settings(**{k: v for k, v in overrides.items() if k in self.fixed})
         for name, value in overrides.items():
             if name not in self.fixed:
@@ -266,6 +267,10 @@ def load_space(path: Path, name: str | None = None) -> SearchSpace:
             raise SpaceError(f"{where}: {pname}: both in [fixed] and [space]")
         params.append(_parse_param(pname, spec, where, fixed, params))
     embedded = _table(doc, "embedded", where)
+    for key in EMBEDDED_STUDY_KEYS & embedded.keys():
+        value = embedded[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SpaceError(f"{where}: [embedded].{key} must be a non-negative integer, got {value!r}")
     for key in embedded:
         if key not in EMBEDDED_DATA_KEYS and key not in fixed and key not in space_doc:
             raise SpaceError(f"{where}: [embedded].{key}: neither a dataset setting ({', '.join(sorted(EMBEDDED_DATA_KEYS))}) "

@@ -193,3 +193,21 @@ def test_cuda_requested_without_cuda(tmp_path: Path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     one_line_error(run_cli("run", "dr_focal", "--device", "cuda", cwd=tmp_path), "--device cuda: no CUDA device")
+
+
+def test_no_pruning_during_the_frozen_backbone_phase(tmp_path: Path):
+    """A trial far below the median is kept while in FE and pruned at its first FT epoch."""
+    from study.runner import _Reporter
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    leader = study.ask()
+    for epoch in (1, 2, 3):
+        leader.report(0.9, step=epoch)
+    study.tell(leader, 0.9)
+    reporter = _Reporter(study.ask(), "kappa")
+    reporter(1, {"epoch": 1, "phase": "fe", "val_kappa": 0.1})
+    reporter(2, {"epoch": 2, "phase": "fe", "val_kappa": 0.1})
+    with pytest.raises(optuna.TrialPruned):
+        reporter(3, {"epoch": 3, "phase": "ft", "val_kappa": 0.1})
+    assert reporter.curves["phase"] == ["fe", "fe", "ft"]

@@ -52,10 +52,13 @@ def test_pinned_parameter_is_not_sampled_and_fixed_can_be_overridden():
     assert all(c.fe_epochs <= 3 for c in configs)  # high = "epochs - 1" follows the pin
 
 
-def test_embedded_overrides_fixed_and_trials():
-    space = registry.resolve("dr_focal").embedded_run()
+def test_embedded_overrides_fixed_trials_and_pruner_warmup():
+    full = registry.resolve("dr_focal")
+    space = full.embedded_run()
     assert space.fixed["epochs"] == space.embedded["epochs"] < 15
     assert space.study.trials == space.embedded["trials"]
+    assert space.study.warmup_epochs == space.embedded["warmup_epochs"] != full.study.warmup_epochs
+    assert space.study.startup_trials == full.study.startup_trials  # not overridden: kept
 
 
 def test_parse_value():
@@ -96,6 +99,7 @@ loss = { choices = ["ce", "focal"] }
         (GOOD + 'x = { low = 0, high = "epoch - 1" }\n', "bound 'epoch - 1'"),
         (GOOD + "x = { low = 0.0, high = 1.0, log = true }\n", "log range needs low > 0"),
         (GOOD.replace('objective = "dr_focal"', 'objective = "dr_focal"\nsampler = "bayes"'), "[study].sampler = 'bayes'"),
+        (GOOD + '[embedded]\nwarmup_epochs = "two"\n', "[embedded].warmup_epochs must be a non-negative integer"),
     ],
 )
 def test_malformed_space_files_name_file_parameter_problem(tmp_path: Path, text, message):
