@@ -9,7 +9,10 @@ model, batch size, SGD settings, precision (fp32) and device:
     ``--workers`` count (2 by default, to be fair to the baseline);
 (b) the study pipeline: the decode-once cache (``objectives.data.load_splits`` ->
     ``decode_all`` with a cache folder) read through ``DeviceBatches`` (uint8 gathered from the
-    memory-mapped cache, normalised and flipped on the device).
+    memory-mapped cache, flipped, converted and normalised on the device), twice: ``study input``
+    with the baseline's fp32 NCHW model (only the input pipeline differs) and ``study`` with the
+    ``Runtime`` a study actually trains with (``Runtime.for_device``: channels_last everywhere,
+    bf16 autocast on CUDA).
 
 Both arms train through ``objectives.train._train_epoch``, the loop ``fit`` runs. After a warm-up
 of a few batches one full epoch is timed; "data wait" is the time from the end of one step to the
@@ -133,10 +136,11 @@ def main() -> None:
     for setup, result in summary:
         base0 = result["baseline w0"]
         fair = max((t for k, t in result.items() if k.startswith("baseline")), key=lambda t: t.rate)
-        study = result["study"]
+        study, inputs = result["study"], result["study input"]
         print(f"ratio study/baseline ({setup.name}, workers 0): {times(ratio(study.rate, base0.rate))}; "
               f"vs best baseline: {times(ratio(study.rate, fair.rate))}; "
-              f"loader-only: {times(ratio(study.loader_rate, base0.loader_rate))}")
+              f"input pipeline only (same fp32 NCHW model): {times(ratio(inputs.rate, base0.rate))}; "
+              f"loader-only: {times(ratio(inputs.loader_rate, base0.loader_rate))}")
         if setup.size >= 512:
             got = ratio(study.rate, base0.rate)
             print(f"goal >= {GOAL_512:g}x at {setup.name}: {'met' if got >= GOAL_512 else 'missed'} ({times(got)})")
@@ -156,7 +160,7 @@ def run_setup(setup: Setup, files, device: torch.device, workers: list[int], arg
         reopened = time.perf_counter() - started
         decoded = len(files.train.paths) + len(files.test.paths)
         print(f"decode cache build (one time): {built:.2f} s for {decoded} images ({decoded / built:.0f} img/s, "
-              f"thread pool), incl. channel statistics; reopening it: {reopened:.3f} s")
+              f"thread pool), channel statistics included; reopening it (statistics read from the cache too): {reopened:.3f} s")
         result = measure(setup, splits, files.train.paths, device, workers, args)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -164,7 +168,7 @@ def run_setup(setup: Setup, files, device: torch.device, workers: list[int], arg
     base0 = result["baseline w0"]
     for name, t in result.items():
         rows.append([name, t.images, t.seconds, t.rate, t.wait, percent(t.wait_share),
-                     t.loader_rate if name == "study" or name == "baseline w0" else float("nan"),
+                     t.loader_rate if name in ("study", "study input", "baseline w0") else float("nan"),
                      times(ratio(t.rate, base0.rate))])
     print(table(["arm", "images", "epoch s", "img/s", "data wait s", "wait share", "loader img/s", "vs w0"], rows))
     print()
@@ -174,22 +178,25 @@ def run_setup(setup: Setup, files, device: torch.device, workers: list[int], arg
 def measure(setup: Setup, splits, paths, device: torch.device, workers: list[int], args) -> dict[str, EpochTiming]:
     """Every arm `args.repeats` times, round-robin (so a change in machine load hits all arms),
     keeping each arm's fastest epoch."""
-    runtime = Runtime(device=device, amp=False, channels_last=False)  # fp32 on both arms: only the input differs
+    plain = Runtime(device=device, amp=False, channels_last=False)  # the baseline's fp32 NCHW training
+    own = Runtime.for_device(device)
     counts = splits.train.class_counts(splits.num_classes)
     mean, std = tuple(splits.mean), tuple(splits.std)
     arms = {}
     for w in workers:
-        arms[f"baseline w{w}"] = lambda w=w: to_device(
+        arms[f"baseline w{w}"] = plain, lambda w=w: to_device(
             lab_loader(splits.train, paths, size=setup.size, batch_size=args.batch_size, workers=w, mean=mean, std=std, seed=args.seed),
             device)
-    arms["study"] = lambda: study_batches(splits.train, batch_size=args.batch_size, device=device, mean=mean, std=std,
-                                          flips=True, channels_last=False, seed=args.seed)
+    for name, runtime in (("study input", plain), ("study", own)):
+        arms[name] = runtime, lambda runtime=runtime: study_batches(
+            splits.train, batch_size=args.batch_size, device=device, mean=mean, std=std, flips=True,
+            channels_last=runtime.channels_last, seed=args.seed)
     if "baseline w0" not in arms:
         raise SystemExit("--workers must include 0 (the lab's default and the reference of the ratios)")
     best: dict[str, EpochTiming] = {}
     for _ in range(args.repeats):
-        for name, make in arms.items():
-            trainee = make_trainee(setup.arch, device, channels_last=False, seed=args.seed, class_counts=counts)
+        for name, (runtime, make) in arms.items():
+            trainee = make_trainee(setup.arch, device, channels_last=runtime.channels_last, seed=args.seed, class_counts=counts)
             timing = timed_epoch(trainee, make(), runtime, warmup=args.warmup, sync_steps=True)
             if name not in best or timing.rate > best[name].rate:
                 best[name] = timing
