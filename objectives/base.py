@@ -64,18 +64,20 @@ def load_image_splits(
     image_size: int,
     val_fraction: float,
     split_seed: int,
+    group_by: str = "auto",
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> Splits:
-    """Find the dataset under `source.root`, check it, decode it once (cached) and split it.
+    """Find the dataset under `source.root`, check it, decode it once (cached) and split it (by
+    `group_by` groups, see `objectives.splits`).
 
     Classes come from the data; `num_classes` / `class_names` are what the study fixes, if it
     does (a mismatch is an InputError). `mean` / `std` fix the normalisation; None computes it
     from the training rows.
     """
-    files = find_dataset(source.root, num_classes=num_classes, class_names=class_names, layout=source.layout, seed=split_seed)
+    files = find_dataset(source.root, num_classes=num_classes, class_names=class_names, layout=source.layout, group_by=group_by)
     total = len(files.train) + len(files.test)
     with source.bar(total, f"decode {total} images at {image_size}px") as bar:
         return load_splits(files, image_size=image_size, val_fraction=val_fraction, split_seed=split_seed,

@@ -53,6 +53,7 @@ class Config:
     class_names: tuple[str, ...] = ()
     val_fraction: float = 0.1
     split_seed: int = 0
+    group_by: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -77,7 +78,7 @@ class Config:
 
 def data_key(config: Config) -> tuple:
     """What the decoded splits depend on; trials with the same key share one load."""
-    return (config.image_size, config.val_fraction, config.split_seed, config.norm_mean, config.norm_std,
+    return (config.image_size, config.val_fraction, config.split_seed, config.group_by, config.norm_mean, config.norm_std,
             config.num_classes, config.class_names)
 
 
@@ -87,6 +88,7 @@ def load_data(config: Config, source: DataSource) -> Splits:
         image_size=config.image_size,
         val_fraction=config.val_fraction,
         split_seed=config.split_seed,
+        group_by=config.group_by,
         num_classes=config.num_classes or None,
         class_names=config.class_names or None,
         mean=config.norm_mean or None,

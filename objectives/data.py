@@ -17,6 +17,7 @@ costs, not what JPEG decoding costs.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from objectives.errors import InputError
+from objectives.splits import AUTO, TEST_SPLIT_SEED, Manifest, group_ids, grouped_split, shared_groups
 
 DR_CLASS_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
 DR_LAB_FILES = ("train_img.csv", "train_label.csv", "test_img.csv", "test_label.csv")
@@ -48,11 +50,17 @@ Progress = Callable[[int], None]
 @dataclass(frozen=True)
 class ImageTable:
     """Images and their integer labels, in a fixed order: files to decode (`paths`), or the rows
-    of an already decoded uint8 NHWC array (`pixels`, e.g. CIFAR's batches; `paths` is empty)."""
+    of an already decoded uint8 NHWC array (`pixels`, e.g. CIFAR's batches; `paths` is empty).
+
+    `ids` name each image as the split manifest does (its path relative to the data folder, or
+    ``batch#row``); `groups` is each image's group id (a patient), None where ungrouped.
+    """
 
     paths: tuple[Path, ...]
     labels: np.ndarray
+    ids: tuple[str, ...]
     pixels: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -60,6 +68,21 @@ class ImageTable:
     def name(self, i: int) -> str:
         """How messages name image `i`: its file name, or its row for an array table."""
         return self.paths[i].name if self.pixels is None else f"image #{i}"
+
+    def stems(self) -> list[str]:
+        """The names `group_by` is matched against: file names without extension (``10_left``)."""
+        return [i if self.pixels is not None else Path(i).stem for i in self.ids]
+
+    def subset(self, rows: np.ndarray) -> ImageTable:
+        paths = tuple(self.paths[i] for i in rows) if self.paths else ()
+        return ImageTable(paths, self.labels[rows], tuple(self.ids[i] for i in rows),
+                          None if self.pixels is None else self.pixels[rows],
+                          None if self.groups is None else self.groups[rows])
+
+
+def file_table(root: Path, paths: Sequence[Path], labels: np.ndarray) -> ImageTable:
+    """A table of image files under `root`, named in the manifest by their relative paths."""
+    return ImageTable(tuple(paths), labels, tuple(p.relative_to(root).as_posix() for p in paths))
 
 
 @dataclass(frozen=True)
@@ -72,9 +95,14 @@ class DatasetFiles:
     test: ImageTable
     class_names: tuple[str, ...]
     test_held_out: float = 0.0  # the fraction of train held out as test where the data has no test split
+    group_by: str = AUTO  # how images were grouped (train.groups is None where they were not)
 
     def tables(self) -> tuple[tuple[str, ImageTable], ...]:
         return (("train", self.train), ("test", self.test))
+
+    def shared_test_groups(self) -> list[str]:
+        """Groups (patients) the data's own test split shares with train: a leak the data made."""
+        return [] if self.test_held_out else shared_groups(self.train.groups, self.test.groups)
 
 
 @dataclass(frozen=True)
@@ -112,6 +140,7 @@ class Splits:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     class_names: tuple[str, ...]
+    manifest: Manifest | None = None  # every image's split decision (split.csv)
 
     @property
     def num_classes(self) -> int:
@@ -126,14 +155,14 @@ class Layout:
     """One dataset layout: what it looks like on disk, how to recognise it, how to list it.
 
     `detect(dir)` returns the dataset's root when `dir` holds this layout (CIFAR's may be the
-    ``cifar-10-batches-py`` folder inside `dir`), else None. `read(root, test_fraction, seed)`
-    lists images and labels without checking them (see `table_problems`); a layout without test
-    labels holds out a stratified, seeded test split of `test_fraction`.
+    ``cifar-10-batches-py`` folder inside `dir`), else None. `read(root)` lists images and labels
+    without checking them (see `table_problems`) as (train, test, class names); test is None for
+    a layout without test labels, and `read_dataset` holds one out.
     """
 
     description: str
     detect: Callable[[Path], Path | None]
-    read: Callable[[Path, float, int], DatasetFiles]
+    read: Callable[[Path], tuple[ImageTable, ImageTable | None, tuple[str, ...]]]
 
 
 def find_dataset(
@@ -142,13 +171,13 @@ def find_dataset(
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
     layout: str | None = None,
+    group_by: str = AUTO,
     test_fraction: float = 0.2,
-    seed: int = 0,
 ) -> DatasetFiles:
     """Detect the layout of `root` (or use `layout`), read its tables and check every file and
     label; the first problem is an InputError. `num_classes` / `class_names`, where a study fixes
     them, must match what the data says."""
-    files = read_dataset(root, layout=layout, test_fraction=test_fraction, seed=seed)
+    files = read_dataset(root, layout=layout, group_by=group_by, test_fraction=test_fraction)
     fatal = [p for p in table_problems(files) if p.fatal]
     if fatal:
         raise InputError(fatal[0].message)
@@ -156,10 +185,24 @@ def find_dataset(
     return files
 
 
-def read_dataset(root: Path, *, layout: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> DatasetFiles:
-    """The tables of `root` in its detected (or the forced) layout, unchecked."""
+def read_dataset(root: Path, *, layout: str | None = None, group_by: str = AUTO, test_fraction: float = 0.2) -> DatasetFiles:
+    """The tables of `root` in its detected (or the forced) layout, unchecked, with every image's
+    group (see `objectives.splits.group_ids`, matched over train and test names together). A
+    layout without test labels gets a stratified `test_fraction` held out of train, by group, with
+    the fixed `TEST_SPLIT_SEED`, so that no study setting moves the test set."""
     name, found = detect_layout(root, layout)
-    return LAYOUTS[name].read(found, test_fraction, seed)
+    train, test, class_names = LAYOUTS[name].read(found)
+    stems = train.stems() + (test.stems() if test is not None else [])
+    groups = group_ids(stems, group_by)
+    if groups is not None:
+        train = dataclasses.replace(train, groups=groups[: len(train)])
+        if test is not None:
+            test = dataclasses.replace(test, groups=groups[len(train) :])
+    if test is not None:
+        return DatasetFiles(name, found, train, test, class_names, group_by=group_by)
+    keep, held = grouped_split(train.labels, train.groups, test_fraction, TEST_SPLIT_SEED)
+    return DatasetFiles(name, found, train.subset(keep), train.subset(held), class_names,
+                        test_held_out=test_fraction, group_by=group_by)
 
 
 def detect_layout(root: Path, layout: str | None = None) -> tuple[str, Path]:
@@ -212,7 +255,7 @@ def _detect_dr_lab(root: Path) -> Path | None:
     return root if any((root / name).exists() for name in DR_LAB_FILES) else None
 
 
-def _read_dr_lab(root: Path, test_fraction: float, seed: int) -> DatasetFiles:
+def _read_dr_lab(root: Path) -> tuple[ImageTable, ImageTable | None, tuple[str, ...]]:
     """The source lab's layout: four one-column CSVs (with header) and DIR/<name>.jpeg."""
     missing = [name for name in DR_LAB_FILES if not (root / name).is_file()]
     if missing:
@@ -226,20 +269,20 @@ def _read_dr_lab(root: Path, test_fraction: float, seed: int) -> DatasetFiles:
                 f"{root / f'{split}_img.csv'} has {len(names)} rows but "
                 f"{split}_label.csv has {len(labels)}"
             )
-        paths = tuple(root / f"{name}.jpeg" for name in names)
-        tables.append(ImageTable(paths, _parse_labels(labels, root / f"{split}_label.csv")))
-    return DatasetFiles("dr_lab", root, tables[0], tables[1], DR_CLASS_NAMES)
+        paths = [root / f"{name}.jpeg" for name in names]
+        tables.append(file_table(root, paths, _parse_labels(labels, root / f"{split}_label.csv")))
+    return tables[0], tables[1], DR_CLASS_NAMES
 
 
 def _detect_kaggle(root: Path) -> Path | None:
     return root if (root / KAGGLE_LABELS).is_file() else None
 
 
-def _read_kaggle(root: Path, test_fraction: float, seed: int) -> DatasetFiles:
+def _read_kaggle(root: Path) -> tuple[ImageTable, ImageTable | None, tuple[str, ...]]:
     """Kaggle's ``trainLabels.csv`` (image,level) with ``train/<image>.jpeg``.
 
-    Kaggle published no labels with its test images, so a stratified test split is held out of
-    train (seeded, so every run of a study holds out the same images).
+    Kaggle published no labels with its test images, so `read_dataset` holds a test split out of
+    train (by patient, with a fixed seed, so every run of every study holds out the same images).
     """
     try:
         with open(root / KAGGLE_LABELS, newline="") as handle:
@@ -252,10 +295,9 @@ def _read_kaggle(root: Path, test_fraction: float, seed: int) -> DatasetFiles:
     body = [r for r in rows[1:] if r]
     if not body:
         raise InputError(f"{root / KAGGLE_LABELS}: no rows")
-    paths = tuple(root / "train" / f"{r[0].strip()}.jpeg" for r in body)
+    paths = [root / "train" / f"{r[0].strip()}.jpeg" for r in body]
     labels = _parse_labels([r[1] if len(r) > 1 else "" for r in body], root / KAGGLE_LABELS)
-    train, test = _hold_out(ImageTable(paths, labels), test_fraction, seed)
-    return DatasetFiles("kaggle", root, train, test, DR_CLASS_NAMES, test_held_out=test_fraction)
+    return file_table(root, paths, labels), None, DR_CLASS_NAMES
 
 
 def _detect_cifar(root: Path) -> Path | None:
@@ -265,7 +307,7 @@ def _detect_cifar(root: Path) -> Path | None:
     return None
 
 
-def _read_cifar(root: Path, test_fraction: float, seed: int) -> DatasetFiles:
+def _read_cifar(root: Path) -> tuple[ImageTable, ImageTable | None, tuple[str, ...]]:
     """torchvision's ``cifar-10-batches-py``: five training batches, a test batch and
     ``batches.meta`` (the class names), each a pickled dict of a (N, 3072) uint8 array in
     channel-major order and a list of labels. Read here, never downloaded."""
@@ -275,13 +317,11 @@ def _read_cifar(root: Path, test_fraction: float, seed: int) -> DatasetFiles:
     meta = _unpickle(root / CIFAR_META)
     names = _field(meta, "label_names", root / CIFAR_META)
     class_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
-    train = _cifar_table([root / name for name in CIFAR_TRAIN])
-    test = _cifar_table([root / CIFAR_TEST])
-    return DatasetFiles("cifar10", root, train, test, class_names)
+    return _cifar_table([root / name for name in CIFAR_TRAIN]), _cifar_table([root / CIFAR_TEST]), class_names
 
 
 def _cifar_table(paths: Sequence[Path]) -> ImageTable:
-    arrays, labels = [], []
+    arrays, labels, ids = [], [], []
     for path in paths:
         batch = _unpickle(path)
         data = np.asarray(_field(batch, "data", path))
@@ -291,7 +331,8 @@ def _cifar_table(paths: Sequence[Path]) -> ImageTable:
                              f"and {len(rows)} labels")
         arrays.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(rows.astype(np.int64))
-    return ImageTable((), np.concatenate(labels), pixels=np.ascontiguousarray(np.concatenate(arrays)))
+        ids += [f"{path.name}#{row}" for row in range(len(rows))]
+    return ImageTable((), np.concatenate(labels), tuple(ids), pixels=np.ascontiguousarray(np.concatenate(arrays)))
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -336,21 +377,20 @@ def _detect_imagefolder(root: Path) -> Path | None:
     return root if train.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in train.iterdir()) else None
 
 
-def _read_imagefolder(root: Path, test_fraction: float, seed: int) -> DatasetFiles:
+def _read_imagefolder(root: Path) -> tuple[ImageTable, ImageTable | None, tuple[str, ...]]:
     """``train/<class>/<image>`` and optionally ``test/<class>/<image>``, any image format Pillow
     reads. Classes are train's sub-folders, sorted (by number when every name is a number, so
-    grades 0..10 keep their order); without ``test/`` a stratified test split is held out."""
+    grades 0..10 keep their order); without ``test/``, `read_dataset` holds a test split out."""
     classes = _class_folders(root / "train")
     if not classes:
         raise InputError(f"--data {root}: ImageFolder layout needs train/<class>/<image> folders")
-    train = _folder_table(root / "train", classes)
+    train = _folder_table(root, "train", classes)
     if not (root / "test").is_dir():
-        train, test = _hold_out(train, test_fraction, seed)
-        return DatasetFiles("imagefolder", root, train, test, tuple(classes), test_held_out=test_fraction)
+        return train, None, tuple(classes)
     unknown = [c for c in _class_folders(root / "test") if c not in classes]
     if unknown:
         raise InputError(f"--data {root}: test class folder(s) {', '.join(unknown)} have no train/ counterpart")
-    return DatasetFiles("imagefolder", root, train, _folder_table(root / "test", classes), tuple(classes))
+    return train, _folder_table(root, "test", classes), tuple(classes)
 
 
 def _class_folders(folder: Path) -> list[str]:
@@ -366,22 +406,15 @@ def image_extensions() -> frozenset[str]:
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
-def _folder_table(folder: Path, classes: Sequence[str]) -> ImageTable:
+def _folder_table(root: Path, split: str, classes: Sequence[str]) -> ImageTable:
+    folder = root / split
     extensions = image_extensions()
     paths, labels = [], []
     for label, name in enumerate(classes):
         found = sorted(p for p in (folder / name).glob("*") if p.suffix.lower() in extensions and not p.name.startswith("."))
         paths += found
         labels += [label] * len(found)
-    return ImageTable(tuple(paths), np.asarray(labels, dtype=np.int64))
-
-
-def _hold_out(table: ImageTable, fraction: float, seed: int) -> tuple[ImageTable, ImageTable]:
-    """(train, test): a stratified, seeded `fraction` of `table` held out as test."""
-    keep, held = stratified_split(table.labels, fraction, seed)
-    paths = np.empty(len(table.paths), dtype=object)
-    paths[:] = table.paths
-    return (ImageTable(tuple(paths[keep]), table.labels[keep]), ImageTable(tuple(paths[held]), table.labels[held]))
+    return file_table(root, paths, np.asarray(labels, dtype=np.int64))
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -411,21 +444,6 @@ def _parse_labels(values: Sequence[str], source: Path) -> np.ndarray:
             raise InputError(f"{source} line {row}: label {value!r} is not an integer")
         labels.append(int(number))
     return np.asarray(labels, dtype=np.int64)
-
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, held-out) sorted indices; each class gives round(fraction * n) images, at least one
-    where it has two or more, so the 2.5 % grades of DR appear on both sides."""
-    rng = np.random.default_rng(seed)
-    kept, held = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for cls in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == cls))
-        n_held = int(round(fraction * len(members)))
-        if len(members) >= 2:
-            n_held = min(max(n_held, 1), len(members) - 1)
-        held.append(members[:n_held])
-        kept.append(members[n_held:])
-    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
 # ---------------------------------------------------------------- decoding and its cache
@@ -565,14 +583,15 @@ def load_splits(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> Splits:
-    """Decode (or read from cache) both tables and carve a stratified validation split from train.
+    """Decode (or read from cache) both tables and carve a validation split from train, by group
+    where the data has groups (`objectives.splits.grouped_split`), seeded by `split_seed`.
 
     Normalisation uses `mean` / `std` where given (a study that fixes the constants of its source
-    lab), else the channel statistics of the training rows.
+    lab, or a pretrained model's own), else the channel statistics of the training rows.
     """
     train_images = decode_table(files.train, image_size, cache_dir=cache_dir, progress=progress)
     test_images = decode_table(files.test, image_size, cache_dir=cache_dir, progress=progress)
-    train_idx, val_idx = stratified_split(files.train.labels, val_fraction, split_seed)
+    train_idx, val_idx = grouped_split(files.train.labels, files.train.groups, val_fraction, split_seed)
     train = ImageSet(train_images, files.train.labels, train_idx)
     if mean is None or std is None:
         mean, std = cached_channel_stats(train)
@@ -583,6 +602,25 @@ def load_splits(
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
         class_names=files.class_names,
+        manifest=split_manifest(files, val_idx),
+    )
+
+
+def split_manifest(files: DatasetFiles, val_idx: np.ndarray) -> Manifest:
+    """The `Manifest` of `files` with train rows `val_idx` in validation."""
+    in_val = np.zeros(len(files.train), dtype=bool)
+    in_val[val_idx] = True
+    splits = [*np.where(in_val, "val", "train").tolist(), *["test"] * len(files.test)]
+
+    def groups(table: ImageTable) -> list[str]:
+        return [""] * len(table) if table.groups is None else [str(g) for g in table.groups]
+
+    return Manifest(
+        image=(*files.train.ids, *files.test.ids),
+        split=tuple(splits),
+        group=(*groups(files.train), *groups(files.test)),
+        label=tuple(int(v) for v in (*files.train.labels.tolist(), *files.test.labels.tolist())),
+        shared_test_groups=tuple(files.shared_test_groups()),
     )
 
 

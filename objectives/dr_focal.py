@@ -39,9 +39,18 @@ class Config:
     image_size: int = 512
     val_fraction: float = 0.2
     split_seed: int = 0
+    group_by: str = "auto"
+    norm_mean: tuple[float, ...] = ()
+    norm_std: tuple[float, ...] = ()
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("norm_mean", "norm_std"):  # TOML gives lists; tuples keep the config hashable
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if len(self.norm_mean) != len(self.norm_std) or len(self.norm_mean) not in (0, 3) or any(s <= 0 for s in self.norm_std):
+            raise ValueError("norm_mean and norm_std must both be empty or 3 values each, std > 0")
+        if self.focal_gamma < 0:
+            raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
         if self.arch not in ARCHS:
             raise ValueError(f"arch {self.arch!r} is not one of {', '.join(ARCHS)}")
         if self.loss not in LOSSES:
@@ -60,12 +69,13 @@ class Config:
 
 def data_key(config: Config) -> tuple:
     """What the decoded splits depend on; trials with the same key share one load."""
-    return (config.image_size, config.val_fraction, config.split_seed)
+    return (config.image_size, config.val_fraction, config.split_seed, config.group_by, config.norm_mean, config.norm_std)
 
 
 def load_data(config: Config, source: DataSource) -> Splits:
     return load_image_splits(source, num_classes=NUM_CLASSES, image_size=config.image_size,
-                             val_fraction=config.val_fraction, split_seed=config.split_seed)
+                             val_fraction=config.val_fraction, split_seed=config.split_seed, group_by=config.group_by,
+                             mean=config.norm_mean or None, std=config.norm_std or None)
 
 
 def run(config: Config, data: Splits, context: TrialContext) -> TrialResult:

@@ -22,16 +22,18 @@ def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int)
 
 
 def summarize(confusion: np.ndarray) -> dict[str, float | list[float]]:
-    """accuracy, balanced_accuracy, macro_f1, kappa and per-class recall of a count matrix."""
+    """accuracy, balanced_accuracy, macro_f1, kappa and per-class recall of a count matrix; the
+    recall of a class absent from the split is NaN (undefined), never 0."""
     cm = np.asarray(confusion, dtype=np.float64)
     total = cm.sum()
     true_counts = cm.sum(axis=1)
     pred_counts = cm.sum(axis=0)
     hits = np.diag(cm)
     with np.errstate(divide="ignore", invalid="ignore"):
-        recall = np.where(true_counts > 0, hits / true_counts, 0.0)
+        recall = np.where(true_counts > 0, hits / true_counts, np.nan)  # no image of the class: undefined, not 0
         precision = np.where(pred_counts > 0, hits / pred_counts, 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        f1 = np.where(precision + np.nan_to_num(recall) > 0, 2 * precision * recall / (precision + recall), 0.0)
+        f1 = np.nan_to_num(f1)  # a class only predicted, never present: F1 0 (scikit-learn's convention)
     present = true_counts > 0
     seen = present | (pred_counts > 0)
     return {

@@ -82,6 +82,16 @@ def build_model(arch: str, num_classes: int, *, pretrained: bool, seed: int | No
     return model
 
 
+def weights_normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) the pretrained weights of `arch` were trained with (torchvision's own
+    preprocessing), None where `arch` has no pretrained weights."""
+    weights = _spec(arch).weights
+    if weights is None:
+        return None
+    preset = weights.transforms()
+    return tuple(float(m) for m in preset.mean), tuple(float(s) for s in preset.std)
+
+
 def weights_file(arch: str) -> Path:
     """Where torchvision's weights API looks for the pretrained checkpoint of `arch`."""
     weights = _spec(arch).weights

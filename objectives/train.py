@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from objectives import metrics
@@ -147,7 +148,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
         train_loss, train_acc = _train_epoch(step, loss_fn, batches, optimizer, phase, runtime, f"epoch {epoch}/{cfg.epochs} {phase}")
         if scheduler is not None:
             scheduler.step()
-        val = evaluate(step, loss_fn, splits.val, splits, runtime)
+        val = evaluate(step, splits.val, splits, runtime)
         row = {
             "epoch": epoch,
             "phase": phase,
@@ -176,7 +177,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
             last_saved = time.monotonic()
     assert best is not None, "fit needs at least one epoch"
     model.load_state_dict(best[2])
-    test = evaluate(step, loss_fn, splits.test, splits, runtime)
+    test = evaluate(step, splits.test, splits, runtime)
     return FitResult(curves=curves, best_epoch=best[1], val=best[3], test=test)
 
 
@@ -227,8 +228,12 @@ def _train_epoch(model, loss_fn, batches: DeviceBatches, optimizer, phase: str, 
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loss_fn: nn.Module, images: ImageSet, splits: Splits, runtime: Runtime) -> Evaluation:
-    """Loss and metrics on one split, confusion matrix accumulated on the device."""
+def evaluate(model: nn.Module, images: ImageSet, splits: Splits, runtime: Runtime) -> Evaluation:
+    """Loss and metrics on one split, confusion matrix accumulated on the device.
+
+    The loss is the cross entropy of the softmax for every trial, whatever loss it trains with:
+    focal, alpha-weighted or L1 training losses are different quantities, and a validation loss
+    that selects epochs, prunes and ranks trials must be the same quantity for all of them."""
     model.eval()
     k = splits.num_classes
     confusion = torch.zeros((k, k), dtype=torch.long, device=runtime.device)
@@ -244,7 +249,7 @@ def evaluate(model: nn.Module, loss_fn: nn.Module, images: ImageSet, splits: Spl
     for x, y in batches:
         with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=runtime.amp):
             logits = model(x)
-        loss_sum += loss_fn(logits.float(), y) * y.shape[0]
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         confusion += metrics.confusion_matrix(y, logits.argmax(1), k)
     counts = confusion.cpu().numpy()
     loss = loss_sum.item() / max(len(images), 1)

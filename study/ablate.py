@@ -83,7 +83,7 @@ def run_ablation(name: str, *, seeds: int, factors: Sequence[str] | None, opts: 
     data = opts.data or (Path(dataset) if Path(dataset).is_dir() else None)
     opts = dataclasses.replace(opts, space=space, data=data, pruner=opts.pruner or "none", trials=len(found) * seeds)
     prep = runner.prepare(opts, out)
-    data_cache = runner.load_data(prep)
+    data_cache = runner.load_data(prep, out)
     study = optuna.create_study(study_name=f"{name}{SUFFIX}", storage=store, direction=parent.direction, load_if_exists=True)
     plan = {"parent": name, "seeds": seeds, "variants": {v.name: v.values for v in found}, "metric": prep.space.study.metric,
             "objective": prep.space.study.objective, "dataset": parent.user_attrs.get("dataset"), "mode": "factorial" if factors else "one-at-a-time"}

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = data_commands.add_parser("inspect", help="layout, images per class, sizes, channel statistics and every problem")
     inspect.add_argument("dir", type=Path, help="the dataset folder, as for run --data")
     inspect.add_argument("--layout", help="force a layout: dr_lab, kaggle, cifar10 or imagefolder (default: detected)")
+    inspect.add_argument("--group-by", default="auto",
+                         help="group images as a study's group_by does: auto (<id>_left/_right), none, or a regex (default auto)")
 
     listing = commands.add_parser("list", help="named studies and their state in the storage")
     _common(listing)
@@ -171,7 +173,7 @@ def _data(args: argparse.Namespace) -> int:
     from study.runner import Output
 
     out = Output()
-    result = data_inspect.inspect_dataset(args.dir, layout=args.layout, bar=out.bar)
+    result = data_inspect.inspect_dataset(args.dir, layout=args.layout, group_by=args.group_by, bar=out.bar)
     for line in data_inspect.render(result):
         out.line(line)
     if result.fatal:

@@ -22,6 +22,7 @@ from objectives.base import BarFactory
 from objectives.data import (LAYOUTS, DatasetFiles, ImageSet, ImageTable, Problem, channel_stats, for_each, moments,
                              open_rgb, read_dataset, table_problems)
 from objectives.errors import InputError
+from objectives.splits import AUTO
 
 STATS_DRAFT = 256  # JPEGs are decoded at a reduced scale (>= 256 px): the same checks and means, far faster
 EXAMPLES = 5  # names shown per problem
@@ -52,10 +53,14 @@ class Inspection:
         return [p for p in self.problems if p.fatal]
 
 
-def inspect_dataset(root: Path, *, layout: str | None = None, bar: BarFactory) -> Inspection:
+def inspect_dataset(root: Path, *, layout: str | None = None, group_by: str = AUTO, bar: BarFactory) -> Inspection:
     """Read `root` in its layout, every image once, and collect every problem."""
-    files = read_dataset(root, layout=layout)
+    files = read_dataset(root, layout=layout, group_by=group_by)
     problems = table_problems(files)
+    shared = files.shared_test_groups()
+    if shared:
+        problems.append(Problem("shared_groups", f"{files.root}: {len(shared)} group(s) in both train and test (the test "
+                                                 f"figure would be optimistic): {', '.join(shared)}", fatal=False))
     facts = {split: _table_facts(table, split, bar) for split, table in files.tables()}
     for split, table in files.tables():
         broken = [(table.name(i), f.error) for i, f in enumerate(facts[split]) if f is not None and f.error]
@@ -128,6 +133,12 @@ def render(result: Inspection) -> list[str]:
     lines = [f"data: {files.root}", f"layout: {files.layout} ({LAYOUTS[files.layout].description})"]
     if files.test_held_out:
         lines.append(f"test split: none in the data; a stratified {files.test_held_out:.0%} of train is held out (seeded)")
+    if files.train.groups is None:
+        lines.append(f"groups: none (group_by {files.group_by!r}): splits are drawn per image")
+    else:
+        counts = [len(set(t.groups.astype(str).tolist())) for _, t in files.tables() if t.groups is not None]
+        lines.append(f"groups: {' / '.join(map(str, counts))} in train / test (group_by {files.group_by!r}): "
+                     "splits keep each group on one side")
     lines.append(f"classes: {len(names)}")
     width = max([len("(out of range)"), *(len(n) for n in names)])
     lines.append(f"{'split':<6} {'class':<{width}} {'images':>7} {'share':>7}")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,10 @@ from tqdm import tqdm
 from objectives.base import DataSource, TrialContext, ensure_embedded
 from objectives.data import detect_layout
 from objectives.errors import InputError
-from objectives.models import missing_weights
+from objectives.models import missing_weights, weights_normalisation
 from objectives.train import Checkpointing, Diverged, Runtime
 from study import figures, registry, storage
-from study.space import SearchSpace, build_config
+from study.space import SearchSpace, build_config, config_defaults
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILURES_IN_A_ROW = 5
@@ -134,6 +135,7 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
         space = space.embedded_run()
     space.check_config(module.Config)
     space = _check_weights(space, embedded=opts.data is None, out=out)
+    space = pretrained_normalisation(space)
     build_config(module.Config, {**space.fixed, **space.pinned})  # pins that contradict each other fail now
     cache_dir = opts.results_dir / "cache" if opts.cache else None
     if opts.data is None:
@@ -192,11 +194,29 @@ def _check_weights(space: SearchSpace, *, embedded: bool, out: Output) -> Search
     return space.pin("pretrained", False)
 
 
+def pretrained_normalisation(space: SearchSpace) -> SearchSpace:
+    """Where the space may use pretrained weights and sets no `norm_mean`/`norm_std` of its own,
+    both arms of `pretrained` are normalised with the weights' own statistics.
+
+    ImageNet weights expect ImageNet-normalised inputs (a fundus image's blue std is about 0.06
+    against ImageNet's 0.225), and the FE phase freezes BatchNorm with ImageNet statistics, so
+    the dataset's own statistics would handicap the pretrained arm; using the weights' values for
+    the scratch arm too keeps `pretrained` a factor that changes one thing. The resolved values
+    become settings, so they key the decoded data and enter the study's fingerprint."""
+    if True not in space.possible_values("pretrained") or space.fixed.get("norm_mean") or space.pinned.get("norm_mean"):
+        return space
+    found = {weights_normalisation(a) for a in space.possible_values("arch") if isinstance(a, str)} - {None}
+    if len(found) != 1:
+        return space  # no arch with weights, or archs whose weights disagree: the data's own statistics
+    mean, std = found.pop()
+    return space.with_settings(add=True, norm_mean=list(mean), norm_std=list(std))
+
+
 def run_study(opts: RunOptions, out: Output) -> optuna.Study:
     """Run (or resume) the study until it holds the target number of finished trials."""
     prep = prepare(opts, out)
-    data = load_data(prep)
-    study = _open_study(prep, opts.allow_space_change, opts.heartbeat)
+    data = load_data(prep, out)
+    study = _open_study(prep, data, opts.allow_space_change, opts.heartbeat)
     if opts.worker is None:
         requeue_interrupted(study, out)
     if not announce(study, prep, out):
@@ -216,10 +236,22 @@ def run_study(opts: RunOptions, out: Output) -> optuna.Study:
     return study
 
 
-def load_data(prep: Prepared) -> _DataCache:
-    """Decode (or read the cache of) and validate every image before any study is written."""
-    data = _DataCache(prep.module, prep.source)
-    data.get(build_config(prep.module.Config, {**prep.space.fixed, **prep.space.pinned}))
+def load_data(prep: Prepared, out: Output) -> _DataCache:
+    """Decode (or read the cache of) and validate every image before any study is written; write
+    the split manifest and warn where the data's own test split shares groups with train."""
+    base = build_config(prep.module.Config, {**prep.space.fixed, **prep.space.pinned})
+    data = _DataCache(prep.module, prep.source, prep.results_dir / _safe(prep.study_name), getattr(base, "split_seed", None))
+    splits = data.get(base)
+    manifest = splits.manifest
+    if manifest is not None:
+        counts = manifest.counts()
+        grouped = "by group" if any(manifest.group) else "per image (no groups)"
+        out.line(f"split: {counts['train']} train, {counts['val']} validation, {counts['test']} test images, {grouped}; "
+                 f"manifest {data.manifest_dir / 'split.csv'}")
+        if manifest.shared_test_groups:
+            shown = ", ".join(manifest.shared_test_groups[:3])
+            out.warn(f"{len(manifest.shared_test_groups)} group(s) of the data's own test split also appear in train "
+                     f"(e.g. {shown}): the test figures are optimistic; `study data inspect` lists them")
     return data
 
 
@@ -289,21 +321,50 @@ class WorkerFailed(RuntimeError):
 
 
 class _DataCache:
-    """Decoded splits per `module.data_key(config)`: loaded once per process, shared by trials."""
+    """Decoded splits per `module.data_key(config)`: loaded once per process, shared by trials.
 
-    def __init__(self, module: ModuleType, source: DataSource) -> None:
+    Every split a trial uses is written as a manifest into `manifest_dir` when first loaded:
+    ``split.csv`` for the study's own `split_seed`, ``split-<seed>.csv`` for any other (an
+    ablation's per-seed validation splits), so every trial's split can be checked.
+    """
+
+    def __init__(self, module: ModuleType, source: DataSource, manifest_dir: Path, base_split_seed: int | None) -> None:
         self.module = module
         self.source = source
+        self.manifest_dir = manifest_dir
+        self.base_split_seed = base_split_seed
         self.loaded: dict[Hashable, Any] = {}
+        self.hashes: dict[Hashable, str] = {}
 
     def get(self, config: Any) -> Any:
         key = self.module.data_key(config)
         if key not in self.loaded:
-            self.loaded[key] = self.module.load_data(config, self.source)
+            splits = self.module.load_data(config, self.source)
+            if splits.manifest is not None:
+                seed = getattr(config, "split_seed", None)
+                name = "split.csv" if seed == self.base_split_seed else f"split-{seed}.csv"
+                text = splits.manifest.csv_text()
+                atomic_write_text(self.manifest_dir / name, text)
+                self.hashes[key] = splits.manifest.digest()
+            self.loaded[key] = splits
         return self.loaded[key]
 
+    def manifest_hash(self, config: Any) -> str:
+        """sha256 of the manifest of `config`'s split (loaded first if needed)."""
+        self.get(config)
+        return self.hashes[self.module.data_key(config)]
 
-def _open_study(prep: Prepared, allow_change: bool, heartbeat: int) -> optuna.Study:
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename: concurrent workers writing the same file, or a
+    kill mid-write, never leave a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _open_study(prep: Prepared, data: _DataCache, allow_change: bool, heartbeat: int) -> optuna.Study:
     settings = prep.space.study
     store = storage.open_storage(prep.storage_url, heartbeat=heartbeat)
     study = optuna.create_study(
@@ -312,9 +373,11 @@ def _open_study(prep: Prepared, allow_change: bool, heartbeat: int) -> optuna.St
         direction=settings.direction,
         load_if_exists=True,
     )
-    fingerprint = prep.space.fingerprint()
+    fingerprint = prep.space.fingerprint(config_defaults(prep.module.Config))
     recorded = study.user_attrs.get("space_hash")
     if recorded is None:
+        base = build_config(prep.module.Config, {**prep.space.fixed, **prep.space.pinned})
+        splits = data.get(base)
         attrs = {
             "space_hash": fingerprint,
             "space_file": str(prep.space.path),
@@ -323,7 +386,12 @@ def _open_study(prep: Prepared, allow_change: bool, heartbeat: int) -> optuna.St
             "dataset": prep.dataset,
             "fixed": dict(prep.space.fixed),
             "pinned": dict(prep.space.pinned),
+            "sampler": sampler_settings(prep.space),
+            "pruner": pruner_settings(prep.space),
         }
+        if splits.manifest is not None:
+            attrs["split_hash"] = data.manifest_hash(base)
+            attrs["shared_test_groups"] = len(splits.manifest.shared_test_groups)
         for key, value in attrs.items():
             study.set_user_attr(key, value)
     elif (recorded != fingerprint or study.user_attrs.get("dataset") != prep.dataset) and not allow_change:
@@ -334,6 +402,22 @@ def _open_study(prep: Prepared, allow_change: bool, heartbeat: int) -> optuna.St
     return study
 
 
+def sampler_settings(space: SearchSpace) -> dict[str, Any]:
+    """The sampler's class and arguments, as recorded in the study (the seed of each run is
+    `seed` + the study's trials so far + 7919 x the worker's index)."""
+    settings = space.study
+    if settings.sampler == "random":
+        return {"class": "RandomSampler", "seed": settings.seed}
+    if settings.sampler == "grid":
+        return {"class": "GridSampler", "seed": settings.seed}
+    if settings.sampler == "cmaes":
+        return {"class": "CmaEsSampler", "seed": settings.seed}
+    # multivariate with group=True: conditional parameters (fe_epochs, focal_*) are modelled
+    # jointly within their condition instead of falling back to independent sampling
+    return {"class": "TPESampler", "seed": settings.seed, "multivariate": True, "group": True, "constant_liar": True,
+            "n_startup_trials": settings.sampler_startup_trials}
+
+
 def _sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     kind = space.study.sampler
     if kind == "random":
@@ -342,17 +426,28 @@ def _sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GridSampler(space.grid(), seed=seed)
     if kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=seed)
+    args = {k: v for k, v in sampler_settings(space).items() if k not in ("class", "seed")}
+    with warnings.catch_warnings():  # `group` is "experimental" in Optuna 5, and what conditional spaces need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, **args)
+
+
+def pruner_settings(space: SearchSpace) -> dict[str, Any]:
+    """The pruner's class and arguments, as recorded in the study. Steps are fine-tuning epochs
+    (see `_Reporter`), so Hyperband's largest resource is `epochs` (a trial without FE)."""
+    settings = space.study
+    if settings.pruner == "none":
+        return {"class": "NopPruner"}
+    if settings.pruner == "hyperband":
+        return {"class": "HyperbandPruner", "min_resource": 1, "max_resource": max(int(space.fixed.get("epochs", 1)), 1),
+                "reduction_factor": 3}
+    return {"class": "MedianPruner", "n_startup_trials": settings.startup_trials, "n_warmup_steps": settings.warmup_epochs}
 
 
 def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
-    settings = space.study
-    if settings.pruner == "none":
-        return optuna.pruners.NopPruner()
-    if settings.pruner == "hyperband":
-        epochs = int(space.fixed.get("epochs", 1))
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
-    return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_epochs)
+    args = pruner_settings(space)
+    kind = getattr(optuna.pruners, args.pop("class"))
+    return kind(**args)
 
 
 def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callable[[optuna.Trial], float],
@@ -423,8 +518,20 @@ class _Objective:
         space = self.prep.space
         values = space.suggest(trial)
         if "seed" not in space.names():
-            values["seed"] = space.study.seed + trial.number
+            values["seed"] = trial_seed(trial, space.study.seed)
         return self.trainer(trial, values)
+
+
+def trial_seed(trial: optuna.Trial, base: int) -> int:
+    """`base` + the trial's number; a trial that re-runs an earlier one (a heartbeat retry or a
+    re-queued interrupted trial) keeps that trial's seed, since it resumes that trial's weights."""
+    origin = resumed_from(trial)
+    if origin is not None:
+        earlier = {t.number: t for t in trial.study.get_trials(deepcopy=False)}.get(origin)
+        seed = earlier.user_attrs.get("config", {}).get("seed") if earlier is not None else None
+        if isinstance(seed, int):
+            return seed
+    return base + trial.number
 
 
 class TrialTrainer:
@@ -447,9 +554,12 @@ class TrialTrainer:
             trial.set_user_attr("fail_reason", None)
         try:
             config = build_config(self.prep.module.Config, values)
+            reporter = _Reporter(trial, settings.metric, fe_epochs=getattr(config, "fe_epochs", 0), epochs=config.epochs)
             trial.set_user_attr("config", dataclasses.asdict(config))
             splits = self.data.get(config)
             trial.set_user_attr("class_names", list(splits.class_names))
+            if splits.manifest is not None:
+                trial.set_user_attr("split_hash", self.data.manifest_hash(config))
             resume = _resume_state(trial, checkpoints, reporter)
             context = TrialContext(self.runtime, reporter, settings.metric, settings.direction == "maximize",
                                    Checkpointing(save=lambda state: _save_checkpoint(state, own), resume=resume,
@@ -529,18 +639,35 @@ def _save_checkpoint(state: dict, path: Path) -> None:
     os.replace(partial, path)
 
 
+def pruning_step(epoch: int, fe_epochs: int) -> int | None:
+    """The step at which epoch `epoch` is reported to the pruner: its fine-tuning epoch number
+    (1 for the first FT epoch), or None for a frozen-backbone (FE) epoch, which is not reported."""
+    return epoch - fe_epochs if epoch > fe_epochs else None
+
+
+def may_prune(epoch: int, fe_epochs: int, epochs: int) -> bool:
+    """Whether the pruner is asked after `epoch`: in fine-tuning, and never after the last epoch
+    (pruning then saves nothing and would hide a fully trained trial's metrics)."""
+    return pruning_step(epoch, fe_epochs) is not None and epoch < epochs
+
+
 class _Reporter:
     """The objective's per-epoch callback: keeps the curves in the storage (so pruned trials
     keep theirs), reports the metric to Optuna and raises TrialPruned when the pruner says so.
 
-    Never during the frozen-backbone (FE) phase: a head-only model is a different regime that
-    fine-tuning overtakes, and judging it against other trials' FT epochs would prune every long
-    FE phase early, biasing the very question (how long to extract features) the study asks.
+    The pruner sees fine-tuning epochs only, numbered from the first FT epoch (`pruning_step`):
+    a head-only model is a different regime that fine-tuning overtakes, so FE values never enter
+    other trials' medians, a trial with a long FE phase is compared with others after the same
+    number of FT epochs, warm-up counts FT epochs, and Hyperband's rungs start at the first FT
+    epoch. The pruner never decides the FE/FT question the study asks. A trial that reaches its
+    last epoch always completes (`may_prune`).
     """
 
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, *, fe_epochs: int = 0, epochs: int = 0) -> None:
         self.trial = trial
         self.metric = metric
+        self.fe_epochs = fe_epochs
+        self.epochs = epochs
         self.curves: dict[str, list] = {}
 
     def replay(self, epoch: int, row: dict[str, Any]) -> None:
@@ -548,11 +675,13 @@ class _Reporter:
         for key, value in row.items():
             self.curves.setdefault(key, []).append(value)
         self.trial.set_user_attr("curves", self.curves)
-        self.trial.report(float(row[f"val_{self.metric}"]), step=epoch)
+        step = pruning_step(epoch, self.fe_epochs)
+        if step is not None:
+            self.trial.report(float(row[f"val_{self.metric}"]), step=step)
 
     def __call__(self, epoch: int, row: dict[str, Any]) -> None:
         self.replay(epoch, row)
-        if row.get("phase") != "fe" and self.trial.should_prune():
+        if may_prune(epoch, self.fe_epochs, self.epochs) and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
 

@@ -31,10 +31,15 @@ from objectives.errors import InputError
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("maximize", "minimize")
-STUDY_KEYS = {"objective", "direction", "metric", "sampler", "pruner", "trials", "seed", "startup_trials", "warmup_epochs", "description"}
+STUDY_KEYS = {"objective", "direction", "metric", "sampler", "pruner", "trials", "seed", "startup_trials", "warmup_epochs",
+              "sampler_startup_trials", "description"}
 RANGE_KEYS = {"low", "high", "log", "step", "when"}
 CHOICE_KEYS = {"choices", "when"}
-EMBEDDED_STUDY_KEYS = {"trials", "startup_trials", "warmup_epochs"}  # [study] settings [embedded] may change
+EMBEDDED_STUDY_KEYS = {"trials", "startup_trials", "warmup_epochs", "sampler_startup_trials"}  # [study] settings [embedded] may change
+# What a study's settings mean (splits by group, cross-entropy validation loss, class weights with mean
+# 1, the pretrained weights' normalisation, FT-only pruning steps): a study made under an earlier
+# recipe gets another fingerprint, so `run` never adds trials of the new meaning to it.
+RECIPE_VERSION = 2
 EMBEDDED_DATA_KEYS = {"dataset", "train_images", "test_images", *EMBEDDED_STUDY_KEYS}
 _BOUND = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:([+-])\s*(\d+))?\s*$")
 
@@ -83,8 +88,9 @@ class StudySettings:
     pruner: str = "median"
     trials: int = 20
     seed: int = 0
-    startup_trials: int = 4
-    warmup_epochs: int = 1
+    startup_trials: int = 4  # the median pruner's: trials that complete before it may stop one
+    warmup_epochs: int = 1  # fine-tuning epochs every trial trains before it may be pruned
+    sampler_startup_trials: int = 10  # TPE's random start-up trials (Optuna's default)
     description: str = ""
 
 
@@ -115,9 +121,10 @@ class SearchSpace:
         p = self.param(name)
         return tuple(p.choices) if p is not None and p.choices is not None else ()
 
-    def with_settings(self, **changes: Any) -> SearchSpace:
-        """Override [fixed] settings (not sampled ones) and return the new space."""
-        unknown = set(changes) - set(self.fixed)
+    def with_settings(self, *, add: bool = False, **changes: Any) -> SearchSpace:
+        """Override [fixed] settings (not sampled ones) and return the new space; `add` allows
+        settings the file does not list (a rule of the tool resolving a config field)."""
+        unknown = set(changes) - set(self.fixed) - (set(changes) if add else set())
         if unknown:
             raise SpaceError(f"{self.path}: cannot set {', '.join(sorted(unknown))}: not in [fixed]")
         return dataclasses.replace(self, fixed=MappingProxyType({**self.fixed, **changes}))
@@ -190,16 +197,24 @@ class SearchSpace:
                 raise SpaceError(f"{self.path}: [space].{p.name}: the grid sampler needs choices or a step")
         return grid
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, defaults: Mapping[str, Any] = MappingProxyType({})) -> str:
         """Hash of what defines the study's trials (not the trial count): a changed file or pin
-        must not silently mix with the trials already stored."""
-        settings = dataclasses.asdict(self.study)
-        settings.pop("trials")
-        settings.pop("description")
+        must not silently mix with the trials already stored.
+
+        Settings at their default value (`StudySettings`' and the config's `defaults`) are left
+        out, so a setting added to the tool later, or written out at its default, does not change
+        the fingerprint; `RECIPE_VERSION` changes it when the tool changes what settings mean."""
+        settings = {k: v for k, v in dataclasses.asdict(self.study).items()
+                    if k not in ("trials", "description") and not _is_default(v, _STUDY_DEFAULTS.get(k, _MISSING))}
+
+        def explicit(values: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in values.items() if not _is_default(v, defaults.get(k, _MISSING))}
+
         doc = {
+            "recipe": RECIPE_VERSION,
             "study": settings,
-            "fixed": dict(self.fixed),
-            "pinned": dict(self.pinned),
+            "fixed": explicit(self.fixed),
+            "pinned": explicit(self.pinned),
             "params": [dataclasses.asdict(p) for p in self.params],
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -214,6 +229,23 @@ class SearchSpace:
             for value in self.possible_values(name) or _range_samples(self.param(name)):
                 if not _has_type(value, hints[name]):
                     raise SpaceError(f"{self.path}: {name}: {value!r} is not of type {_type_name(hints[name])}")
+
+
+_MISSING = object()
+_STUDY_DEFAULTS = {f.name: f.default for f in dataclasses.fields(StudySettings)}
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    """Equal to a default, reading TOML lists as the tuples config defaults are."""
+    if default is _MISSING or default is dataclasses.MISSING:
+        return False
+    as_tuple = tuple(value) if isinstance(value, list) else value
+    return type(as_tuple) is type(default) and as_tuple == default
+
+
+def config_defaults(config_cls: type) -> dict[str, Any]:
+    """The default value of every field of an objective's config that has one."""
+    return {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
 
 
 def parse_value(raw: str) -> Any:
@@ -255,7 +287,7 @@ def load_space(path: Path, name: str | None = None) -> SearchSpace:
     for key, allowed in (("direction", DIRECTIONS), ("sampler", SAMPLERS), ("pruner", PRUNERS)):
         if getattr(study, key) not in allowed:
             raise SpaceError(f"{where}: [study].{key} = {getattr(study, key)!r}; expected one of {', '.join(allowed)}")
-    for key in ("trials", "seed", "startup_trials", "warmup_epochs"):
+    for key in ("trials", "seed", "startup_trials", "warmup_epochs", "sampler_startup_trials"):
         value = getattr(study, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise SpaceError(f"{where}: [study].{key} must be a non-negative integer, got {value!r}")

@@ -1,5 +1,6 @@
 """The real CLI in real subprocesses, on small real data, against a real SQLite storage."""
 
+import hashlib
 from pathlib import Path
 
 import optuna
@@ -37,6 +38,15 @@ def test_run_dr_focal_on_data_then_resume_and_list(tmp_path: Path, dr_dir: Path,
     for trial in finished:
         assert f"trial {trial.number:>3} {trial.state.name}" in first.stdout
     assert "best: trial" in first.stdout and str(tmp_path / "results" / "optuna.db") in first.stdout
+    manifest = tmp_path / "results" / "dr_focal" / "split.csv"
+    rows = manifest.read_text().splitlines()
+    assert rows[0] == "image,split,group,label" and len(rows) == 1 + 80
+    assert rows[1].startswith("train_0000.jpeg,") and {r.split(",")[1] for r in rows[1:]} == {"train", "val", "test"}
+    assert study.user_attrs["split_hash"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert all(t.user_attrs["split_hash"] == study.user_attrs["split_hash"] for t in complete)
+    assert study.user_attrs["sampler"]["class"] == "TPESampler" and study.user_attrs["sampler"]["group"] is True
+    assert study.user_attrs["pruner"] == {"class": "MedianPruner", "n_startup_trials": 4, "n_warmup_steps": 5}
+    assert study.user_attrs["fixed"]["norm_mean"] == pytest.approx([0.485, 0.456, 0.406])  # pretrained may be used
 
     again = run_cli(*args[:4], "--trials", "6", *args[6:], cwd=tmp_path, torch_home=torch_home)
     assert again.returncode == 0, again.stderr
@@ -159,6 +169,18 @@ def test_bad_data_and_weights_stop_before_the_study_exists(tmp_path: Path, dr_di
     assert not (tmp_path / "results" / "optuna.db").exists()
 
 
+@pytest.mark.parametrize("group_by, fragment", [
+    ("([", "group_by '([': not a regular expression"),
+    ("^(x)_", "matches none of the 80 image names, e.g. 'train_0000'"),
+    ("^(train_000)\\d$", "matches only 10 of 80 image names; e.g. 'train_0010' does not match"),
+])
+def test_bad_group_by_is_one_line_and_writes_nothing(tmp_path: Path, dr_dir: Path, group_by: str, fragment: str):
+    result = run_cli("run", "dr_focal", "--data", str(dr_dir), "--set", "pretrained=false", "--set", f"group_by='{group_by}'",
+                     cwd=tmp_path)
+    one_line_error(result, fragment)
+    assert not (tmp_path / "results" / "optuna.db").exists()
+
+
 def test_missing_pretrained_weights_on_real_data_name_the_file(tmp_path: Path, dr_dir: Path, empty_torch_home: Path):
     result = run_cli("run", "dr_focal", "--data", str(dr_dir), cwd=tmp_path, torch_home=empty_torch_home)
     one_line_error(result, "resnet18-f37072fd.pth", str(empty_torch_home / "hub" / "checkpoints"), "resnet50-0676ba61.pth")
@@ -205,7 +227,7 @@ def test_no_pruning_during_the_frozen_backbone_phase(tmp_path: Path):
     for epoch in (1, 2, 3):
         leader.report(0.9, step=epoch)
     study.tell(leader, 0.9)
-    reporter = _Reporter(study.ask(), "kappa")
+    reporter = _Reporter(study.ask(), "kappa", fe_epochs=2, epochs=4)
     reporter(1, {"epoch": 1, "phase": "fe", "val_kappa": 0.1})
     reporter(2, {"epoch": 2, "phase": "fe", "val_kappa": 0.1})
     with pytest.raises(optuna.TrialPruned):

@@ -96,13 +96,13 @@ def write_imagefolder(root: Path, counts: dict[str, int], split: str = "train", 
 
 def test_imagefolder_with_png_grayscale_rgba_holds_out_a_test_split(tmp_path: Path):
     root = write_imagefolder(tmp_path / "pets", {"cat": 12, "dog": 8, "fish": 5})
-    files = find_dataset(root, seed=0)
+    files = find_dataset(root)
     assert files.layout == "imagefolder" and files.class_names == ("cat", "dog", "fish")
     assert files.test_held_out == 0.2
     assert len(files.train) + len(files.test) == 25  # notes.txt is not an image
     assert not set(files.train.paths) & set(files.test.paths)
     assert set(files.test.labels.tolist()) == {0, 1, 2}  # stratified: every class held out
-    assert find_dataset(root, seed=0).test.paths == files.test.paths  # seeded
+    assert find_dataset(root).test.paths == files.test.paths  # seeded
     gray = decode_image(root / "train" / "cat" / "1.png", 16)
     assert gray.shape == (16, 16, 3) and np.array_equal(gray[..., 0], gray[..., 2])
     rgba = decode_image(root / "train" / "cat" / "2.png", 16)

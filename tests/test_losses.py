@@ -37,19 +37,34 @@ def test_focal_gradients_finite_for_extreme_logits(gamma, alpha):
     assert torch.isfinite(logits.grad).all()
 
 
-def test_alpha_weights_sum_to_class_count_and_order():
+def test_alpha_weights_average_one_over_the_training_distribution_and_order():
+    """Reweighting must not change the step size: the expected weight of a training sample is 1
+    (weights that sum to K average ~0.24 over this 73 %-majority mix and quarter the lr)."""
     counts = [730, 70, 150, 25, 25]
+    share = torch.tensor(counts, dtype=torch.float64) / sum(counts)
     for kind in ("none", "inverse_frequency", "effective_number"):
         w = class_weights(kind, counts)
         assert w.shape == (5,)
-        assert w.sum().item() == pytest.approx(5.0, rel=1e-5)
+        assert (share * w.double()).sum().item() == pytest.approx(1.0, rel=1e-6)
     inv = class_weights("inverse_frequency", counts)
     assert inv[0] < inv[2] < inv[1] < inv[3]  # rarer class, larger weight
     assert inv[1] / inv[0] == pytest.approx(730 / 70, rel=1e-5)
+    assert inv[0].item() == pytest.approx(1000 / (5 * 730), rel=1e-5)  # N / (K n_c)
     eff = class_weights("effective_number", counts)
     # effective number flattens the weights of inverse frequency
     assert (eff.max() / eff.min()) < (inv.max() / inv.min())
     assert torch.equal(class_weights("none", counts), torch.ones(5))
+
+
+def test_weighted_focal_keeps_the_loss_scale_of_cross_entropy():
+    """With gamma 0, the mean alpha-weighted loss over a batch drawn from the training mix has the
+    scale of plain cross entropy (within sampling noise), not a quarter of it."""
+    counts = [730, 70, 150, 25, 25]
+    g = torch.Generator().manual_seed(0)
+    target = torch.multinomial(torch.tensor(counts, dtype=torch.float), 20000, replacement=True, generator=g)
+    logits = torch.zeros(len(target), 5)  # every sample's CE is log 5: the ratio is the mean weight
+    weighted = build_loss("focal", class_counts=counts, gamma=0.0, alpha="inverse_frequency")(logits, target)
+    assert weighted.item() / F.cross_entropy(logits, target).item() == pytest.approx(1.0, abs=0.05)
 
 
 def test_alpha_scales_each_sample_by_its_class_weight():

@@ -23,10 +23,25 @@ def test_metrics_equal_scikit_learn_on_random_predictions(seed):
     assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p), abs=1e-12)
     assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", zero_division=0), abs=1e-12)
     assert m["kappa"] == pytest.approx(cohen_kappa_score(y, p, weights="quadratic", labels=range(5)), abs=1e-12)
-    assert m["recall"] == pytest.approx(list(recall_score(y, p, average=None, labels=range(5), zero_division=0)), abs=1e-12)
+    present = np.isin(range(5), y)
+    expected = recall_score(y, p, average=None, labels=range(5), zero_division=0)
+    assert np.allclose(np.asarray(m["recall"])[present], expected[present], atol=1e-12)
+    assert np.isnan(np.asarray(m["recall"])[~present]).all()
 
 
 def test_kappa_of_majority_class_predictor_is_zero():
     cm = np.array([[73, 0, 0], [7, 0, 0], [20, 0, 0]])
     assert quadratic_kappa(cm) == 0.0
     assert summarize(cm)["accuracy"] == pytest.approx(0.73)
+
+
+def test_recall_of_a_class_absent_from_the_split_is_nan_not_zero():
+    """A split without any image of a class cannot say how well that class is recalled."""
+    cm = np.array([[5, 1, 0], [0, 0, 0], [1, 0, 3]])  # class 1 absent from the labels, predicted once
+    m = summarize(cm)
+    assert np.isnan(m["recall"][1])
+    assert m["recall"][0] == pytest.approx(5 / 6) and m["recall"][2] == pytest.approx(3 / 4)
+    assert m["balanced_accuracy"] == pytest.approx((5 / 6 + 3 / 4) / 2)
+    y = np.array([0] * 6 + [2] * 4)
+    p = np.array([0] * 5 + [1] + [0] + [2] * 3)
+    assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", labels=[0, 1, 2], zero_division=0))

@@ -138,6 +138,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_from_checkpoint(
     assert study.trials[0].state == TrialState.FAIL
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 0)
     assert retry.params == dead.params and retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["config"]["seed"] == dead.user_attrs["config"]["seed"]  # it resumes that trial's weights
     resumed = retry.user_attrs["resumed_from"]
     assert resumed["trial"] == 0 and resumed["epoch"] >= 1
     assert retry.user_attrs["curves"]["epoch"] == [1, 2, 3, 4, 5]
