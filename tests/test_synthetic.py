@@ -1,3 +1,4 @@
+import json
 import re
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from objectives import synthetic
+from objectives.base import ensure_embedded
 from objectives.data import ImageTable, find_dataset, load_splits
 from objectives.losses import build_loss
 from objectives.models import build_model
@@ -90,6 +92,23 @@ def test_generate_is_deterministic_and_writes_once(tmp_path: Path):
         synthetic.generate(tmp_path / "a", 41, 10, size=64, seed=5)
     other = synthetic.generate(tmp_path / "c", 40, 10, size=64, seed=6)
     assert (other / "train_00003_left.jpeg").read_bytes() != (a / "train_00003_left.jpeg").read_bytes()
+
+
+def test_a_folder_of_the_unpaired_generator_is_never_reused(tmp_path: Path):
+    """The embedded folder has a new name, so the old one stays as it is; and a folder whose
+    marker records the old generator (no eye-pair layout) is refused, not taken for pairs."""
+    old = tmp_path / "data" / "synthetic-fundus-4-2-seed0"
+    old.mkdir(parents=True)
+    marker = {"dataset": "synthetic-fundus", "seed": 0, "size": 256, "test_images": 2, "train_images": 4, "version": 1}
+    (old / "COMPLETE").write_text(json.dumps(marker, sort_keys=True) + "\n")
+    (old / "train_00000.jpeg").write_bytes(b"old")
+    root = ensure_embedded("synthetic-fundus", tmp_path / "data", train_images=4, test_images=2)
+    assert root.name == "synthetic-fundus-pairs-4-2-seed0"
+    assert len(list(root.glob("*_left.jpeg"))) == 3
+    assert sorted(p.name for p in old.iterdir()) == ["COMPLETE", "train_00000.jpeg"]  # untouched
+    with pytest.raises(FileExistsError, match="not a complete|generated with"):
+        synthetic.generate(old, 4, 2, seed=0)
+    assert (old / "train_00000.jpeg").read_bytes() == b"old"
 
 
 def test_a_resnet18_learns_the_synthetic_grades_beyond_the_majority_class(tmp_path: Path):
