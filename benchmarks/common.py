@@ -132,7 +132,7 @@ def synthetic_jpegs(work: Path, train_images: int, test_images: int, size: int, 
     """(folder, seconds to generate) of a synthetic-fundus dataset (DR lab layout, JPEG files of
     `size` px) under `work/jpeg/`, written once by `objectives.synthetic.generate` and reused by
     later runs (seconds is then ~0)."""
-    root = work / "jpeg" / f"synthetic-fundus-{train_images}-{test_images}-{size}px-seed{seed}"
+    root = work / "jpeg" / f"synthetic-fundus-pairs-{train_images}-{test_images}-{size}px-seed{seed}"
     started = time.perf_counter()
     synthetic.generate(root, train_images, test_images, size=size, seed=seed)
     return root, time.perf_counter() - started

@@ -85,11 +85,13 @@ def load_image_splits(
 
 
 def ensure_embedded(name: str, data_dir: Path, *, train_images: int, test_images: int, seed: int = 0) -> Path:
-    """Generate (once) the embedded dataset `name` under `data_dir` and return its folder."""
+    """Generate (once) the embedded dataset `name` under `data_dir` and return its folder,
+    ``<stem>-<train_images>-<test_images>-seed<seed>``."""
     if name not in EMBEDDED:
         raise InputError(f"unknown embedded dataset {name!r}; known: {', '.join(EMBEDDED)}")
-    root = data_dir / f"{name}-{train_images}-{test_images}-seed{seed}"
-    return EMBEDDED[name](root, train_images, test_images, seed)
+    embedded = EMBEDDED[name]
+    root = data_dir / f"{embedded.stem}-{train_images}-{test_images}-seed{seed}"
+    return embedded.build(root, train_images, test_images, seed)
 
 
 def _synthetic_fundus(root: Path, train_images: int, test_images: int, seed: int) -> Path:
@@ -104,4 +106,20 @@ def _digits(root: Path, train_images: int, test_images: int, seed: int) -> Path:
     return digits.export(root, train_images, test_images, seed)
 
 
-EMBEDDED: dict[str, Callable[[Path, int, int, int], Path]] = {"synthetic-fundus": _synthetic_fundus, "digits": _digits}
+@dataclass(frozen=True)
+class Embedded:
+    """An embedded dataset: the stem of its folder under the data folder and how it is built.
+
+    The stem changes whenever the generator's layout does, so that a folder an older generator
+    wrote keeps its name and is never reused (nor overwritten) for the new data: synthetic-fundus
+    became eye pairs (``synthetic-fundus-pairs-...``; before, ``synthetic-fundus-...``).
+    """
+
+    stem: str
+    build: Callable[[Path, int, int, int], Path]
+
+
+EMBEDDED: dict[str, Embedded] = {
+    "synthetic-fundus": Embedded("synthetic-fundus-pairs", _synthetic_fundus),
+    "digits": Embedded("digits", _digits),
+}

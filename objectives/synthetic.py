@@ -1,8 +1,21 @@
-"""The embedded dataset "synthetic-fundus": generated diabetic-retinopathy fundus photographs.
+"""The embedded dataset "synthetic-fundus": generated diabetic-retinopathy fundus photographs, as eye pairs.
 
 Why it exists: a user without data (or a test, or CI) should still run the tool's real image path
-end to end: the DR lab layout's CSVs, JPEG decoding, the decode cache, training and the metrics.
-So this module writes ordinary JPEG files in that layout rather than handing tensors over.
+end to end: the DR lab layout's CSVs, JPEG decoding, the decode cache, patient-grouped splits,
+training and the metrics. So this module writes ordinary JPEG files in that layout rather than
+handing tensors over.
+
+Why pairs: real Kaggle DR images are a patient's two eyes, ``<patient>_left`` and
+``<patient>_right``, which usually share a grade and look alike, so a split that puts one eye in
+training and the other in validation rewards memorising patients. The images here are named and
+made the same way (``train_00017_left``, ``train_00017_right``; train and test patients are
+distinct), so the default run exercises grouping by patient. Each patient has one grade (both
+eyes) and patient-level looks (retina colour and pigmentation, optic disc and macula, vessel
+calibre, lesion colours, how severe the lesions are for the grade); each eye has its own
+photograph (framing, exposure, pigment pattern, vessel tree, lesion counts and positions) and the
+left eye's anatomy is the right eye's mirrored (the optic disc on the nasal side): alike, never
+copies. ``train_images`` / ``test_images`` count images: a split has ceil(images / 2) patients,
+and when the count is odd its last patient has a left eye only.
 
 What the images are: a black frame around an orange-red retina with a yellowish optic disc, a dark
 macula and branching vessels, plus lesions whose number and kind grow with the grade, as in real
@@ -10,13 +23,14 @@ DR (0 none, 1 microaneurysms, 2 adds exudates and a few haemorrhages, 3 many hae
 cotton-wool spots, 4 adds new vessels and preretinal bleeds). Counts come from overlapping
 Poisson ranges, so neighbouring grades overlap: the task is learnable but not trivial. Every
 length is relative to the retina's radius, so lesions survive the downscale to 64 px that the
-default run uses. Grades follow the Kaggle DR mix (about 73 / 7 / 15 / 2.5 / 2.5 %), so the
-class imbalance that the tool's losses and metrics care about is there too.
+default run uses. Patients' grades follow the Kaggle DR mix (about 73 / 7 / 15 / 2.5 / 2.5 %), so
+the images do too, and the class imbalance that the tool's losses and metrics care about is there.
 
-Generation is deterministic (each image has its own generator seeded by (seed, split, index), so
-worker order does not matter), atomic (written to a temporary sibling folder, a ``COMPLETE``
-marker last, then renamed) and idempotent (an existing complete folder with the same parameters
-is returned untouched).
+Generation is deterministic (each patient and each eye has its own generator seeded by (seed,
+split, patient[, eye]), so worker order does not matter), atomic (written to a temporary sibling
+folder, a ``COMPLETE`` marker last, then renamed) and idempotent (an existing complete folder with
+the same parameters and layout is returned untouched; one written by the older, unpaired
+generator records no eye-pair layout and is refused).
 """
 
 from __future__ import annotations
@@ -39,11 +53,13 @@ GRADE_MIX: tuple[float, ...] = (0.73, 0.07, 0.15, 0.025, 0.025)
 CLASS_NAMES: tuple[str, ...] = ("No DR", "Mild", "Moderate", "Severe", "Proliferative")
 
 _DATASET_NAME = "synthetic-fundus"
-_GENERATOR_VERSION = 1  # recorded in the marker for people; not compared (parameters are)
+_LAYOUT = "eye-pairs"  # in the marker and compared on reuse: a folder of the older unpaired images is refused
+_GENERATOR_VERSION = 2  # recorded in the marker for people; not compared (parameters and layout are)
 _JPEG_QUALITY = 90
 _MIN_SIZE = 32
 _SUPERSAMPLE = 2  # masks are drawn at this factor and box-reduced, i.e. anti-aliased
 _SPLIT_CODES = {"train": 0, "test": 1}
+_EYES = (("left", -1), ("right", 1))  # name and side: -1 puts the optic disc (nasal) left of centre
 _MAX_WORKERS = 8
 
 _Colour = tuple[float, float, float]
@@ -102,7 +118,7 @@ class _Params:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
     def record(self) -> dict[str, object]:
-        return {"dataset": _DATASET_NAME, **asdict(self)}
+        return {"dataset": _DATASET_NAME, "layout": _LAYOUT, **asdict(self)}
 
 
 def generate(
@@ -117,8 +133,11 @@ def generate(
     """Write the dataset into `root` (DR lab layout) and return root.
 
     Writes ``train_img.csv``/``train_label.csv``/``test_img.csv``/``test_label.csv`` (headers
-    ``image`` and ``level``) and ``<name>.jpeg`` images of `size` x `size` px, rows shuffled, with
-    per-grade counts from `grade_counts`. Same arguments give byte-identical files.
+    ``image`` and ``level``) and ``<name>.jpeg`` images of `size` x `size` px. Names are
+    ``<split>_<patient>_left`` / ``_right`` with ceil(images / 2) patients per split (the last one
+    left eye only when the count is odd); per-grade counts of patients from `grade_counts`, both
+    eyes of a patient the same grade; rows shuffled image by image, so neither row order nor a
+    patient's neighbouring row says anything. Same arguments give byte-identical files.
 
     Written once and atomically by `objectives.folders.build_once`: a crash never leaves a half
     dataset that looks whole; a complete `root` with the same parameters is returned at once, one
@@ -129,19 +148,44 @@ def generate(
     return build_once(Path(root), params.record(), lambda folder: _write_dataset(folder, params, progress), version=_GENERATOR_VERSION)
 
 
+@dataclass(frozen=True)
+class _EyeImage:
+    """One image to write: its name, whose eye it is and its own random stream."""
+
+    name: str
+    patient: _Patient
+    side: int
+    seed: np.random.SeedSequence
+
+
+def _split_images(split: str, images: int, seed: int) -> list[_EyeImage]:
+    """The split's images patient by patient, left eye first: ceil(images / 2) patients, so the
+    last one has a left eye only when `images` is odd. Patients' grades in the exact
+    `grade_counts` mix, shuffled so that a patient's number says nothing."""
+    code = _SPLIT_CODES[split]
+    patients = -(-images // 2)
+    width = max(5, len(str(patients - 1)))
+    grades = _shuffled_labels(patients, seed, code).tolist()
+    eyes: list[_EyeImage] = []
+    for number, grade in enumerate(grades):
+        patient = _sample_patient(grade, np.random.default_rng([seed, code, 1, number]))
+        for k, (eye, side) in enumerate(_EYES):
+            eyes.append(_EyeImage(f"{split}_{number:0{width}d}_{eye}", patient, side,
+                                  np.random.SeedSequence([seed, code, 2, number, k])))
+    return eyes[:images]
+
+
 def _write_dataset(folder: Path, params: _Params, progress: Callable[[int], None] | None) -> None:
     """CSVs first (cheap), then the images on a thread pool: numpy, drawing, resizing and JPEG
     encoding release the GIL for most of an image's time (a clear gain from 512 px up)."""
-    jobs: list[tuple[Path, int, np.random.SeedSequence]] = []
+    jobs: list[tuple[Path, _EyeImage]] = []
     for split, code in _SPLIT_CODES.items():
-        total = params.train_images if split == "train" else params.test_images
-        labels = _shuffled_labels(total, params.seed, code)
-        width = max(5, len(str(total - 1)))
-        names = [f"{split}_{i:0{width}d}" for i in range(total)]
-        _write_column(folder / f"{split}_img.csv", "image", names)
-        _write_column(folder / f"{split}_label.csv", "level", [str(g) for g in labels.tolist()])
-        jobs += [(folder / f"{name}.jpeg", grade, np.random.SeedSequence([params.seed, code, 1, i]))
-                 for i, (name, grade) in enumerate(zip(names, labels.tolist()))]
+        images = _split_images(split, params.train_images if split == "train" else params.test_images, params.seed)
+        order = np.random.default_rng([params.seed, code, 3]).permutation(len(images))
+        rows = [images[i] for i in order.tolist()]
+        _write_column(folder / f"{split}_img.csv", "image", [row.name for row in rows])
+        _write_column(folder / f"{split}_label.csv", "level", [str(row.patient.grade) for row in rows])
+        jobs += [(folder / f"{image.name}.jpeg", image) for image in images]
     pool = ThreadPoolExecutor(max_workers=max(1, min(_MAX_WORKERS, os.cpu_count() or 1)))
     try:
         for _ in pool.map(lambda job: _write_image(*job, params.size), jobs):
@@ -152,7 +196,7 @@ def _write_dataset(folder: Path, params: _Params, progress: Callable[[int], None
 
 
 def _shuffled_labels(total: int, seed: int, split_code: int) -> np.ndarray:
-    """Grades in the exact `grade_counts` mix, shuffled so that row order says nothing."""
+    """Grades in the exact `grade_counts` mix, shuffled so that position says nothing."""
     labels = np.repeat(np.arange(len(GRADE_MIX)), grade_counts(total))
     return np.random.default_rng([seed, split_code, 0]).permutation(labels)
 
@@ -161,18 +205,60 @@ def _write_column(path: Path, header: str, values: Sequence[str]) -> None:
     path.write_text("\n".join([header, *values]) + "\n", newline="\n")
 
 
-def _write_image(path: Path, grade: int, seed: np.random.SeedSequence, size: int) -> None:
-    pixels = _render_fundus(grade, np.random.default_rng(seed), size)
+def _write_image(path: Path, image: _EyeImage, size: int) -> None:
+    pixels = _render_fundus(image.patient, image.side, np.random.default_rng(image.seed), size)
     Image.fromarray(pixels).save(path, format="JPEG", quality=_JPEG_QUALITY)
 
 
-# ---------------------------------------------------------------- one image
+# ---------------------------------------------------------------- one patient, one image
+
+
+@dataclass(frozen=True)
+class _Patient:
+    """What a patient's two eyes share, so that they look alike: the grade, the fundus's colour
+    and pigmentation, the anatomy (lengths in retina radii, the disc's offset towards the nose),
+    vessel calibre, lesion colours and how severe the lesions are for the grade."""
+
+    grade: int
+    retina: _Colour  # the background's colour
+    exposure: float  # of the session; each photograph varies a little around it
+    pigment: float  # amplitude of the patchy pigment
+    disc_colour: _Colour
+    disc_offset: _Point  # (nasal, downward) from the retina's centre
+    disc_radius: float
+    macula_offset: _Point  # (temporal, downward)
+    macula_depth: float  # how much darker the macula is
+    calibre: float  # vessel width factor
+    severity: float  # factor on the grade's expected lesion counts
+    hard_colour: _Colour
+    soft_colour: _Colour
+
+
+def _sample_patient(grade: int, rng: np.random.Generator) -> _Patient:
+    """A patient of DR `grade` with the spread seen between real patients."""
+    return _Patient(
+        grade=grade,
+        retina=_jitter(rng, (0.80, 0.34, 0.13), 0.03),
+        exposure=rng.uniform(0.8, 1.12),
+        pigment=rng.uniform(0.04, 0.08),
+        disc_colour=_jitter(rng, (1.0, 0.78, 0.42), 0.03),
+        disc_offset=(rng.uniform(0.5, 0.6), rng.normal(0, 0.05)),
+        disc_radius=rng.uniform(0.13, 0.16),
+        macula_offset=(rng.uniform(0.04, 0.14), rng.normal(0, 0.04)),
+        macula_depth=rng.uniform(0.25, 0.4),
+        calibre=rng.uniform(0.85, 1.15),
+        severity=rng.gamma(12.0, 1 / 12),  # mean 1, sd 0.29: some patients bleed more than others
+        hard_colour=_jitter(rng, (0.98, 0.86, 0.38), 0.03),
+        soft_colour=_jitter(rng, (0.92, 0.84, 0.72), 0.03),
+    )
 
 
 @dataclass(frozen=True)
 class _Eye:
-    """Where the anatomy of one image lies, in pixels: lesions and vessels are placed relative to it."""
+    """The eye in one photograph: the patient's, and where its anatomy lies in pixels (lesions and
+    vessels are placed relative to it)."""
 
+    patient: _Patient
     cx: float
     cy: float
     radius: float
@@ -182,29 +268,28 @@ class _Eye:
     macula: _Point
 
 
-def _render_fundus(grade: int, rng: np.random.Generator, size: int) -> np.ndarray:
-    """One fundus photograph of DR `grade` as uint8 RGB (size, size, 3), all randomness from `rng`.
+def _render_fundus(patient: _Patient, side: int, rng: np.random.Generator, size: int) -> np.ndarray:
+    """A photograph of one eye (`side` as in `_Eye`) of `patient` as uint8 RGB (size, size, 3);
+    what is not the patient's comes from `rng`.
 
     Colour planes are kept separate (3, H, W) while painting: numpy's loops then run along whole
     rows instead of over a trailing axis of three, which is several times faster.
     """
-    eye = _sample_eye(rng, size)
+    eye = _sample_eye(patient, side, rng, size)
     ys, xs = _grid(size)
     rho2 = ((xs - eye.cx) ** 2 + (ys - eye.cy) ** 2) * np.float32(1 / eye.radius**2)
     img = _retina(eye, rng, size, rho2, xs, ys)
-    _optic_disc_and_macula(img, eye, rng, xs, ys)
+    _optic_disc_and_macula(img, eye, xs, ys)
     vessels = _Canvas(size)
     _draw_vessel_tree(vessels, eye, rng)
-    if grade >= 4:
+    if patient.grade >= 4:
         for _ in range(1 + rng.poisson(0.8)):
             _draw_neovascular_tuft(vessels, eye, rng)
     _absorb(img, vessels, 0.45 * size / 256, (0.42, 0.72, 0.62))
-    masks = _draw_lesions(grade, eye, rng, size)
-    hard = _jitter(rng, (0.98, 0.86, 0.38), 0.03)
-    soft = _jitter(rng, (0.92, 0.84, 0.72), 0.03)
+    masks = _draw_lesions(eye, rng, size)
     _absorb(img, masks["red"], 0.004 * size, (0.5, 0.85, 0.8))
-    _blend(img, masks["hard"], 0.003 * size, hard, 0.85)
-    _blend(img, masks["soft"], 0.012 * size, soft, 0.7)
+    _blend(img, masks["hard"], 0.003 * size, patient.hard_colour, 0.85)
+    _blend(img, masks["soft"], 0.012 * size, patient.soft_colour, 0.7)
     _absorb(img, masks["dust"], 0.012 * size, (0.35, 0.35, 0.35))
     return _finish(img, eye, rng, rho2)
 
@@ -215,15 +300,15 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return axis[:, None], axis[None, :]
 
 
-def _sample_eye(rng: np.random.Generator, size: int) -> _Eye:
-    """Camera framing and anatomy with the jitter seen between real photographs."""
+def _sample_eye(patient: _Patient, side: int, rng: np.random.Generator, size: int) -> _Eye:
+    """The camera's framing, with the jitter seen between real photographs, around the patient's
+    anatomy, mirrored for the eye's `side`: the disc lies nasal and the macula temporal."""
     cx = size / 2 + rng.normal(0, 0.012 * size)
     cy = size / 2 + rng.normal(0, 0.012 * size)
     radius = size * rng.uniform(0.425, 0.47)
-    side = 1 if rng.random() < 0.5 else -1
-    disc = (cx + side * radius * rng.uniform(0.5, 0.6), cy + radius * rng.normal(0, 0.05))
-    macula = (cx - side * radius * rng.uniform(0.04, 0.14), cy + radius * rng.normal(0, 0.04))
-    return _Eye(cx, cy, radius, side, disc, radius * rng.uniform(0.13, 0.16), macula)
+    disc = (cx + side * radius * patient.disc_offset[0], cy + radius * patient.disc_offset[1])
+    macula = (cx - side * radius * patient.macula_offset[0], cy + radius * patient.macula_offset[1])
+    return _Eye(patient, cx, cy, radius, side, disc, radius * patient.disc_radius, macula)
 
 
 def _jitter(rng: np.random.Generator, colour: _Colour, spread: float) -> _Colour:
@@ -231,27 +316,29 @@ def _jitter(rng: np.random.Generator, colour: _Colour, spread: float) -> _Colour
     return r, g, b
 
 
-def _mottle(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Smooth noise around 1 at two scales (patchy pigment and a finer choroidal grain), made
-    small and upsampled once, so it costs one resize rather than per-pixel randomness."""
+def _mottle(rng: np.random.Generator, size: int, pigment: float) -> np.ndarray:
+    """Smooth noise around 1 at two scales (patchy pigment of amplitude `pigment` and a finer
+    choroidal grain), made small and upsampled once, so it costs one resize rather than per-pixel
+    randomness."""
     fine = rng.standard_normal((28, 28)).astype(np.float32)
     coarse = rng.standard_normal((7, 7)).astype(np.float32)
     up = np.asarray(Image.fromarray(coarse).resize((28, 28), Image.Resampling.BICUBIC))
-    small = 1.0 + 0.06 * up + 0.03 * fine
+    small = 1.0 + pigment * up + 0.03 * fine
     return np.asarray(Image.fromarray(small.astype(np.float32)).resize((size, size), Image.Resampling.BICUBIC))
 
 
 def _retina(eye: _Eye, rng: np.random.Generator, size: int, rho2: np.ndarray, xs: np.ndarray,
             ys: np.ndarray) -> np.ndarray:
-    """The orange-red background (3, H, W): per-image colour and exposure, mottled pigment,
-    uneven illumination and the darkening towards the rim that every fundus camera shows."""
-    exposure = rng.uniform(0.78, 1.15)
-    base = np.array(_jitter(rng, (0.80, 0.34, 0.13), 0.03), dtype=np.float32) * exposure
+    """The orange-red background (3, H, W): the patient's colour with this photograph's exposure,
+    mottled pigment, uneven illumination and the darkening towards the rim that every fundus
+    camera shows."""
+    exposure = eye.patient.exposure * rng.normal(1.0, 0.04)
+    base = np.array(eye.patient.retina, dtype=np.float32) * np.float32(exposure)
     edge = np.minimum(rho2, 1.2)
     shade = 1.0 - np.float32(rng.uniform(0.35, 0.55)) * edge * np.sqrt(edge)
     tilt = rng.normal(0, 0.08, size=2) / eye.radius
     shade *= (1.0 + tilt[0] * (xs - eye.cx)).astype(np.float32) + (tilt[1] * (ys - eye.cy)).astype(np.float32)
-    shade *= _mottle(rng, size)
+    shade *= _mottle(rng, size, eye.patient.pigment)
     return base[:, None, None] * shade[None]
 
 
@@ -262,23 +349,21 @@ def _window(size: int, centre: _Point, half: float) -> tuple[slice, slice]:
     return slice(y0, max(y0, y1)), slice(x0, max(x0, x1))
 
 
-def _optic_disc_and_macula(img: np.ndarray, eye: _Eye, rng: np.random.Generator, xs: np.ndarray,
-                           ys: np.ndarray) -> None:
+def _optic_disc_and_macula(img: np.ndarray, eye: _Eye, xs: np.ndarray, ys: np.ndarray) -> None:
     """The bright yellowish disc with its paler cup, and the darker macula two disc-widths away."""
     size = img.shape[1]
     rows, cols = _window(size, eye.disc, 2.2 * eye.disc_radius)
     d2 = ((xs[:, cols] - eye.disc[0]) ** 2 + (ys[rows] - eye.disc[1]) ** 2) * np.float32(1 / eye.disc_radius**2)
     disc = np.exp(-(d2 * d2))
     cup = np.exp(d2 * np.float32(-1 / 0.15))
-    colour = _jitter(rng, (1.0, 0.78, 0.42), 0.03)
-    for c, (disc_c, cup_c) in enumerate(zip(colour, (1.0, 0.93, 0.75))):
+    for c, (disc_c, cup_c) in enumerate(zip(eye.patient.disc_colour, (1.0, 0.93, 0.75))):
         plane = img[c, rows, cols]
         plane += 0.85 * disc * (disc_c - plane)
         plane += 0.35 * cup * (cup_c - plane)
     sigma = 0.16 * eye.radius
     rows, cols = _window(size, eye.macula, 3.5 * sigma)
     m2 = ((xs[:, cols] - eye.macula[0]) ** 2 + (ys[rows] - eye.macula[1]) ** 2) * np.float32(-0.5 / sigma**2)
-    img[:, rows, cols] *= (1 - np.float32(rng.uniform(0.25, 0.4)) * np.exp(m2))[None]
+    img[:, rows, cols] *= (1 - np.float32(eye.patient.macula_depth) * np.exp(m2))[None]
 
 
 def _absorb(img: np.ndarray, canvas: _Canvas, blur: float, absorbance: _Colour) -> None:
@@ -373,7 +458,8 @@ class _Canvas:
 
 def _draw_vessel_tree(canvas: _Canvas, eye: _Eye, rng: np.random.Generator) -> None:
     """Four arcades (vein and artery side by side) leave the optic disc: the temporal pair arches
-    round the macula, the nasal pair runs outward; random branches make every tree different."""
+    round the macula, the nasal pair runs outward; random branches make every tree different,
+    the patient's calibre is shared by both eyes."""
     temporal = -eye.side
     for vertical in (-1, 1):
         arcs = (
@@ -385,7 +471,7 @@ def _draw_vessel_tree(canvas: _Canvas, eye: _Eye, rng: np.random.Generator) -> N
                 origin = (eye.disc[0] + rng.normal(0, 0.25) * eye.disc_radius,
                           eye.disc[1] + vertical * rng.uniform(0.0, 0.4) * eye.disc_radius)
                 _vessel(canvas, eye, rng, origin, start + vertical * offset, target,
-                        length * eye.radius * rng.uniform(0.85, 1.1), width * eye.radius,
+                        length * eye.radius * rng.uniform(0.85, 1.1), width * eye.radius * eye.patient.calibre,
                         fill=255 if is_vein else 170, depth=0)
     for _ in range(rng.integers(1, 4)):  # small macular branches straight towards the fovea
         aim = math.atan2(eye.macula[1] - eye.disc[1], eye.macula[0] - eye.disc[0]) + rng.normal(0, 0.35)
@@ -462,8 +548,9 @@ class _LesionCounts:
     drusen: int = 0
 
 
-def _sample_lesion_counts(grade: int, rng: np.random.Generator) -> _LesionCounts:
-    """Counts per grade from overlapping Poisson ranges, mirroring the clinical scale: mild is
+def _sample_lesion_counts(grade: int, severity: float, rng: np.random.Generator) -> _LesionCounts:
+    """Counts per grade from overlapping Poisson ranges, means times the patient's `severity`
+    (so a patient's two eyes are alike in how much they show), mirroring the clinical scale: mild is
     microaneurysms only; moderate adds exudates and some haemorrhages; severe has many
     haemorrhages and cotton-wool spots; proliferative is severe plus new vessels (drawn with the
     vessels) and sometimes a preretinal bleed. Grade 0 may show one stray microaneurysm (graders
@@ -471,20 +558,21 @@ def _sample_lesion_counts(grade: int, rng: np.random.Generator) -> _LesionCounts
     perfect label."""
 
     def poisson(mean: float, at_least: int = 0) -> int:
-        return at_least + int(rng.poisson(mean))
+        return at_least + int(rng.poisson(mean * severity))
 
     def chance(p: float) -> int:
-        return int(rng.random() < p)
+        return int(rng.random() < p * severity)
 
+    dust = int(rng.poisson(0.25))  # dust is on the camera and drusen are no DR: neither follows severity
     if grade <= 0:
-        return _LesionCounts(chance(0.04), 0, 0, 0, 0, poisson(0.25), poisson(0.1))
+        return _LesionCounts(chance(0.04), 0, 0, 0, 0, dust, int(rng.poisson(0.1)))
     if grade == 1:
-        return _LesionCounts(poisson(3.0, 1), 0, 0, 0, 0, poisson(0.25), poisson(0.1))
+        return _LesionCounts(poisson(3.0, 1), 0, 0, 0, 0, dust, int(rng.poisson(0.1)))
     if grade == 2:
-        return _LesionCounts(poisson(6.0, 2), poisson(1.5), poisson(1.3), poisson(0.3), 0, poisson(0.25))
+        return _LesionCounts(poisson(6.0, 2), poisson(1.5), poisson(1.3), poisson(0.3), 0, dust)
     if grade == 3:
-        return _LesionCounts(poisson(8.0, 3), poisson(6.0, 3), poisson(1.5, 1), poisson(1.5, 1), 0, poisson(0.25))
-    return _LesionCounts(poisson(7.0, 2), poisson(5.0, 2), poisson(1.8), poisson(1.5), chance(0.35), poisson(0.25))
+        return _LesionCounts(poisson(8.0, 3), poisson(6.0, 3), poisson(1.5, 1), poisson(1.5, 1), 0, dust)
+    return _LesionCounts(poisson(7.0, 2), poisson(5.0, 2), poisson(1.8), poisson(1.5), chance(0.35), dust)
 
 
 def _random_point(eye: _Eye, rng: np.random.Generator, reach: float) -> _Point:
@@ -504,10 +592,11 @@ def _posterior_point(eye: _Eye, rng: np.random.Generator) -> _Point:
     return _random_point(eye, rng, 0.88)
 
 
-def _draw_lesions(grade: int, eye: _Eye, rng: np.random.Generator, size: int) -> dict[str, _Canvas]:
+def _draw_lesions(eye: _Eye, rng: np.random.Generator, size: int) -> dict[str, _Canvas]:
     """Red (microaneurysms, haemorrhages, preretinal blood), hard (exudates), soft (cotton wool)
     and dust masks; sizes are fractions of the retina radius so they scale with the image."""
-    counts = _sample_lesion_counts(grade, rng)
+    grade = eye.patient.grade
+    counts = _sample_lesion_counts(grade, eye.patient.severity, rng)
     canvases = {kind: _Canvas(size) for kind in ("red", "hard", "soft", "dust")}
     rad = eye.radius
     for _ in range(counts.preretinal):  # first: its flat top is a chord, later blood may overlap it
