@@ -151,8 +151,9 @@ def label(changed: Mapping[str, Any], base: Mapping[str, Any], values: Mapping[s
 
 
 def parent_seeds(parent: optuna.Study, study_seed: int) -> set[int]:
-    """Every seed the parent may have used: each trial's recorded ``seed`` and ``split_seed``
-    and, for trials without a record, the runner's ``study seed + trial number``."""
+    """Every seed the parent may have used: each trial's recorded ``seed`` and ``split_seed``,
+    and ``study seed + trial number`` of every trial (the runner's seed where the space samples
+    none; also covers trials that failed before recording a config)."""
     used: set[int] = set()
     for trial in parent.get_trials(deepcopy=False):
         config = trial.user_attrs.get("config", {})
@@ -202,19 +203,7 @@ def run_ablation(name: str, ablation: AblationOptions, opts: runner.RunOptions, 
     tuned_param = retune_param(space, ablation.retune) if ablation.retune else None
     study_name = ablation.study_name or f"{name}{SUFFIX}"
     existing = _existing(store, study_name, url)
-    used = parent_seeds(parent, space.study.seed)
-    seeds = existing.user_attrs["seeds"] if existing is not None else fresh_seeds(ablation.seeds, used, EVAL_SEED_START)
-    retune = None
-    if tuned_param is not None:
-        values = candidates(tuned_param, {**space.fixed, **space.pinned}, ablation.retune_trials)
-        retune = {"param": tuned_param.name, "trials": ablation.retune_trials, "candidates": values,
-                  "tuning_seeds": fresh_seeds(len(values), used | set(seeds), TUNE_SEED_START)}
-        if existing is not None and existing.user_attrs.get("retune"):
-            retune = existing.user_attrs["retune"]  # as recorded (checked against the request below)
-    plan = {"parent": name, "mode": "factorial" if ablation.factors else "one-at-a-time", "factors": list(ablation.factors),
-            "baseline": found[0].name, "variants": {v.name: v.values for v in found}, "levels": {v.name: v.levels for v in found},
-            "seeds": seeds, "retune": retune, "metric": space.study.metric, "objective": space.study.objective,
-            "dataset": parent.user_attrs.get("dataset")}
+    plan = _plan(name, parent, space, found, ablation, existing)
     if existing is not None:
         _check_same_plan(existing, plan, ablation, url)
 
@@ -228,6 +217,7 @@ def run_ablation(name: str, ablation: AblationOptions, opts: runner.RunOptions, 
         for key, value in plan.items():
             study.set_user_attr(key, value)
         study.set_user_attr("ablation_version", ABLATION_VERSION)  # last: a study without it holds no trials
+    seeds, retune = plan["seeds"], plan["retune"]
     out.line(f"ablation of {name} ({plan['mode']}): {len(found)} variants x {len(seeds)} seeds {seeds}: "
              + "; ".join(v.name for v in found))
     deadline = None if opts.timeout is None else time.monotonic() + opts.timeout
@@ -255,6 +245,25 @@ def run_ablation(name: str, ablation: AblationOptions, opts: runner.RunOptions, 
     runner.optimize(study, prep, out, _AblationObjective(configs, list(seeds), split, trainer), sampler, _left(deadline))
     runner.print_summary(study, prep, out)
     return study
+
+
+def _plan(name: str, parent: optuna.Study, space: SearchSpace, found: list[Variant], ablation: AblationOptions,
+          existing: optuna.Study | None) -> dict[str, Any]:
+    """What the ablation study records as its user attrs: the variants, the evaluation seeds
+    (fresh, or as recorded by the first run) and the retune grid with its tuning seeds."""
+    if existing is not None:
+        seeds, retune = existing.user_attrs["seeds"], existing.user_attrs.get("retune")
+    else:
+        used = parent_seeds(parent, space.study.seed)
+        seeds, retune = fresh_seeds(ablation.seeds, used, EVAL_SEED_START), None
+        if ablation.retune:
+            values = candidates(retune_param(space, ablation.retune), {**space.fixed, **space.pinned}, ablation.retune_trials)
+            retune = {"param": ablation.retune, "trials": ablation.retune_trials, "candidates": values,
+                      "tuning_seeds": fresh_seeds(len(values), used | set(seeds), TUNE_SEED_START)}
+    return {"parent": name, "mode": "factorial" if ablation.factors else "one-at-a-time", "factors": list(ablation.factors),
+            "baseline": found[0].name, "variants": {v.name: v.values for v in found}, "levels": {v.name: v.levels for v in found},
+            "seeds": seeds, "retune": retune, "metric": space.study.metric, "objective": space.study.objective,
+            "dataset": parent.user_attrs.get("dataset")}
 
 
 def seeded(values: Mapping[str, Any], seed: int, split: bool) -> dict[str, Any]:

@@ -403,7 +403,9 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
     missing = _missing_seeds(study)
     if missing:
         text += " Not finished, so not paired: " + "; ".join(f"{name} seed {', '.join(map(str, s))}" for name, s in missing.items()) + "."
-    text += (f" Supports: whether this change to this configuration moves {_metric_label(headline)} beyond seed-to-seed noise on "
+    claim = ("a factor's level, averaged over the other factors' levels here, or two factors' interaction"
+             if attrs.get("mode") == "factorial" else "this change to this configuration")
+    text += (f" Supports: whether {claim} moves {_metric_label(headline)} beyond seed-to-seed noise on "
              f"this dataset. Does not support: that a factor does not matter (a wide interval is not evidence of no effect), nor "
              f"effects at other configurations, datasets or budgets. The CSV holds every metric ({', '.join(metrics)}) with p, "
              f"p_holm and p_improve.")
