@@ -252,7 +252,7 @@ def _ablate(args: argparse.Namespace) -> int:
     factors = tuple(f.strip() for f in args.factors.split(",") if f.strip()) if args.factors else ()
     seeds = args.trials_per_cell if args.trials_per_cell is not None else args.seeds
     ablation = AblationOptions(seeds=seeds, factors=factors, retune=args.retune, study_name=args.study_name,
-                               retune_trials=args.retune_trials or DEFAULT_RETUNE_TRIALS)
+                               retune_trials=DEFAULT_RETUNE_TRIALS if args.retune_trials is None else args.retune_trials)
     placeholder = registry.resolve("dr_focal")  # replaced by the parent study's own space
     opts = RunOptions(space=placeholder, results_dir=args.results, storage_url=args.storage, data=args.data,
                       timeout=args.timeout, device=args.device)

@@ -354,7 +354,7 @@ def test_confusion_rows_carry_their_n(tmp_path):
     (["--trials-per-cell", "2"], "--seeds / --trials-per-cell 2: at least 3 seeds"),
     (["--pruner", "hyperband"], "--pruner hyperband: ablate never prunes"),
     (["--retune-trials", "3"], "--retune-trials needs --retune"),
-    (["--retune", "lr", "--retune-trials", "1"], "--retune-trials 1: at least 2"),
+    (["--retune", "lr", "--retune-trials", "0"], "--retune-trials 0: at least 2"),
 ])
 def test_ablate_flags_refused_before_the_storage_is_opened(tmp_path, capsys, args, message):
     from study import cli
