@@ -1,7 +1,10 @@
-"""`study report`: ablation tables, importances, confusion matrices and curves from the storage.
+"""`study report`: factor, cell and ablation tables, importances, confusion matrices and curves
+from the storage.
 
 Reads only the Optuna storage (trial params, values and the user attrs the runner wrote) and
-never re-trains. Numeric parameters are binned into levels; categorical ones are their choices.
+never re-trains. Each table's caption says what it can support: the factor and cell tables map
+the search (adaptively sampled, confounded, survivors of pruning); only `ablate`'s study, fresh
+seeds shared by every variant, supports a claim that one change matters.
 """
 
 from __future__ import annotations
@@ -18,18 +21,23 @@ import optuna
 import pandas as pd
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
-from scipy import stats
 
 from objectives.errors import InputError
-from study import figures, tables
+from study import figures, stats, tables
 
 ABLATION_SUFFIX = ".ablation"  # `ablate NAME` stores its trials as study NAME.ablation
+ABLATION_VERSION = 2  # user attr of an ablation study with fresh, recorded seeds (older ones reused 0..K-1)
+RETUNE_SUFFIX = ".retune."  # `ablate --retune` searches variant V in study ABLATION.retune.V
 BASELINE = "baseline"  # the ablation variant that is the parent study's best configuration
-TEST_METRICS = ("kappa", "accuracy", "balanced_accuracy", "macro_f1")
+TEST_METRICS = ("kappa", "accuracy", "balanced_accuracy", "macro_f1")  # all higher-is-better
 REPORTED = ("accuracy", "balanced_accuracy", "macro_f1", "kappa")
-MIN_IMPORTANCE_TRIALS = 5
+ABLATION_COLUMNS = ("variant", "metric", "n", "mean", "std", "delta", "ci_low", "ci_high", "p", "p_holm", "p_improve")
+SIGNIFICANT = 0.05  # the mark in the ablation table: Holm-adjusted p below this
+MIN_IMPORTANCE_TRIALS = 20  # fANOVA's forest and PED-ANOVA's top quantile say little from fewer
+FANOVA_SEEDS = (0, 1, 2, 3, 4)  # random-forest seeds: the spread says how stable the numbers are
 NUMERIC_BINS = 3
 CELL_FACTORS = ("arch", "pretrained", "loss")
+SHORT = {"balanced_accuracy": "bal_acc", "accuracy": "acc", "macro_f1": "f1"}  # column names in tables
 SAMPLED = "sampled:"  # column prefix of a trial's sampled params (absent where a condition was false)
 
 
@@ -123,28 +131,55 @@ def best_trials_per_cell(study: optuna.Study, frame: pd.DataFrame, maximize: boo
 
 
 def importance_table(study: optuna.Study) -> tuple[pd.DataFrame, str]:
-    """fANOVA and PED-ANOVA importances, or an empty frame and a sentence saying why not."""
+    """fANOVA (mean and std over `FANOVA_SEEDS` forests) and PED-ANOVA importances, or an empty
+    frame and a sentence saying why not; the sentence also carries every warning Optuna gave.
+
+    Optuna evaluates the parameters every complete trial has, so a conditional parameter
+    (`fe_epochs`, `focal_gamma`) would vanish or, drawn as 0, look unimportant. Each one is
+    evaluated instead over the trials where it is active (a study of just those trials), when
+    they are `MIN_IMPORTANCE_TRIALS` or more, and is "n/a (conditional)" otherwise: its number is
+    its share among the parameters of that subset, not of the whole study."""
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if len(complete) < MIN_IMPORTANCE_TRIALS:
-        return pd.DataFrame(), (f"Parameter importances need at least {MIN_IMPORTANCE_TRIALS} complete trials; "
-                                f"this study has {len(complete)}.")
-    evaluators = {
-        "fanova": optuna.importance.FanovaImportanceEvaluator(seed=0),
-        "ped_anova": optuna.importance.PedAnovaImportanceEvaluator(),
-    }
-    columns: dict[str, dict[str, float]] = {}
-    notes = []
-    for name, evaluator in evaluators.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                columns[name] = optuna.importance.get_param_importances(study, evaluator=evaluator)
-        except (RuntimeError, ValueError) as exc:
-            notes.append(f"{name}: {exc}")
-    if not columns:
+        return pd.DataFrame(), (f"Parameter importances need at least {MIN_IMPORTANCE_TRIALS} complete trials "
+                                f"(fewer make fANOVA's forests and PED-ANOVA's top quantile noise); this study has {len(complete)}.")
+    names = list(dict.fromkeys(name for t in complete for name in t.params))
+    conditional = [n for n in names if any(n not in t.params for t in complete)]
+    groups = [(complete, [n for n in names if n not in conditional], "")]
+    rows: dict[str, dict[str, Any]] = {}
+    for name in conditional:
+        active = [t for t in complete if name in t.params]
+        if len(active) >= MIN_IMPORTANCE_TRIALS:
+            groups.append((active, [name], f"conditional: over the {len(active)} trials where it is active"))
+        else:
+            rows[name] = {"fanova_mean": np.nan, "fanova_std": np.nan, "ped_anova": np.nan, "trials": len(active),
+                          "note": f"n/a (conditional): active in {len(active)} trials, fewer than {MIN_IMPORTANCE_TRIALS}"}
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for trials, wanted, note in groups:
+            if not wanted:
+                continue
+            subset = optuna.create_study(direction=study.direction)  # in memory: only these trials
+            subset.add_trials(trials)
+            try:
+                fanova = [optuna.importance.get_param_importances(subset, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+                          for seed in FANOVA_SEEDS]
+                ped = optuna.importance.get_param_importances(subset, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+            except (RuntimeError, ValueError) as exc:
+                notes.append(f"{', '.join(wanted)}: {exc}")
+                continue
+            for name in wanted:
+                runs = np.array([run.get(name, np.nan) for run in fanova], dtype=float)
+                rows[name] = {"fanova_mean": float(np.mean(runs)), "fanova_std": float(np.std(runs, ddof=1)),
+                              "ped_anova": float(ped.get(name, np.nan)), "trials": len(trials), "note": note}
+    warned = list(dict.fromkeys(str(w.message) for w in caught))
+    if warned:
+        notes.append("Optuna warned: " + " / ".join(warned))
+    if not rows:
         return pd.DataFrame(), "Parameter importances could not be computed (" + "; ".join(notes) + ")."
-    params = sorted({p for c in columns.values() for p in c}, key=lambda p: -max(c.get(p, 0.0) for c in columns.values()))
-    frame = pd.DataFrame({"parameter": params, **{k: [c.get(p, np.nan) for p in params] for k, c in columns.items()}})
+    frame = pd.DataFrame([{"parameter": name, **row} for name, row in rows.items()])
+    frame = frame.sort_values("fanova_mean", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
     return frame, "; ".join(notes)
 
 
@@ -159,14 +194,23 @@ def build_report(study: optuna.Study, out: Path, formats: Sequence[str], storage
     files: list[Path] = []
     sections: list[str] = [_settings_section(study, frame, metric, storage_label)]
 
+    for stale in out.glob("ablation.*"):  # the factor table's old name: left there, it would read as an ablation
+        if stale.suffix.lstrip(".") in tables.FORMATS:
+            stale.unlink()
     factor = factor_table(frame, factors(study), maximize)
     if not factor.empty:
-        caption = f"Factor levels of {study.study_name}: validation {metric} over complete trials; metrics of each level's best trial."
-        files += tables.write(factor, _display(factor), out / "ablation", formats, caption)
-        sections.append("## Factors\n\n" + caption + "\n\n" + tables.markdown(_display(factor)))
+        caption = (f"Factor levels of {study.study_name}: per level of each sampled parameter, n complete trials (pruned and failed beside), "
+                   f"best and mean ± std of validation {metric} over them, and the metrics of the level's best trial. A map of the "
+                   f"search, not an ablation: the sampler chose the levels adaptively (promising ones get more trials), each level "
+                   f"mixes different values of the other parameters (confounded), pruned trials are missing (survivors only) and "
+                   f"the best of a larger n is higher by chance. Compare levels with `ablate`, not with this table.")
+        files += tables.write(factor, _display(factor), out / "factors", formats, caption)
+        sections.append("## Factors (a map of the search, not an ablation)\n\n" + caption + "\n\n" + tables.markdown(_display(factor)))
     cells = cell_table(frame, maximize)
     if not cells.empty:
-        caption = "Best trial per architecture x pretraining (x loss) cell."
+        caption = (f"Best trial per {' x '.join(k for k in CELL_FACTORS if k in cells)} cell of the search (the source lab's comparison), "
+                   f"n complete trials per cell: as adaptive and confounded as the factor table; a cell with a larger n has "
+                   f"had more chances at a high best.")
         files += tables.write(cells, _display(cells), out / "cells", formats, caption)
         sections.append("## Cells\n\n" + caption + "\n\n" + tables.markdown(_display(cells)))
 
@@ -174,11 +218,15 @@ def build_report(study: optuna.Study, out: Path, formats: Sequence[str], storage
     if importance.empty:
         sections.append(f"## Parameter importance\n\n{note}\n")
     else:
-        caption = f"Parameter importances for validation {metric} (fANOVA and PED-ANOVA)."
-        files += tables.write(importance, importance, out / "importance", formats, caption)
+        caption = (f"Parameter importances for validation {metric} over {int(importance.trials.max())} complete trials: fANOVA, mean ± std "
+                   f"over {len(FANOVA_SEEDS)} random-forest seeds, and PED-ANOVA. A conditional parameter is evaluated over the trials "
+                   f"where it is active (its share among the parameters of those trials), or n/a when they are too few; never 0 "
+                   f"for missing. Importances describe this search's trials, not the parameter's effect elsewhere.")
+        shown = _importance_display(importance)
+        files += tables.write(importance, shown, out / "importance", formats, caption)
         files.append(_importance_figure(importance, out / "importance.png"))
         sections.append("## Parameter importance\n\n" + caption + (f" {note}" if note else "") + "\n\n"
-                        + tables.markdown(importance) + "\n![importance](importance.png)\n")
+                        + tables.markdown(shown) + "\n![importance](importance.png)\n")
 
     picked = best_trials_per_cell(study, frame, maximize)
     figure_lines = []
@@ -203,10 +251,16 @@ def build_report(study: optuna.Study, out: Path, formats: Sequence[str], storage
     files.append(_history_figure(study, out / "history.png"))
     sections.append("## Optimization history\n\n![history](history.png)\n")
 
-    if ablation is not None and len(ablation.trials):
-        table, display, caption = ablation_table(ablation)
-        files += tables.write(table, display, out / "ablation_study", formats, caption)
-        sections.append("## Ablation study\n\n" + caption + "\n\n" + tables.markdown(display))
+    if ablation is not None:
+        if ablation.user_attrs.get("ablation_version") != ABLATION_VERSION:
+            sections.append(f"## Ablation study\n\n{ablation.study_name} was made by an older `ablate` (seeds 0..K-1, possibly the "
+                            f"parent's own, compared unpaired) and is not reported; delete it and run `ablate` again.\n")
+        elif not any(t.state == TrialState.COMPLETE for t in ablation.get_trials(deepcopy=False)):
+            sections.append(f"## Ablation study\n\n{ablation.study_name} has no complete trial yet.\n")
+        else:
+            table, display, caption = ablation_table(ablation)
+            files += tables.write(table, display, out / "ablation_study", formats, caption)
+            sections.append("## Ablation study\n\n" + caption + "\n\n" + tables.markdown(display))
 
     markdown = f"# Study {study.study_name}\n\n" + "\n".join(sections)
     report_path = out / "report.md"
@@ -215,47 +269,161 @@ def build_report(study: optuna.Study, out: Path, formats: Sequence[str], storage
     return Report(out, report_path, tuple([report_path, *files]), summary)
 
 
-def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """Per variant: seeds done, mean ± std of the objective and test metrics, delta to the
-    baseline and Welch's t-test p-value against it (raw numbers, display text, caption)."""
-    metric = study.user_attrs.get("metric", "value")
+def ablation_metrics(metric: str) -> list[str]:
+    """The metrics of an ablation table, headline first: the test version of the study's metric
+    (test kappa where that is not a test metric), the other test metrics, then validation."""
+    head = metric if metric in TEST_METRICS else "kappa"
+    return [f"test_{head}", *(f"test_{m}" for m in TEST_METRICS if m != head), f"val_{metric}"]
+
+
+def ablation_frame(study: optuna.Study) -> pd.DataFrame:
+    """The ablation study as `ABLATION_COLUMNS`, one row per variant and metric.
+
+    One-at-a-time: each variant's n, mean and std over its seeds; its difference to the baseline
+    paired by seed, with the t interval, the paired test's p, the Holm-adjusted p (family: one
+    metric across the non-baseline variants) and p_improve; the baseline's delta is 0 and its
+    contrast columns empty. Factorial: the cells (n, mean, std) and then the main effects and
+    interactions (`stats.factorial_effects`), Holm over those effect rows."""
+    attrs = study.user_attrs
+    names = list(attrs["variants"])
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    by_variant: dict[str, list[FrozenTrial]] = {}
-    for name in study.user_attrs.get("variants", {}):
-        by_variant[name] = [t for t in complete if t.params.get("variant") == name]
-    baseline_name = BASELINE if BASELINE in by_variant else next(iter(by_variant), None)
-    base_values = np.array([t.value for t in by_variant.get(baseline_name, [])], dtype=float)
+    blocks = []
+    for metric in ablation_metrics(attrs["metric"]):
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE if metric.startswith("val_") else True
+        arms = {name: {int(t.params["seed"]): _ablation_value(t, metric) for t in complete if t.params.get("variant") == name} for name in names}
+        if attrs.get("mode") == "factorial":
+            rows = [_row(name, metric, stats.summarize(arms[name])) for name in names]
+            factors = attrs["factors"]
+            levels = {f: list(dict.fromkeys(attrs["levels"][name][f] for name in names)) for f in factors}
+            cells = {tuple(attrs["levels"][name][f] for f in factors): arms[name] for name in names}
+            effects = stats.factorial_effects(cells, factors, levels, attrs["levels"][attrs["baseline"]], maximize=maximize)
+            tested = [_row(e.name, metric, e.summary or stats.Summary(e.contrast.n, math.nan, math.nan), e.contrast) for e in effects]
+        else:
+            base = arms[attrs["baseline"]]
+            rows = [{**_row(attrs["baseline"], metric, stats.summarize(base)), "delta": 0.0}]
+            tested = [_row(name, metric, stats.summarize(arms[name]), stats.paired(arms[name], base, maximize=maximize))
+                      for name in names if name != attrs["baseline"]]
+        for row, adjusted in zip(tested, stats.holm([row["p"] for row in tested])):
+            row["p_holm"] = adjusted
+        blocks.append(pd.DataFrame(rows + tested, columns=list(ABLATION_COLUMNS)))
+    frame = pd.concat(blocks, ignore_index=True)
+    order = {name: i for i, name in enumerate(dict.fromkeys(frame.variant))}
+    metrics = {m: i for i, m in enumerate(ablation_metrics(attrs["metric"]))}
+    return frame.sort_values(["variant", "metric"], key=lambda c: c.map(order if c.name == "variant" else metrics),
+                             kind="stable").reset_index(drop=True)
+
+
+def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The ablation study's raw rows (`ablation_frame`), the wide table a reader sees (per
+    variant: mean ± std and delta [95 % CI] of the headline metrics, a * where p_holm < 0.05)
+    and a caption that says what the table can and cannot support."""
+    attrs = study.user_attrs
+    table = ablation_frame(study)
+    metric = attrs["metric"]
+    headline = ablation_metrics(metric)[0]
+    second = "test_macro_f1" if headline in ("test_accuracy", "test_balanced_accuracy") else "test_balanced_accuracy"
+    shown = [headline, second, f"val_{metric}"]
+    retune = attrs.get("retune")
     rows = []
-    for name, trials in by_variant.items():
-        values = np.array([t.value for t in trials], dtype=float)
-        row: dict[str, Any] = {"variant": name, "seeds": len(values),
-                               "mean": _mean(values), "std": _std(values),
-                               "delta": _mean(values) - _mean(base_values) if len(values) and len(base_values) else np.nan,
-                               "p_welch": _welch(values, base_values) if name != baseline_name else np.nan}
-        for test_metric in TEST_METRICS:
-            scores = np.array([t.user_attrs.get("test_metrics", {}).get(test_metric, np.nan) for t in trials], dtype=float)
-            row[f"test_{test_metric}_mean"] = _mean(scores)
-            row[f"test_{test_metric}_std"] = _std(scores)
+    for name, group in table.groupby("variant", sort=False):
+        by_metric = group.set_index("metric")
+        row: dict[str, Any] = {"variant": name, "n": int(by_metric.loc[headline, "n"])}
+        for m in shown:
+            r = by_metric.loc[m]
+            row[_metric_label(m)] = "–" if pd.isna(r["mean"]) else f"{r['mean']:.3f}" + ("" if pd.isna(r["std"]) else f" ± {r['std']:.3f}")
+            row[f"Δ {_metric_label(m)} [95% CI]"] = _delta_text(r, name == attrs["baseline"] and attrs.get("mode") != "factorial")
+        share = by_metric.loc[headline, "p_improve"]
+        row[f"P(better), {_metric_label(headline)}"] = "–" if pd.isna(share) else f"{share:.2f}"
+        if retune:
+            picked = (attrs.get("retuned") or {}).get(name, "–")
+            row[f"{retune['param']} (retuned)"] = "inactive" if picked is None else picked
         rows.append(row)
-    table = pd.DataFrame(rows)
-    display = pd.DataFrame({
-        "variant": table.variant,
-        "seeds": table.seeds,
-        f"val {metric}": [_pm(m, s) for m, s in zip(table["mean"], table["std"])],
-        "delta": table.delta,
-        "p (Welch)": table.p_welch,
-        **{f"test {m}": [_pm(a, b) for a, b in zip(table[f"test_{m}_mean"], table[f"test_{m}_std"])] for m in ("kappa", "accuracy")},
-    }) if not table.empty else table
-    caption = (f"Ablation of {study.user_attrs.get('parent', '?')} ({study.user_attrs.get('mode', '')}): mean ± std over seeds of "
-               f"validation {metric} and test metrics; delta to {baseline_name}; p = Welch's two-sample t-test "
-               f"(unequal variances) against {baseline_name}, small p = larger than seed noise.")
-    return table, display, caption
+    return table, pd.DataFrame(rows), _ablation_caption(study, table, headline)
+
+
+def _ablation_value(trial: FrozenTrial, metric: str) -> float:
+    if metric.startswith("val_"):
+        return float(trial.value)
+    return float(trial.user_attrs.get("test_metrics", {}).get(metric.removeprefix("test_"), np.nan))
+
+
+def _row(variant: str, metric: str, summary: stats.Summary, contrast: stats.Contrast | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {"variant": variant, "metric": metric, "n": summary.n, "mean": summary.mean, "std": summary.std}
+    if contrast is not None:
+        row.update(delta=contrast.delta, ci_low=contrast.ci_low, ci_high=contrast.ci_high, p=contrast.p, p_improve=contrast.p_improve)
+    return row
+
+
+def _delta_text(row: pd.Series, baseline: bool) -> str:
+    if baseline:
+        return "reference"
+    if pd.isna(row["delta"]):
+        return "–"
+    mark = "*" if row["p_holm"] < SIGNIFICANT else ""
+    interval = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+    return f"{row['delta']:+.3f}{interval}{mark}"
+
+
+def _metric_label(metric: str) -> str:
+    split, _, name = metric.partition("_")
+    return f"{split} {_shorten(name, SHORT)}"
+
+
+def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -> str:
+    attrs = study.user_attrs
+    seeds = attrs["seeds"]
+    parent, baseline = attrs.get("parent", "?"), attrs["baseline"]
+    metrics = sorted(set(table.metric), key=ablation_metrics(attrs["metric"]).index)
+    common = (f"Every variant ran the same {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}; none used by {parent}); seed s sets "
+              f"the initialisation, batch order, augmentation and the validation split, never the test set. Mean ± std over seeds. ")
+    if attrs.get("mode") == "factorial":
+        reference = ", ".join(f"{f}={v}" for f, v in attrs["levels"][baseline].items())
+        text = (f"Factorial ablation of {parent} over {' x '.join(attrs['factors'])} (every other parameter at its best trial's value). "
+                + common + f"Rows main:f=l: the level's marginal mean over the other factors' cells; Δ = that minus the reference "
+                f"level's ({reference}, the best trial's), computed per seed and then paired across seeds with the 95 % t interval. "
+                f"Rows interaction:f x g: Δ = y11 - y10 - y01 + y00 per seed (0 = reference level), its mean and 95 % t interval. "
+                f"* = Holm-adjusted paired t-test p < {SIGNIFICANT} (family: one metric across the effect rows). Cell rows have no test.")
+    else:
+        text = (f"Ablation of {parent}: its best trial's configuration (baseline) with one factor changed at a time; parentheses name "
+                f"the parameters that change with it. " + common + f"Δ = variant - baseline, paired by seed (only seeds both "
+                f"finished), with the 95 % t interval of the paired differences; * = Holm-adjusted paired t-test p < {SIGNIFICANT} "
+                f"(family: one metric across the {len(attrs['variants']) - 1} variants). P(better) = share of seeds on which the "
+                f"variant beats the baseline on {_metric_label(headline)} (ties count one half).")
+    text += (" Test metrics are the headline: validation chose the baseline, so validation differences are biased in its favour.")
+    retune = attrs.get("retune")
+    if retune:
+        text += (f" {retune['param']} was retuned for every variant, the baseline included, on validation: the same "
+                 f"{len(retune['candidates'])} candidates ({', '.join(tables.cell(c) for c in retune['candidates'])}) on tuning seeds "
+                 f"disjoint from the evaluation seeds; the column gives each variant's pick. The other parameters keep the baseline's values.")
+    else:
+        shared = {k: v for k, v in attrs["variants"][baseline].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        text += (" No parameter was retuned: the variants share the baseline's values of the other parameters"
+                 + (f" ({', '.join(f'{k} {tables.cell(v)}' for k, v in shared.items())})" if shared else "")
+                 + ", tuned for the baseline, so a variant may lose for want of its own (see ablate --retune).")
+    missing = _missing_seeds(study)
+    if missing:
+        text += " Not finished, so not paired: " + "; ".join(f"{name} seed {', '.join(map(str, s))}" for name, s in missing.items()) + "."
+    claim = ("a factor's level, averaged over the other factors' levels here, or two factors' interaction"
+             if attrs.get("mode") == "factorial" else "this change to this configuration")
+    text += (f" Supports: whether {claim} moves {_metric_label(headline)} beyond seed-to-seed noise on "
+             f"this dataset. Does not support: that a factor does not matter (a wide interval is not evidence of no effect), nor "
+             f"effects at other configurations, datasets or budgets. The CSV holds every metric ({', '.join(metrics)}) with p, "
+             f"p_holm and p_improve.")
+    return text
+
+
+def _missing_seeds(study: optuna.Study) -> dict[str, list[int]]:
+    done = {(t.params.get("variant"), t.params.get("seed")) for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE}
+    missing = {name: [s for s in study.user_attrs["seeds"] if (name, s) not in done] for name in study.user_attrs["variants"]}
+    return {name: seeds for name, seeds in missing.items() if seeds}
 
 
 def _level_stats(group: pd.DataFrame, maximize: bool) -> dict[str, Any]:
+    """n (complete trials, what best/mean/std are over), pruned and failed counts, and the
+    metrics of the group's best complete trial."""
     complete = group[group.state == "COMPLETE"]
-    stats: dict[str, Any] = {
-        "complete": int((group.state == "COMPLETE").sum()),
+    result: dict[str, Any] = {
+        "n": len(complete),
         "pruned": int((group.state == "PRUNED").sum()),
         "failed": int((group.state == "FAIL").sum()),
         "best": np.nan, "mean": np.nan, "std": np.nan, "best_trial": None,
@@ -263,15 +431,14 @@ def _level_stats(group: pd.DataFrame, maximize: bool) -> dict[str, Any]:
     if not complete.empty:
         index = complete.value.idxmax() if maximize else complete.value.idxmin()
         best = complete.loc[index]
-        stats.update(best=float(best.value), mean=float(complete.value.mean()),
-                     std=float(complete.value.std(ddof=1)) if len(complete) > 1 else np.nan,
-                     best_trial=int(best.number))
+        summary = stats.summarize(complete.value.tolist())
+        result.update(best=float(best.value), mean=summary.mean, std=summary.std, best_trial=int(best.number))
         for split in ("val", "test"):
             for name in REPORTED:
-                stats[f"{split}_{name}"] = float(best[f"{split}_{name}"])
+                result[f"{split}_{name}"] = float(best[f"{split}_{name}"])
     else:
-        stats.update({f"{s}_{n}": np.nan for s in ("val", "test") for n in REPORTED})
-    return stats
+        result.update({f"{s}_{n}": np.nan for s in ("val", "test") for n in REPORTED})
+    return result
 
 
 def _display(frame: pd.DataFrame) -> pd.DataFrame:
@@ -281,8 +448,7 @@ def _display(frame: pd.DataFrame) -> pd.DataFrame:
         shown.insert(shown.columns.get_loc("mean"), "mean ± std",
                      [f"{tables.cell(m)} ± {tables.cell(s)}" if not math.isnan(s) else tables.cell(m) for m, s in zip(shown["mean"], shown["std"])])
         shown = shown.drop(columns=["mean", "std"])
-    short = {"balanced_accuracy": "bal_acc", "accuracy": "acc", "macro_f1": "f1"}
-    return shown.rename(columns={c: _shorten(c, short) for c in shown.columns})
+    return shown.rename(columns={c: _shorten(c, SHORT) for c in shown.columns})
 
 
 def _shorten(column: str, short: dict[str, str]) -> str:
@@ -343,16 +509,34 @@ def _settings_section(study: optuna.Study, frame: pd.DataFrame, metric: str, sto
     return "## Settings\n\n" + "\n".join(lines) + "\n"
 
 
+def _importance_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """fANOVA as mean ± std; a parameter without a number says why instead of showing 0."""
+    missing = frame.fanova_mean.isna()
+    return pd.DataFrame({
+        "parameter": frame.parameter,
+        f"fANOVA (mean ± std, {len(FANOVA_SEEDS)} seeds)": [note.split(":")[0] or "n/a" if gap else _pm(m, s)
+                                                         for gap, note, m, s in zip(missing, frame.note, frame.fanova_mean, frame.fanova_std)],
+        "PED-ANOVA": [note.split(":")[0] or "n/a" if gap else tables.cell(v) for gap, note, v in zip(frame.ped_anova.isna(), frame.note, frame.ped_anova)],
+        "trials": frame.trials,
+        "note": frame.note.replace("", "–"),
+    })
+
+
 def _importance_figure(frame: pd.DataFrame, path: Path) -> Path:
+    """fANOVA (with its std over forests as error bars) and PED-ANOVA per parameter; a parameter
+    without a number is labelled n/a, never drawn as a 0 bar."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 0.45 * len(frame) + 1.4), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(frame) + 1.4), dpi=110)
     y = np.arange(len(frame))
-    columns = [c for c in frame.columns if c != "parameter"]
-    height = 0.8 / len(columns)
-    for i, column in enumerate(columns):
-        ax.barh(y + i * height, frame[column].fillna(0.0), height=height, label=column)
-    ax.set_yticks(y + height * (len(columns) - 1) / 2, frame.parameter)
+    height = 0.4
+    ax.barh(y, frame.fanova_mean, height=height, xerr=frame.fanova_std, capsize=3,
+            label=f"fANOVA (mean ± std, {len(FANOVA_SEEDS)} seeds)")
+    ax.barh(y + height, frame.ped_anova, height=height, label="PED-ANOVA")
+    for i, gap in enumerate(frame.fanova_mean.isna()):
+        if gap:
+            ax.text(0.0, i + height / 2, " n/a (conditional)", va="center", fontsize=8, color="gray")
+    ax.set_yticks(y + height / 2, frame.parameter)
     ax.invert_yaxis()
     ax.set_xlabel("importance")
     ax.legend(fontsize=8)
@@ -374,23 +558,6 @@ def _history_figure(study: optuna.Study, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _mean(values: np.ndarray) -> float:
-    values = values[~np.isnan(values)]
-    return float(values.mean()) if len(values) else math.nan
-
-
-def _std(values: np.ndarray) -> float:
-    values = values[~np.isnan(values)]
-    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
-
-
-def _welch(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    result = stats.ttest_ind(a, b, equal_var=False)
-    return float(result.pvalue)
 
 
 def _pm(mean: float, std: float) -> str:

@@ -68,17 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("name", help="study name in the storage")
     report.add_argument("--format", default="md,csv,tex", help="comma-separated table formats: md, csv, tex (default: all)")
     report.add_argument("--out", type=Path, help="output folder (default: RESULTS/NAME)")
+    report.add_argument("--ablation", metavar="S", help="the ablation study to report (default: NAME.ablation, when it exists)")
     _common(report)
 
-    ablate = commands.add_parser("ablate", help="re-train the best configuration with factors changed, over seeds")
+    ablate = commands.add_parser("ablate", help="re-train the best configuration with factors changed, over fresh paired seeds")
     ablate.add_argument("name", help="the study whose best trial is the baseline")
-    ablate.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    ablate.add_argument("--seeds", type=int, default=5,
+                        help="fresh seeds per variant, the same for every variant (default 5, at least 3)")
     ablate.add_argument("--factors", help="comma-separated categorical factors for a full factorial grid (default: one at a time)")
     ablate.add_argument("--trials-per-cell", type=int, help="trials (seeds) per variant or grid cell; overrides --seeds")
+    ablate.add_argument("--retune", metavar="PARAM", help="a numeric parameter every variant (baseline included) re-searches on validation first")
+    ablate.add_argument("--retune-trials", type=int, metavar="N", help="candidates of --retune per variant (default 8)")
+    ablate.add_argument("--study-name", help="store the ablation under this name (default: NAME.ablation)")
     ablate.add_argument("--data", type=Path, help="dataset folder (default: the one the study ran on)")
     ablate.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     ablate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ablate.add_argument("--pruner", choices=PRUNERS, help="prune ablation trials (default: none, every cell trains fully)")
+    ablate.add_argument("--pruner", choices=PRUNERS, help="refused: pruning would drop seeds non-randomly")
     _common(ablate)
 
     dashboard = commands.add_parser("dashboard", help="optuna-dashboard on the storage, with trial figures")
@@ -224,8 +229,11 @@ def _report(args: argparse.Namespace) -> int:
         raise InputError(f"no storage at {storage.sqlite_file(url)}; run a study first")
     store = storage.open_storage(url)
     study = analysis.load(args.name, store)
-    names = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
-    ablation = optuna.load_study(study_name=args.name + SUFFIX, storage=store) if args.name + SUFFIX in names else None
+    if args.ablation is not None:
+        ablation = analysis.load(args.ablation, store)
+    else:
+        names = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
+        ablation = optuna.load_study(study_name=args.name + SUFFIX, storage=store) if args.name + SUFFIX in names else None
     result = analysis.build_report(study, args.out or args.results / args.name, formats, storage.mask(url), ablation)
     save_note(study, result.summary)
     print(result.markdown)
@@ -233,19 +241,24 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from study.ablate import run_ablation
+    from study.ablate import DEFAULT_RETUNE_TRIALS, AblationOptions, run_ablation
     from study.runner import Output, RunOptions
 
-    seeds = args.trials_per_cell if args.trials_per_cell is not None else args.seeds
-    if seeds < 1:
-        raise InputError("--seeds / --trials-per-cell must be >= 1")
+    if args.pruner not in (None, "none"):
+        raise InputError(f"--pruner {args.pruner}: ablate never prunes: a pruned seed is missing non-randomly (the worse ones), "
+                         f"which biases every paired difference")
+    if args.retune_trials is not None and args.retune is None:
+        raise InputError("--retune-trials needs --retune PARAM")
     if args.data is not None and not args.data.is_dir():
         raise InputError(f"--data {args.data}: no such directory")
-    factors = [f.strip() for f in args.factors.split(",") if f.strip()] if args.factors else None
+    factors = tuple(f.strip() for f in args.factors.split(",") if f.strip()) if args.factors else ()
+    seeds = args.trials_per_cell if args.trials_per_cell is not None else args.seeds
+    ablation = AblationOptions(seeds=seeds, factors=factors, retune=args.retune, study_name=args.study_name,
+                               retune_trials=DEFAULT_RETUNE_TRIALS if args.retune_trials is None else args.retune_trials)
     placeholder = registry.resolve("dr_focal")  # replaced by the parent study's own space
     opts = RunOptions(space=placeholder, results_dir=args.results, storage_url=args.storage, data=args.data,
-                      timeout=args.timeout, device=args.device, pruner=args.pruner)
-    run_ablation(args.name, seeds=seeds, factors=factors, opts=opts, out=Output())
+                      timeout=args.timeout, device=args.device)
+    run_ablation(args.name, ablation, opts, Output())
     return 0
 
 

@@ -35,13 +35,21 @@ def normalize_rows(confusion: Sequence[Sequence[int]]) -> np.ndarray:
     return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
 
 
+def row_labels(confusion: Sequence[Sequence[int]], class_names: Sequence[str]) -> list[str]:
+    """Each true class with its count, ``Mild (n=7)``: a 0.50 in a row of 2 images is one image."""
+    totals = np.asarray(confusion, dtype=np.int64).sum(axis=1)
+    return [f"{name} (n={int(total)})" for name, total in zip(class_names, totals)]
+
+
 def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[str], title: str, path: Path) -> Path:
-    """A row-normalised confusion matrix, values to 2 decimals, class names on both axes."""
+    """A row-normalised confusion matrix, values to 2 decimals, class names on both axes and
+    each true row's n on the vertical one."""
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.1 * k + 2.2, 1.0 * k + 1.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(1.1 * k + 3.0, 1.0 * k + 1.8), dpi=110)
     display = ConfusionMatrixDisplay(normalize_rows(confusion), display_labels=list(class_names))
     display.plot(ax=ax, cmap="Blues", values_format=".2f", colorbar=False, xticks_rotation=30)
     display.im_.set_clim(0.0, 1.0)
+    ax.set_yticks(range(k), row_labels(confusion, class_names))
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)

@@ -14,7 +14,8 @@ import pandas as pd
 
 FORMATS = ("md", "csv", "tex")
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}"}  # plain < > print as ¡ ¿ in LaTeX's default font encoding
 
 
 def cell(value: object, digits: int = 4) -> str:
@@ -34,10 +35,12 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 def latex(frame: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs table environment; ± becomes $\\pm$."""
+    """A booktabs table environment; ± becomes $\\pm$, -> an arrow."""
     def esc(text: str) -> str:
-        out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
-        return out.replace("±", r"$\pm$").replace("–", "--").replace("×", r"$\times$")
+        out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text.replace("->", "→"))
+        for plain, math in (("±", r"$\pm$"), ("–", "--"), ("×", r"$\times$"), ("Δ", r"$\Delta$"), ("→", r"$\to$")):
+            out = out.replace(plain, math)
+        return out
 
     spec = "l" * len(frame.columns)
     lines = [

@@ -1,5 +1,6 @@
 """Shared fixtures: small real datasets written as JPEG files, a TORCH_HOME with checkpoint files
-made here, and a runner for the real CLI in a subprocess."""
+made here, a runner for the real CLI in a subprocess, and one real study (`made`) that every
+test of `report` and `ablate` reads instead of training its own."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,3 +104,58 @@ def tiny_space(path: Path, *, train_images: int = 100, test_images: int = 40, ep
         + f"trials = {trials}\nepochs = {epochs}\nimage_size = {image_size}\nbatch_size = 16\n"
     )
     return path
+
+
+# The study `made` runs: both archs, pretraining, FE epochs, lr, loss and focal gamma, 2 epochs at 32 px.
+ANALYSIS_SPACE = """
+[study]
+objective = "dr_focal"
+sampler = "random"
+pruner = "median"
+trials = 7
+startup_trials = 3
+seed = 3
+[fixed]
+epochs = 2
+batch_size = 16
+image_size = 32
+split_seed = 0
+[space]
+arch = { choices = ["resnet18", "resnet50"] }
+pretrained = { choices = [true, false] }
+fe_epochs = { low = 0, high = "epochs - 1", when = { pretrained = true } }
+lr = { low = 1e-3, high = 5e-2, log = true }
+loss = { choices = ["ce", "focal"] }
+focal_gamma = { low = 0.0, high = 3.0, when = { loss = "focal" } }
+"""
+
+
+def storage_of(root: Path) -> str:
+    return f"sqlite:///{root / 'results' / 'optuna.db'}"
+
+
+@pytest.fixture(scope="session")
+def made(tmp_path_factory: pytest.TempPathFactory, torch_home: Path) -> tuple[Path, Path, Path]:
+    """One real study `abl` (7 finished trials over both archs and pretraining, plus one FAIL
+    trial) made by `run` on tiny DR-layout data: (folder with results/, data folder, TORCH_HOME).
+    Session-scoped: every test of `report` and `ablate` reads it instead of training its own."""
+    from objectives.models import weights_file
+    from torchvision.models import resnet50
+
+    os.environ["TORCH_HOME"] = str(torch_home)
+    try:
+        target = weights_file("resnet50")
+    finally:
+        del os.environ["TORCH_HOME"]
+    if not target.exists():
+        torch.save(resnet50().state_dict(), target)
+    root = tmp_path_factory.mktemp("analysis")
+    data = write_dr_lab(root / "dr", dr_labels(50), dr_labels(20, seed=1), size=40)
+    (root / "abl.toml").write_text(ANALYSIS_SPACE)
+    result = run_cli("run", str(root / "abl.toml"), "--data", str(data), cwd=root, torch_home=torch_home)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="abl", storage=storage_of(root))
+    failed = study.ask()  # a worker that died with its reason recorded: the report must cope
+    failed.set_user_attr("fail_reason", "cuda_oom")
+    study.tell(failed, state=TrialState.FAIL)
+    return root, data, torch_home
