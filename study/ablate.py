@@ -209,7 +209,8 @@ def run_ablation(name: str, ablation: AblationOptions, opts: runner.RunOptions, 
 
     dataset = parent.user_attrs.get("dataset", "")
     data = opts.data or (Path(dataset) if Path(dataset).is_dir() else None)
-    opts = dataclasses.replace(opts, space=space, data=data, pruner="none")
+    # named after the ablation study, so its per-seed split manifests go to results/<study_name>/
+    opts = dataclasses.replace(opts, space=space, data=data, pruner="none", study_name=study_name)
     prep = runner.prepare(opts, out)
     data_cache = runner.load_data(prep, out)
     study = existing or optuna.create_study(study_name=study_name, storage=store, direction=parent.direction, load_if_exists=True)
