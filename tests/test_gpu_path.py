@@ -19,6 +19,7 @@ import torch
 from optuna.trial import TrialState
 from sklearn.metrics import confusion_matrix as sk_confusion
 from torch import nn
+from torch._dynamo.testing import CompileCounterWithBackend
 from torchvision import models as tvm
 
 from objectives import metrics
@@ -268,6 +269,7 @@ FAILURES = {"boom": lambda: RuntimeError("boom"),
             "cuda": lambda: torch.AcceleratorError("CUDA error: an illegal memory access was encountered")}
 MODELS: list[weakref.ref] = []  # every trial's model, weakly
 ALIVE_AT_START: list[int] = []  # how many earlier trials' models were still alive when a trial began
+FRAMES_AT_START: list[int] = []  # graphs compiled so far, when the compile backend counts them
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,8 @@ class Config:
     predict: int = 0
     fail: str = ""
     arch: str = "convnet"
+    fe_epochs: int = 0
+    batch_size: int = 8
     seed: int = 0
 
 
@@ -290,6 +294,7 @@ def load_data(config: Config, source: DataSource) -> Splits:
 
 def run(config: Config, splits: Splits, context: TrialContext):
     ALIVE_AT_START.append(sum(ref() is not None for ref in MODELS))
+    FRAMES_AT_START.append(getattr(context.runtime.compile_backend, "frame_count", 0))
     model = build_model(config.arch, splits.num_classes, pretrained=False, seed=config.seed)
     with torch.no_grad():
         model.fc.weight.zero_()
@@ -298,8 +303,8 @@ def run(config: Config, splits: Splits, context: TrialContext):
     if config.fail:
         model.register_forward_hook(_fail_on_second_call(FAILURES[config.fail]))
     MODELS.append(weakref.ref(model))
-    cfg = FitConfig(epochs=config.epochs, fe_epochs=0, lr=config.lr, momentum=0.0, weight_decay=0.0, batch_size=8,
-                    metric=context.metric, maximize=context.maximize, seed=config.seed)
+    cfg = FitConfig(epochs=config.epochs, fe_epochs=config.fe_epochs, lr=config.lr, momentum=0.0, weight_decay=0.0,
+                    batch_size=config.batch_size, metric=context.metric, maximize=context.maximize, seed=config.seed)
     return fit(model, build_loss("ce", class_counts=[1, 1, 1]), splits, cfg, context.runtime, context.report, context.checkpoint)
 
 
@@ -339,18 +344,19 @@ def enqueued(params: list[dict]) -> optuna.Study:
     return study
 
 
-def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime) -> str:
+def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str = SPACE) -> str:
     """Run `study` with the runner's own loop (`optimize`, `TrialTrainer`, `fit`) until 3 trials
     have finished, with the automatic garbage collector off: whatever is freed is freed by
     reference counting. Returns what the runner printed."""
     path = tmp_path / "space.toml"
-    path.write_text(SPACE)
+    path.write_text(space)
     prep = runner.Prepared(space=load_space(path), module=sys.modules[__name__], source=DataSource(root=tmp_path), dataset="tiny",
                            device=CPU, study_name="memory", storage_url="inmemory", target=3, results_dir=tmp_path,
                            checkpoint_every=0.0)
     trainer = runner.TrialTrainer(prep, runner.load_data(prep), runtime, runner.artifact_store(tmp_path))
     MODELS.clear()
     ALIVE_AT_START.clear()
+    FRAMES_AT_START.clear()
     out = io.StringIO()
     gc.collect()
     gc.disable()
@@ -384,3 +390,39 @@ def test_a_sticky_cuda_error_is_recorded_and_ends_the_process(tmp_path: Path):
     assert [(t.state, t.user_attrs.get("fail_reason")) for t in study.trials] == [
         (TrialState.COMPLETE, None), (TrialState.FAIL, "cuda_error"), (TrialState.WAITING, None)]  # none started after it
     assert len(MODELS) == 2 and ALIVE_AT_START == [0, 0]
+
+
+# ---------------------------------------------------------------- torch.compile
+
+
+ARCH_SPACE = """
+[study]
+objective = "dr_focal"  # not used, as above
+direction = "maximize"
+metric = "accuracy"
+sampler = "random"
+pruner = "none"
+[fixed]
+epochs = 2
+fe_epochs = 1
+lr = 0.01
+[space]
+arch = { choices = ["resnet18", "resnet50"] }
+batch_size = { choices = [4, 8] }
+"""
+GRAPHS_PER_TRIAL = 4  # per phase (FE, FT): one for training, one for evaluation (any batch size but 1)
+
+
+def test_compile_builds_a_bounded_number_of_graphs_per_trial_and_never_hits_the_recompile_limit(tmp_path: Path):
+    """ResNet18, ResNet50, then ResNet18 at another batch size, each with FE and FT phases and
+    evaluations that end in a partial batch (8 rows in batches of 3): 4 graphs each. ResNet18
+    and ResNet50 share ResNet.forward, so without a fresh dynamo cache per trial the third
+    trial's first new graph would be that function's 9th, past dynamo's recompile limit (8):
+    dynamo would run it eagerly from then on (here, raise and fail the trial)."""
+    counter = CompileCounterWithBackend("eager")
+    study = enqueued([{"arch": "resnet18", "batch_size": 8}, {"arch": "resnet50", "batch_size": 8}, {"arch": "resnet18", "batch_size": 4}])
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        run_trials(tmp_path, study, Runtime(compile=True, compile_backend=counter, eval_batch_size=3), space=ARCH_SPACE)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3, [t.user_attrs.get("fail_reason") for t in study.trials]
+    per_trial = np.diff([*FRAMES_AT_START, counter.frame_count]).tolist()
+    assert per_trial == [GRAPHS_PER_TRIAL] * 3
