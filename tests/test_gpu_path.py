@@ -17,6 +17,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
@@ -426,3 +427,62 @@ def test_compile_builds_a_bounded_number_of_graphs_per_trial_and_never_hits_the_
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3, [t.user_attrs.get("fail_reason") for t in study.trials]
     per_trial = np.diff([*FRAMES_AT_START, counter.frame_count]).tolist()
     assert per_trial == [GRAPHS_PER_TRIAL] * 3
+
+
+# ---------------------------------------------------------------- the GPU benchmark's helpers
+
+
+@pytest.fixture
+def bench():
+    """benchmarks/common.py and gpu_throughput.py, imported as the scripts import them."""
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        import common
+        import gpu_throughput
+
+        yield common, gpu_throughput
+    finally:
+        sys.path.remove(folder)
+
+
+def test_the_gpu_benchmark_warms_up_every_shape_it_times(bench, tmp_path: Path):
+    """Every arm times full batches only, which its warm-up has run; a remainder batch (what
+    1,025 training rows gave before) is reported as a cold shape."""
+    common, _ = bench
+    splits = tiny_splits(train=10)
+    trainee = common.make_trainee("convnet", CPU, channels_last=True)
+    runtime = Runtime(channels_last=True)
+    args = dict(batch_size=4, device=CPU, mean=splits.mean, std=splits.std, flips=True, channels_last=True, seed=0)
+    timing = common.timed_epoch(trainee, common.study_batches(splits.train, **args), runtime, warmup=1, sync_steps=False)
+    assert (timing.images, timing.steps, timing.cold_shapes) == (8, 2, ())
+    ragged = common.study_batches(splits.train, **args, drop_last=False)
+    assert common.timed_epoch(trainee, ragged, runtime, warmup=1, sync_steps=False).cold_shapes == ((2, 3, 16, 16),)
+    paths = []
+    for row, image in enumerate(splits.train.images[:10]):
+        paths.append(tmp_path / f"{row}.png")
+        Image.fromarray(image).save(paths[-1])
+    loader = common.to_device(common.lab_loader(splits.train, paths, size=16, batch_size=4, workers=0, mean=splits.mean,
+                                                std=splits.std, seed=0), CPU)
+    timing = common.timed_epoch(common.make_trainee("convnet", CPU, channels_last=False), loader, Runtime(), warmup=1, sync_steps=False)
+    assert (timing.images, timing.cold_shapes) == (8, ())
+
+
+def test_the_gpu_benchmark_states_its_goals(bench):
+    common, gpu_throughput = bench
+
+    def timing(rate: float):
+        return common.EpochTiming(images=1000, steps=10, seconds=1000 / rate, wait=0.0)
+
+    results = [
+        (("resnet18", 224, 128), {"ceiling": timing(10000), "study": timing(9500), "seed w0": timing(1000), "seed w8": timing(3500)}),
+        (("resnet50", 224, 32), {"ceiling": timing(3000), "study": timing(2900), "seed w0": timing(500), "seed w8": timing(900)}),
+        (("resnet50", 224, 128), {"ceiling": timing(3500), "study": timing(3100), "seed w0": None, "seed w8": timing(1000)}),
+    ]
+    fair, ceiling, resnet50 = gpu_throughput.goal_lines(results, "cuda: NVIDIA H100 80GB HBM3, 79 GiB")
+    assert fair == "goal study >= 3x the fair seed loop: missed in 1 of 3 configurations (lowest 2.71x, resnet18 224px b128)"
+    assert ceiling == "goal study >= 90% of the model-only ceiling: missed in 1 of 3 configurations (lowest 88.6%, resnet50 224px b128)"
+    assert resnet50 == "goal ResNet50 at 224 px >= 3,000 img/s: met (3,100 img/s, resnet50 224px b128)"
+    elsewhere = gpu_throughput.goal_lines(results, "cuda: NVIDIA A100-SXM4-40GB, 39 GiB")[2]
+    assert elsewhere.endswith("(the goal is stated for an H100; this is cuda: NVIDIA A100-SXM4-40GB)")
+    assert gpu_throughput.goal_lines(results[:1], "cuda: NVIDIA H100")[2].endswith("not measured (no resnet50 224 px configuration ran)")
