@@ -435,7 +435,8 @@ def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callab
     """Run trials until the study holds exactly `prep.target` finished ones, counting every
     worker's (or the timeout, five failures in a row, or a grid sampler's last point), printing one line
     per trial. A worker that sees the remaining trials already running waits
-    (failing stale ones, whose retries it may then run) instead of starting more."""
+    (failing stale ones, whose retries it may then run) instead of starting more. After a trial
+    that failed with a sticky CUDA error no other trial starts: `CudaContextLost` is raised."""
     study.sampler = sampler
     study.pruner = _pruner(prep.space)
     metric = prep.space.study.metric
@@ -654,12 +655,14 @@ def without_frames(exc: BaseException) -> BaseException:
     exception passed (`run`, `fit`, the model's forward), so the model, its optimizer state and
     batches would live, on the GPU, until the cyclic garbage collector happened to run.
     """
+    chained: list[BaseException | None] = [exc]
     seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        link.__traceback__ = None
-        link = link.__cause__ or link.__context__
+    while chained:
+        link = chained.pop()
+        if link is not None and id(link) not in seen:
+            seen.add(id(link))
+            link.__traceback__ = None
+            chained += [link.__cause__, link.__context__]
     return exc
 
 
