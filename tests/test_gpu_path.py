@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import io
+import os
 import subprocess
 import sys
 import weakref
@@ -34,6 +35,8 @@ from study.cli import build_parser
 from study.space import load_space
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (these run where one is lent)")
 
 
 def tiny_splits(size: int = 16, train: int = 24, seed: int = 0) -> Splits:
@@ -271,6 +274,7 @@ FAILURES = {"boom": lambda: RuntimeError("boom"),
 MODELS: list[weakref.ref] = []  # every trial's model, weakly
 ALIVE_AT_START: list[int] = []  # how many earlier trials' models were still alive when a trial began
 FRAMES_AT_START: list[int] = []  # graphs compiled so far, when the compile backend counts them
+MEMORY_AT_START: list[int] = []  # bytes of GPU memory allocated when a trial began (0 on the CPU)
 
 
 @dataclass(frozen=True)
@@ -296,6 +300,7 @@ def load_data(config: Config, source: DataSource) -> Splits:
 def run(config: Config, splits: Splits, context: TrialContext):
     ALIVE_AT_START.append(sum(ref() is not None for ref in MODELS))
     FRAMES_AT_START.append(getattr(context.runtime.compile_backend, "frame_count", 0))
+    MEMORY_AT_START.append(torch.cuda.memory_allocated() if context.runtime.device.type == "cuda" else 0)
     model = build_model(config.arch, splits.num_classes, pretrained=False, seed=config.seed)
     with torch.no_grad():
         model.fc.weight.zero_()
@@ -352,12 +357,13 @@ def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str
     path = tmp_path / "space.toml"
     path.write_text(space)
     prep = runner.Prepared(space=load_space(path), module=sys.modules[__name__], source=DataSource(root=tmp_path), dataset="tiny",
-                           device=CPU, study_name="memory", storage_url="inmemory", target=3, results_dir=tmp_path,
+                           device=runtime.device, study_name="memory", storage_url="inmemory", target=3, results_dir=tmp_path,
                            checkpoint_every=0.0)
     trainer = runner.TrialTrainer(prep, runner.load_data(prep), runtime, runner.artifact_store(tmp_path))
     MODELS.clear()
     ALIVE_AT_START.clear()
     FRAMES_AT_START.clear()
+    MEMORY_AT_START.clear()
     out = io.StringIO()
     gc.collect()
     gc.disable()
@@ -371,13 +377,19 @@ def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str
     return out.getvalue()
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_complete_pruned_and_failed_trials_leave_no_live_model(tmp_path: Path, compiled: bool):
+@pytest.mark.parametrize("runtime", [
+    Runtime(), Runtime(compile=True, compile_backend="eager"),
+    pytest.param(Runtime.for_device(torch.device("cuda")) if torch.cuda.is_available() else None, marks=cuda, id="cuda"),
+])
+def test_complete_pruned_and_failed_trials_leave_no_live_model(tmp_path: Path, runtime: Runtime):
+    """On CUDA also: every trial starts with the GPU memory the second one started with (the
+    first leaves cuBLAS/cuDNN workspaces behind, which later trials reuse)."""
     study = enqueued([{"predict": 0, "fail": ""}, {"predict": 1, "fail": ""}, {"predict": 0, "fail": "boom"}, {"predict": 0, "fail": ""}])
-    run_trials(tmp_path, study, Runtime(compile=compiled, compile_backend="eager"))
+    run_trials(tmp_path, study, runtime)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE]
     assert study.trials[2].user_attrs["fail_reason"] == "RuntimeError: boom"
     assert len(MODELS) == 4 and ALIVE_AT_START == [0, 0, 0, 0]
+    assert MEMORY_AT_START[1:] == [MEMORY_AT_START[1]] * 3
 
 
 def test_a_sticky_cuda_error_is_recorded_and_ends_the_process(tmp_path: Path):
@@ -486,3 +498,63 @@ def test_the_gpu_benchmark_states_its_goals(bench):
     elsewhere = gpu_throughput.goal_lines(results, "cuda: NVIDIA A100-SXM4-40GB, 39 GiB")[2]
     assert elsewhere.endswith("(the goal is stated for an H100; this is cuda: NVIDIA A100-SXM4-40GB)")
     assert gpu_throughput.goal_lines(results[:1], "cuda: NVIDIA H100")[2].endswith("not measured (no resnet50 224 px configuration ran)")
+
+
+# ---------------------------------------------------------------- on a real GPU (skipped without one)
+
+
+@cuda
+def test_on_cuda_batches_equal_the_cpus_and_neither_they_nor_the_confusion_matrix_sync():
+    """torch.cuda.set_sync_debug_mode("error") raises on any operation that waits for the GPU:
+    a blocking copy from pageable memory, nonzero, bincount, .item()."""
+    n = 40
+    images = np.random.default_rng(0).integers(0, 256, size=(n, 16, 16, 3), dtype=np.uint8)
+    subset = ImageSet(images, np.arange(n) % 3, np.arange(n))
+    for augment in (Augment(hflip=True, vflip=True), Augment(hflip=True, crop_padding=2), Augment()):
+        kwargs = dict(batch_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, shuffle=True, augment=augment, channels_last=True,
+                      seed=3, drop_last=True)
+        on_cpu = list(DeviceBatches(subset, device=CPU, **kwargs))
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            on_gpu = list(DeviceBatches(subset, device=torch.device("cuda"), **kwargs))
+            counts = metrics.confusion_matrix(on_gpu[0][1], on_gpu[1][1], 3)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert len(on_gpu) == len(on_cpu) == 2
+        for (x_cpu, y_cpu), (x_gpu, y_gpu) in zip(on_cpu, on_gpu):
+            assert torch.equal(y_cpu, y_gpu.cpu()) and torch.allclose(x_cpu, x_gpu.cpu(), atol=1e-5)
+        assert torch.equal(counts.cpu(), metrics.confusion_matrix(on_cpu[0][1], on_cpu[1][1], 3))
+
+
+@cuda
+def test_on_cuda_the_autocast_dtype_is_the_one_the_gpu_computes_natively():
+    runtime = Runtime.for_device(torch.device("cuda"))
+    capability = torch.cuda.get_device_capability()
+    assert runtime.amp == (capability >= (7, 0))
+    if runtime.amp:
+        assert (runtime.amp_dtype == torch.bfloat16) == torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+@cuda
+def test_on_cuda_a_device_side_assert_is_a_cuda_error_and_an_allocation_failure_cuda_oom():
+    """In a child process, since a device-side assert breaks its CUDA context for good."""
+    script = "\n".join([
+        "import torch",
+        "from study.runner import failure_reason",
+        "try:",
+        "    torch.empty(1 << 50, dtype=torch.uint8, device='cuda')",  # a petabyte
+        "except Exception as exc:",
+        "    print('oom', failure_reason(exc))",
+        "x = torch.zeros(4, device='cuda')",
+        "try:",
+        "    x[torch.tensor([10], device='cuda')] = 1.0",
+        "    torch.cuda.synchronize()",
+        "except Exception as exc:",
+        "    print('assert', type(exc).__name__, failure_reason(exc))",
+    ])
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = done.stdout.splitlines()
+    assert "oom cuda_oom" in lines, done.stdout + done.stderr
+    assert any(line.startswith("assert ") and line.endswith(" cuda_error") for line in lines), done.stdout + done.stderr
