@@ -193,7 +193,7 @@ def lab_loader(images: ImageSet, paths: Sequence[Path], *, size: int, batch_size
     rows = images.index
     dataset = LabJpegDataset([paths[i] for i in rows], images.labels[rows], transform)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                       generator=torch.Generator().manual_seed(seed), drop_last=drop_last)
+                                       generator=torch.Generator().manual_seed(seed), drop_last=drop_last and len(rows) >= batch_size)
 
 
 def to_device(loader: Iterable, device: torch.device) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:

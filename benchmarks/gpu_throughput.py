@@ -68,6 +68,7 @@ from common import (
 )
 from objectives.data import find_dataset, load_splits
 from objectives.train import Runtime
+from study.runner import CUDA_OOM, failure_reason
 
 VAL_FRACTION = 0.2
 SMOKE = dict(archs="resnet18,resnet50", sizes="64", batches="4", images=8, workers="2", warmup=1)
@@ -243,7 +244,9 @@ def run_config(arch: str, size: int, batch: int, splits, paths, device: torch.de
             out[name] = timed_epoch(trainee, make(), runtime, warmup=args.warmup, sync_steps=False)
             cold = f"  COLD shapes timed: {list(out[name].cold_shapes)}" if out[name].cold_shapes else ""
             print(f"  {name:<8} {out[name].rate:8.1f} img/s{cold}", flush=True)
-        except torch.OutOfMemoryError:
+        except RuntimeError as exc:  # torch.OutOfMemoryError, or cuBLAS/cuDNN failing to allocate
+            if failure_reason(exc) != CUDA_OOM:
+                raise
             out[name] = None
             print(f"  {name:<8}      OOM", flush=True)
         finally:
