@@ -139,12 +139,15 @@ def synthetic_jpegs(work: Path, train_images: int, test_images: int, size: int, 
 
 
 def study_batches(images: ImageSet, *, batch_size: int, device: torch.device, mean: Sequence[float], std: Sequence[float],
-                  flips: bool, channels_last: bool, seed: int, shuffle: bool = True) -> DeviceBatches:
+                  flips: bool, channels_last: bool, seed: int, shuffle: bool = True, drop_last: bool = True) -> DeviceBatches:
     """The study's training batches (`objectives.data.DeviceBatches`), with random horizontal and
-    vertical flips when `flips`, whichever way this checkout's DeviceBatches spells them."""
+    vertical flips when `flips`, whichever way this checkout's DeviceBatches spells them; full
+    batches only (`drop_last`), as `fit` trains."""
     kwargs = dict(batch_size=batch_size, device=device, mean=mean, std=std, shuffle=shuffle,
                   channels_last=channels_last, seed=seed)
     params = inspect.signature(DeviceBatches).parameters
+    if "drop_last" in params:
+        kwargs["drop_last"] = drop_last
     if "augment" in params:
         from objectives.data import Augment
 
@@ -173,11 +176,11 @@ class LabJpegDataset(torch.utils.data.Dataset):
 
 
 def lab_loader(images: ImageSet, paths: Sequence[Path], *, size: int, batch_size: int, workers: int,
-               mean: Sequence[float], std: Sequence[float], seed: int) -> torch.utils.data.DataLoader:
+               mean: Sequence[float], std: Sequence[float], seed: int, drop_last: bool = True) -> torch.utils.data.DataLoader:
     """The lab's pipeline over the same rows as `images` (paths[i] is the file of row i):
     Resize, RandomHorizontalFlip, RandomVerticalFlip, ToTensor, Normalize in a DataLoader with
     `workers` processes (the lab's defaults otherwise: no pinned memory, workers restarted per
-    epoch)."""
+    epoch). `drop_last` keeps to full batches, the shapes every other arm times."""
     from torchvision import transforms
 
     transform = transforms.Compose([
@@ -190,7 +193,7 @@ def lab_loader(images: ImageSet, paths: Sequence[Path], *, size: int, batch_size
     rows = images.index
     dataset = LabJpegDataset([paths[i] for i in rows], images.labels[rows], transform)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                       generator=torch.Generator().manual_seed(seed))
+                                       generator=torch.Generator().manual_seed(seed), drop_last=drop_last and len(rows) >= batch_size)
 
 
 def to_device(loader: Iterable, device: torch.device) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -218,12 +221,15 @@ def repeated(batch: tuple[torch.Tensor, torch.Tensor], steps: int) -> list[tuple
 @dataclass(frozen=True)
 class EpochTiming:
     """One timed pass: `seconds` of wall time for `images` in `steps` batches, `wait` of which the
-    loop spent between the end of one step and the next batch being ready."""
+    loop spent between the end of one step and the next batch being ready. `cold_shapes`: batch
+    shapes the timed pass ran that its warm-up did not, so the timing includes their one-time
+    costs (cuDNN autotuning with `cudnn.benchmark`, allocator growth); empty when fair."""
 
     images: int
     steps: int
     seconds: float
     wait: float
+    cold_shapes: tuple[tuple[int, ...], ...] = ()
 
     @property
     def rate(self) -> float:
@@ -253,6 +259,7 @@ class _BatchClock:
         self.wait = 0.0
         self.images = 0
         self.steps = 0
+        self.shapes: set[tuple[int, ...]] = set()
 
     def __call__(self, batches: Iterable, desc: str) -> Iterator:
         clock = time.perf_counter
@@ -271,6 +278,7 @@ class _BatchClock:
             self.wait += clock() - started
             self.images += int(batch[1].shape[0])
             self.steps += 1
+            self.shapes.add(tuple(batch[0].shape))
             yield batch
             if self.sync_steps:
                 sync(self.device)
@@ -279,38 +287,47 @@ class _BatchClock:
 
 @dataclass
 class Trainee:
-    """A model with its loss and SGD optimizer, as one trial of the study would build them."""
+    """A model with its loss, SGD optimizer and loss scaler, as one trial of the study would build them."""
 
     model: nn.Module
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None = None
 
 
 def make_trainee(arch: str, device: torch.device, *, channels_last: bool, lr: float = 0.01, seed: int = 0,
-                 class_counts: Sequence[int] = (1,) * NUM_CLASSES) -> Trainee:
+                 class_counts: Sequence[int] = (1,) * NUM_CLASSES, scales_loss: bool = False) -> Trainee:
     """`build_model` + cross entropy from the loss registry + the FT-phase SGD of `objectives.train`,
-    the model placed on `device` the way `fit` places it."""
+    the model placed on `device` the way `fit` places it; `scales_loss` for a `Runtime` that
+    does (fp16 autocast), as `fit` then builds a GradScaler and a fused SGD."""
     torch.manual_seed(seed)
     model = build_model(arch, NUM_CLASSES, pretrained=False)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     loss_fn = build_loss("ce", class_counts=class_counts).to(device)
     cfg = FitConfig(epochs=1, fe_epochs=0, lr=lr, momentum=0.9, weight_decay=5e-4, batch_size=1)
-    optimizer, _ = _start_phase(model, "ft", cfg)
-    return Trainee(model, loss_fn, optimizer)
+    if not scales_loss:  # also what a checkout without loss scaling builds
+        return Trainee(model, loss_fn, _start_phase(model, "ft", cfg)[0])
+    optimizer, _ = _start_phase(model, "ft", cfg, fused=True)
+    return Trainee(model, loss_fn, optimizer, torch.amp.GradScaler(device.type))
 
 
 def timed_epoch(trainee: Trainee, batches: Iterable, runtime: Runtime, *, warmup: int, sync_steps: bool) -> EpochTiming:
     """`warmup` untimed batches (allocator, cuDNN autotuning, lazy init), then one full timed
-    epoch over `batches`, both through `objectives.train._train_epoch`."""
+    epoch over `batches`, both through `objectives.train._train_epoch`; the timing names every
+    batch shape the warm-up did not run (`EpochTiming.cold_shapes`)."""
+    extra = (trainee.scaler,) if trainee.scaler is not None else ()
+    warm = _BatchClock(runtime.device, sync_steps=False)
     if warmup > 0:
-        _train_epoch(trainee.model, trainee.loss_fn, _Prefix(batches, warmup), trainee.optimizer, "ft", runtime, "warm-up")
+        warming = dataclasses.replace(runtime, wrap_batches=warm)
+        _train_epoch(trainee.model, trainee.loss_fn, _Prefix(batches, warmup), trainee.optimizer, "ft", warming, "warm-up", *extra)
     clock = _BatchClock(runtime.device, sync_steps)
     timed = dataclasses.replace(runtime, wrap_batches=clock)
     sync(runtime.device)
     started = time.perf_counter()
-    _train_epoch(trainee.model, trainee.loss_fn, batches, trainee.optimizer, "ft", timed, "timed")
+    _train_epoch(trainee.model, trainee.loss_fn, batches, trainee.optimizer, "ft", timed, "timed", *extra)
     sync(runtime.device)
-    return EpochTiming(clock.images, clock.steps, time.perf_counter() - started, clock.wait)
+    cold = tuple(sorted(clock.shapes - warm.shapes))
+    return EpochTiming(clock.images, clock.steps, time.perf_counter() - started, clock.wait, cold)
 
 
 class _Prefix:

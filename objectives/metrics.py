@@ -18,7 +18,9 @@ METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "kappa")
 def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Counts on the tensors' own device (no host sync); rows are true classes."""
     flat = target.long() * num_classes + pred.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    # scatter_add_, not bincount: bincount on CUDA reads its input's min and max back to the host
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=flat.device)
+    return counts.scatter_add_(0, flat, torch.ones_like(flat)).reshape(num_classes, num_classes)
 
 
 def summarize(confusion: np.ndarray) -> dict[str, float | list[float]]:

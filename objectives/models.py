@@ -37,6 +37,18 @@ class ConvNet(nn.Module):
         return self.fc(self.classifier(self.pool(self.features(x))))
 
 
+class Head(nn.Linear):
+    """The classifier layer (`HEAD`): an `nn.Linear`, with the same parameters and state-dict
+    keys, that computes in float32 even inside an autocast region, so the logits and every metric
+    taken from their argmax are not rounded to bf16 or fp16."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # bf16 keeps 8 bits of mantissa: rounded logits flip the argmax of images near a tie,
+        # and this one small matrix product is a negligible share of a step
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
 def resnet18_32() -> nn.Module:
     """torchvision's ResNet18 for 32 px images (the usual CIFAR adaptation): a 3x3 stride-1 stem
     and no max-pool, so layer1 sees 32x32 instead of ImageNet's 8x8 from a 32 px input. The
@@ -78,7 +90,7 @@ def build_model(arch: str, num_classes: int, *, pretrained: bool, seed: int | No
         if seed is not None:
             torch.manual_seed(seed)
         model = spec.build(spec.weights if pretrained else None)
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
+        model.fc = Head(model.fc.in_features, num_classes)
     return model
 
 

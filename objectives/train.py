@@ -28,6 +28,7 @@ from objectives.models import HEAD
 
 Report = Callable[[int, Mapping[str, float | str]], None]
 BatchWrapper = Callable[[Iterable, str], Iterable]
+CompileBackend = str | Callable  # a torch.compile backend: "inductor", "eager", or a callable like dynamo's test counters
 
 
 class Diverged(RuntimeError):
@@ -60,17 +61,39 @@ class Runtime:
     (a progress bar on a terminal)."""
 
     device: torch.device = torch.device("cpu")
-    amp: bool = False
+    amp: bool = False  # autocast in `amp_dtype`; float16 also scales the loss (GradScaler)
+    amp_dtype: torch.dtype = torch.bfloat16
     channels_last: bool = False
     compile: bool = False  # torch.compile the model: pays back its compile time only over long trials
+    compile_backend: CompileBackend = "inductor"
     eval_batch_size: int = 256
     wrap_batches: BatchWrapper = field(default=lambda batches, desc: batches)
 
     @classmethod
     def for_device(cls, device: torch.device, **kwargs) -> Runtime:
         """channels_last everywhere (NHWC is how batches arrive; on the CPU it was as fast or up to
-        1.8x faster for every registered model), bf16 autocast on CUDA only."""
-        return cls(device=device, amp=device.type == "cuda", channels_last=True, **kwargs)
+        1.8x faster for every registered model), autocast on CUDA in the dtype `autocast_dtype`
+        picks for the GPU."""
+        dtype = autocast_dtype(torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
+        return cls(device=device, amp=dtype is not None, amp_dtype=dtype or torch.bfloat16, channels_last=True, **kwargs)
+
+    @property
+    def scales_loss(self) -> bool:
+        """fp16 autocast: gradients too small for fp16 would underflow to zero without loss scaling."""
+        return self.amp and self.amp_dtype == torch.float16
+
+
+def autocast_dtype(capability: tuple[int, int] | None) -> torch.dtype | None:
+    """The autocast dtype for a CUDA GPU of compute `capability` (None: no GPU, no autocast).
+
+    bf16 from Ampere (8.0) on, where tensor cores compute it natively; fp16, trained with loss
+    scaling, on Volta and Turing (7.x), whose tensor cores have fp16 but no bf16 (bf16 is emulated
+    there, slower than fp32); None (fp32) on older GPUs, which have no tensor cores, so fp16 would
+    risk underflow for little or no speed.
+    """
+    if capability is None or tuple(capability) < (7, 0):
+        return None
+    return torch.bfloat16 if tuple(capability) >= (8, 0) else torch.float16
 
 
 @dataclass(frozen=True)
@@ -122,8 +145,15 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
         augment=cfg.augment,
         channels_last=runtime.channels_last,
         seed=cfg.seed,
+        drop_last=True,
     )
-    step = torch.compile(model) if runtime.compile else model  # shares the parameters; state dicts stay plain
+    if runtime.compile:
+        # Each trial starts from an empty dynamo cache: trials of ResNet18 and ResNet50 (which
+        # share ResNet.forward) never add up to dynamo's recompile limit, past which it would
+        # silently run that function eagerly.
+        torch._dynamo.reset()
+    step = torch.compile(model, backend=runtime.compile_backend) if runtime.compile else model  # shares the parameters; state dicts stay plain
+    scaler = torch.amp.GradScaler(device.type, enabled=runtime.scales_loss)
     curves: dict[str, list] = {}
     last_saved = time.monotonic()
     best: tuple[float, int, dict[str, torch.Tensor], Evaluation] | None = None
@@ -139,13 +169,13 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
     for epoch in range(first, cfg.epochs + 1):
         phase = "fe" if epoch <= cfg.fe_epochs else "ft"
         if epoch == first or epoch == cfg.fe_epochs + 1:
-            optimizer, scheduler = _start_phase(model, phase, cfg)
+            optimizer, scheduler = _start_phase(model, phase, cfg, fused=scaler.is_enabled())
             if state is not None and epoch == first and state["phase"] == phase:  # same phase: same optimizer
                 optimizer.load_state_dict(state["optimizer"])
                 if scheduler is not None:
                     scheduler.load_state_dict(state["scheduler"])
         started = time.perf_counter()
-        train_loss, train_acc = _train_epoch(step, loss_fn, batches, optimizer, phase, runtime, f"epoch {epoch}/{cfg.epochs} {phase}")
+        train_loss, train_acc = _train_epoch(step, loss_fn, batches, optimizer, phase, runtime, f"epoch {epoch}/{cfg.epochs} {phase}", scaler)
         if scheduler is not None:
             scheduler.step()
         val = evaluate(step, splits.val, splits, runtime)
@@ -187,10 +217,12 @@ def freeze_backbone(model: nn.Module, frozen: bool) -> None:
         param.requires_grad_(name.startswith(f"{HEAD}.") or not frozen)
 
 
-def _start_phase(model: nn.Module, phase: str, cfg: FitConfig):
+def _start_phase(model: nn.Module, phase: str, cfg: FitConfig, *, fused: bool = False):
+    """Freeze or unfreeze the backbone and build the phase's SGD (`fused`: one kernel that also
+    takes a GradScaler's scale and inf check on the device, so scaled steps need no host sync)."""
     freeze_backbone(model, frozen=phase == "fe")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size, cfg.step_gamma) if cfg.step_size else None
     return optimizer, scheduler
 
@@ -205,19 +237,23 @@ def _set_train_mode(model: nn.Module, phase: str) -> None:
                 module.eval()
 
 
-def _train_epoch(model, loss_fn, batches: DeviceBatches, optimizer, phase: str, runtime: Runtime, desc: str) -> tuple[float, float]:
-    """One pass over the training set; sums stay on the device until the epoch ends (one sync)."""
+def _train_epoch(model, loss_fn, batches: DeviceBatches, optimizer, phase: str, runtime: Runtime, desc: str,
+                 scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
+    """One pass over the training set; sums stay on the device until the epoch ends (one sync).
+    `scaler` scales the loss of fp16 steps (a disabled one, or None, leaves steps as they are)."""
     _set_train_mode(model, phase)
+    scaler = scaler if scaler is not None else torch.amp.GradScaler(runtime.device.type, enabled=False)
     loss_sum = torch.zeros((), device=runtime.device)
     correct = torch.zeros((), device=runtime.device, dtype=torch.long)
     seen = 0
     for x, y in runtime.wrap_batches(batches, desc):
-        with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=runtime.amp):
+        with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp):
             logits = model(x)
             loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # skips a step whose scaled gradients overflowed
+        scaler.update()
         loss_sum += loss.detach() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.shape[0]
@@ -247,7 +283,9 @@ def evaluate(model: nn.Module, images: ImageSet, splits: Splits, runtime: Runtim
         channels_last=runtime.channels_last,
     )
     for x, y in batches:
-        with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=runtime.amp):
+        if runtime.compile:  # one graph for every batch size, the last, partial batch included
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+        with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         confusion += metrics.confusion_matrix(y, logits.argmax(1), k)

@@ -8,7 +8,6 @@ before it writes anything, then runs trials until the study holds the target num
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +37,10 @@ from study.space import SearchSpace, build_config, config_defaults
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILURES_IN_A_ROW = 5
+CUDA_OOM = "cuda_oom"
+CUDA_ERROR = "cuda_error"  # a sticky CUDA error: the process's CUDA context is unusable
+CUDA_ERROR_EXIT = 75  # EX_TEMPFAIL: this process cannot go on, a fresh one can resume the study
+MAX_WORKER_RESTARTS = 3  # fresh workers started in place of one that stopped on a CUDA error
 CHECKPOINT_EVERY_S = 60.0  # mid-trial checkpoints at most this often (see `Checkpointing`)
 
 
@@ -113,7 +116,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = f" with CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
+        raise InputError(f"--device cuda: no CUDA device is available{shown} (torch.cuda.is_available() is False)")
     if name not in ("cpu", "cuda"):
         raise InputError(f"--device {name}: expected auto, cpu or cuda")
     return torch.device(name)
@@ -287,29 +292,89 @@ def requeue_interrupted(study: optuna.Study, out: Output) -> None:
 
 
 def run_workers(count: int, prep: Prepared, out: Output) -> None:
-    """Start `count` worker processes of this same command on the same study; each trains on
-    GPU i mod #GPUs, or on an equal share of the CPU threads. Ctrl-C/SIGTERM reach all of them."""
-    gpus = torch.cuda.device_count() if prep.device.type == "cuda" else 0
+    """Start `count` worker processes of this same command on the same study; on CUDA worker i
+    trains on entry i mod n of this process's n GPUs (`worker_gpus`), on the CPU on an equal
+    share of the threads. Ctrl-C/SIGTERM reach all of them."""
+    gpus = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count()) if prep.device.type == "cuda" else []
+    assigned = worker_gpus(count, gpus)
     threads = max(1, (os.cpu_count() or 1) // count)
-    argv = [sys.executable, "-m", "study", *sys.argv[1:]]
-    children = []
-    for index in range(count):
-        env = {**os.environ, "STUDY_THREADS": str(threads)}
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-        children.append(subprocess.Popen([*argv, "--worker-index", str(index)], env=env))
-    out.line(f"started {count} workers ({'one GPU each' if gpus else f'{threads} CPU thread(s) each'})")
-    try:
-        codes = [child.wait() for child in children]
-    except BaseException:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            child.wait()
-        raise
+
+    def start(index: int) -> subprocess.Popen:
+        command, env = worker_process(index, prep.device, assigned, threads, sys.argv[1:], os.environ)
+        return subprocess.Popen(command, env=env)
+
+    out.line(f"started {count} workers ({'GPU ' + ', '.join(assigned) if assigned else f'{threads} CPU thread(s) each'})")
+    codes = supervise(count, start, out)
     if any(codes):
         raise WorkerFailed(max(codes))
+
+
+def worker_process(index: int, device: torch.device, assigned: Sequence[str], threads: int, args: Sequence[str],
+                   environ: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Command line and environment of worker `index`: this process's arguments `args` with
+    the device it chose made explicit (a worker that finds no GPU then stops with an error
+    instead of training on the CPU), its GPU (`assigned[index]`, where there are GPUs) and its
+    share of CPU threads."""
+    env = {**environ, "STUDY_THREADS": str(threads)}
+    if assigned:
+        env["CUDA_VISIBLE_DEVICES"] = assigned[index]
+    return [sys.executable, "-m", "study", *args, "--device", device.type, "--worker-index", str(index)], env
+
+
+def visible_gpus(value: str | None, device_count: int) -> list[str]:
+    """This process's GPUs as entries a child's CUDA_VISIBLE_DEVICES can name: `value` (this
+    process's CUDA_VISIBLE_DEVICES) read as CUDA reads it, indices, ``GPU-`` UUIDs or ``MIG-``
+    ids up to the first entry that is none of these (so "" and "-1" mean no GPU) and nothing when
+    an entry repeats; or 0 .. `device_count` - 1 when it is unset."""
+    if value is None:
+        return [str(i) for i in range(device_count)]
+    entries: list[str] = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            break
+        if entry in entries:
+            return []
+        entries.append(entry)
+    return entries
+
+
+def worker_gpus(count: int, gpus: Sequence[str]) -> list[str]:
+    """The GPU of each of `count` workers: worker i gets entry i mod len(`gpus`); [] without GPUs."""
+    return [gpus[i % len(gpus)] for i in range(count)] if gpus else []
+
+
+def supervise(count: int, start: Callable[[int], subprocess.Popen], out: Output, *,
+              max_restarts: int = MAX_WORKER_RESTARTS, poll_s: float = 0.5) -> list[int]:
+    """Run workers 0 .. `count` - 1 (`start(i)` starts worker i) until all have exited; one that
+    stops on a CUDA error (exit code `CUDA_ERROR_EXIT`) is replaced by a fresh process, at most
+    `max_restarts` times per worker. Returns each worker's last exit code. On an exception
+    (Ctrl-C, SIGTERM) every running worker gets SIGTERM and is waited for."""
+    running = {index: start(index) for index in range(count)}
+    codes = [0] * count
+    restarts = [0] * count
+    try:
+        while running:
+            for index, child in list(running.items()):
+                code = child.poll()
+                if code is None:
+                    continue
+                del running[index]
+                codes[index] = code
+                if code == CUDA_ERROR_EXIT and restarts[index] < max_restarts:
+                    restarts[index] += 1
+                    out.line(f"worker {index} stopped on a CUDA error; starting a fresh worker in its place "
+                             f"(restart {restarts[index]} of {max_restarts})")
+                    running[index] = start(index)
+            if running:
+                time.sleep(poll_s)
+    except BaseException:
+        for child in running.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in running.values():
+            child.wait()
+        raise
+    return codes
 
 
 class WorkerFailed(RuntimeError):
@@ -318,6 +383,16 @@ class WorkerFailed(RuntimeError):
     def __init__(self, code: int) -> None:
         super().__init__(f"a worker exited with code {code}")
         self.code = code
+
+
+class CudaContextLost(RuntimeError):
+    """A trial failed with a sticky CUDA error (recorded as `cuda_error`): every later CUDA call of
+    this process would fail too, so it stops; a fresh process resumes the study."""
+
+    code = CUDA_ERROR_EXIT
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{detail}; this process can no longer use its GPU: run the same command again to resume the study")
 
 
 class _DataCache:
@@ -455,19 +530,26 @@ def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callab
     """Run trials until the study holds exactly `prep.target` finished ones, counting every
     worker's (or the timeout, five failures in a row, or a grid sampler's last point), printing one line
     per trial. A worker that sees the remaining trials already running waits
-    (failing stale ones, whose retries it may then run) instead of starting more."""
+    (failing stale ones, whose retries it may then run) instead of starting more. After a trial
+    that failed with a sticky CUDA error no other trial starts: `CudaContextLost` is raised."""
     study.sampler = sampler
     study.pruner = _pruner(prep.space)
     metric = prep.space.study.metric
     failures: list[int] = []
     deadline = None if timeout is None else time.monotonic() + timeout
     stopped = False
+    context_lost: list[str] = []  # set by a sticky CUDA error: the process must end
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal stopped
         out.line(describe(trial, metric))
-        if trial.state == TrialState.FAIL:
-            gc.collect()  # a failed trial's traceback can hold its model in a cycle; ~0.3 s, so not after every trial
+        if context_lost:
+            stopped = True
+            return
+        if prep.device.type == "cuda":
+            # The trial's model, optimizer and batches are gone by now (nothing keeps its frames);
+            # give their memory back, so that other workers on this GPU can use it
+            torch.cuda.empty_cache()
         if trial.state in FINISHED:
             bar.update(1)
             failures.clear()
@@ -482,7 +564,12 @@ def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callab
         if len(ahead) >= prep.target:  # another worker started the last trial first
             trial.set_user_attr("fail_reason", SURPLUS)
             raise _Surplus(f"the study already had {prep.target} trials under way")
-        return objective(trial)
+        try:
+            return objective(trial)
+        except Exception as exc:
+            if failure_reason(exc) == CUDA_ERROR:
+                context_lost.append(f"trial {trial.number} failed with {CUDA_ERROR} ({_first_line(exc)})")
+            raise
 
     with out.bar(prep.target, f"trials of {study.study_name}", initial=_count(study, FINISHED)) as bar:
         while not stopped and (deadline is None or time.monotonic() < deadline):
@@ -498,6 +585,8 @@ def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callab
                 continue
             left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             study.optimize(guarded, n_trials=1, timeout=left, callbacks=[after_trial], catch=(Exception,))
+    if context_lost:
+        raise CudaContextLost(context_lost[0])
 
 
 SURPLUS = "surplus"
@@ -566,18 +655,16 @@ class TrialTrainer:
                                                  every_s=self.prep.checkpoint_every))
             started = time.perf_counter()
             result = self.prep.module.run(config, splits, context)
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as exc:
             self._upload_figures(trial, reporter.curves, pruned=True)
             own.unlink(missing_ok=True)
-            raise
+            raise without_frames(exc)
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")  # the checkpoint stays: `run` resumes it
             raise
         except Exception as exc:
             trial.set_user_attr("fail_reason", failure_reason(exc))
-            if isinstance(exc, torch.OutOfMemoryError):
-                torch.cuda.empty_cache()
-            raise
+            raise without_frames(exc)
         own.unlink(missing_ok=True)
         trial.set_user_attr("seconds", time.perf_counter() - started)
         trial.set_user_attr("curves", result.curves)
@@ -689,14 +776,62 @@ def metric_value(loss: float, metrics: dict[str, Any], name: str) -> float:
     return float(loss if name == "loss" else metrics[name])
 
 
+def without_frames(exc: BaseException) -> BaseException:
+    """`exc` with its traceback, and those of the exceptions chained to it, dropped.
+
+    Optuna keeps a failed or pruned trial's exception in a local of the frame that caught it,
+    and that frame is on the exception's traceback: a reference cycle through every frame the
+    exception passed (`run`, `fit`, the model's forward), so the model, its optimizer state and
+    batches would live, on the GPU, until the cyclic garbage collector happened to run.
+    """
+    chained: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while chained:
+        link = chained.pop()
+        if link is not None and id(link) not in seen:
+            seen.add(id(link))
+            link.__traceback__ = None
+            chained += [link.__cause__, link.__context__]
+    return exc
+
+
+# cudaError_t values after which the CUDA context is unusable (every later call fails too):
+# ECC uncorrectable, illegal address, launch timeout, context destroyed, device-side assert,
+# hardware stack error, illegal instruction, misaligned address, invalid address space,
+# invalid PC, launch failure, unknown
+_STICKY_CUDA_CODES = frozenset({214, 700, 702, 709, 710, 714, 715, 716, 717, 718, 719, 999})
+_STICKY_CUDA_TEXT = ("device-side assert triggered", "an illegal memory access was encountered", "unspecified launch failure",
+                     "misaligned address", "an illegal instruction was encountered", "uncorrectable ECC error",
+                     "hardware stack error", "invalid program counter", "the launch timed out", "context is destroyed",
+                     "CUDA error: unknown error")
+# allocation failures outside PyTorch's caching allocator: cudaErrorMemoryAllocation (2) from any
+# CUDA call, cuBLAS/cuSOLVER ..._ALLOC_FAILED, cuDNN 9's CUDNN_STATUS_INTERNAL_ERROR_{HOST,DEVICE}_
+# ALLOCATION_FAILED (CUDNN_STATUS_ALLOC_FAILED before), cuDNN frontend workspace failures
+_CUDA_OOM_TEXT = ("out of memory", "ALLOC_FAILED", "ALLOCATION_FAILED", "Not enough memory for workspace", "NOT_ENOUGH_WORKSPACE")
+
+
 def failure_reason(exc: BaseException) -> str:
-    """`nan_loss`, `cuda_oom`, or the exception's class and first line."""
+    """What a failed trial records: `nan_loss`; `cuda_oom` for any CUDA allocation failure
+    (PyTorch's allocator, or cuBLAS/cuDNN's own); `cuda_error` for a sticky CUDA error (the
+    process must end, see `CudaContextLost`); otherwise the exception's class and first line.
+    CUDA errors reach Python as `torch.AcceleratorError` (with the cudaError_t in `error_code`)
+    or, from cuBLAS/cuDNN checks, as a plain RuntimeError with the status in its message."""
     if isinstance(exc, Diverged):
         return exc.reason
     if isinstance(exc, torch.OutOfMemoryError):
-        return "cuda_oom"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return CUDA_OOM
+    if isinstance(exc, RuntimeError):
+        code, text = getattr(exc, "error_code", None), str(exc)
+        if code == 2 or any(fragment in text for fragment in _CUDA_OOM_TEXT):
+            return CUDA_OOM
+        if code in _STICKY_CUDA_CODES or any(fragment in text for fragment in _STICKY_CUDA_TEXT):
+            return CUDA_ERROR
+    text = _first_line(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else ""
 
 
 def describe(trial: optuna.trial.FrozenTrial, metric: str) -> str:
