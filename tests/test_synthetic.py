@@ -117,7 +117,7 @@ def test_a_resnet18_learns_the_synthetic_grades_beyond_the_majority_class(tmp_pa
     root = synthetic.generate(tmp_path / "fundus", 800, 200, seed=0)  # the default run's size
     splits = load_splits(find_dataset(root, num_classes=5), image_size=64, val_fraction=0.2, split_seed=0, cache_dir=None)
     cfg = FitConfig(epochs=6, fe_epochs=0, lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=32, seed=0)
-    result = fit(build_model("resnet18", 5, pretrained=False), build_loss("ce", class_counts=splits.train.class_counts(5)),
+    result = fit(build_model("resnet18", 5, pretrained=False, seed=0), build_loss("ce", class_counts=splits.train.class_counts(5)),
                  splits, cfg, Runtime(), lambda e, r: None)
     majority_accuracy = max(synthetic.grade_counts(200)) / 200
     assert result.test.metrics["kappa"] > 0.3, result.curves
