@@ -359,7 +359,7 @@ def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str
     prep = runner.Prepared(space=load_space(path), module=sys.modules[__name__], source=DataSource(root=tmp_path), dataset="tiny",
                            device=runtime.device, study_name="memory", storage_url="inmemory", target=3, results_dir=tmp_path,
                            checkpoint_every=0.0)
-    trainer = runner.TrialTrainer(prep, runner.load_data(prep), runtime, runner.artifact_store(tmp_path))
+    trainer = runner.TrialTrainer(prep, runner.load_data(prep, runner.Output(io.StringIO(), io.StringIO())), runtime, runner.artifact_store(tmp_path))
     MODELS.clear()
     ALIVE_AT_START.clear()
     FRAMES_AT_START.clear()
