@@ -3,7 +3,7 @@
 Everything that trains goes through the project's own code: `objectives.synthetic.generate`
 writes the JPEG files, `objectives.data` finds, decodes, caches and batches them,
 `objectives.models.build_model` builds the nets, and one epoch is `objectives.train._train_epoch`
-(the loop `fit` runs) with a timing wrapper passed in as `Runtime.wrap_batches`, so the benchmark
+(the loop `fit` runs) over the batches wrapped in a clock, so the benchmark
 times the exact step a study trains with. The only code written here that a study does not run is
 the *baseline*: the source lab's input pipeline (a torch Dataset that opens every JPEG with PIL on
 every epoch and runs torchvision transforms in a DataLoader).
@@ -11,7 +11,6 @@ every epoch and runs torchvision transforms in a DataLoader).
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 import os
@@ -247,7 +246,7 @@ class EpochTiming:
 
 
 class _BatchClock:
-    """A `Runtime.wrap_batches` that times how long the loop waits for each batch.
+    """Batches (`clock.over(batches)`) that time how long the loop waits for each of them.
 
     The clock starts when the loop asks for the next batch (its previous step has been issued;
     with `sync_steps` the device has also finished it) and stops when the batch is yielded (with
@@ -261,7 +260,11 @@ class _BatchClock:
         self.steps = 0
         self.shapes: set[tuple[int, ...]] = set()
 
-    def __call__(self, batches: Iterable, desc: str) -> Iterator:
+    def over(self, batches: Iterable) -> Iterable:
+        """`batches` (re-iterable, with a length), timed by this clock."""
+        return _Timed(self, batches)
+
+    def timed(self, batches: Iterable) -> Iterator:
         clock = time.perf_counter
         if self.sync_steps:
             sync(self.device)
@@ -283,6 +286,18 @@ class _BatchClock:
             if self.sync_steps:
                 sync(self.device)
             started = clock()
+
+
+class _Timed:
+    def __init__(self, clock: _BatchClock, batches: Iterable) -> None:
+        self.clock = clock
+        self.batches = batches
+
+    def __iter__(self) -> Iterator:
+        return self.clock.timed(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 @dataclass
@@ -318,13 +333,12 @@ def timed_epoch(trainee: Trainee, batches: Iterable, runtime: Runtime, *, warmup
     extra = (trainee.scaler,) if trainee.scaler is not None else ()
     warm = _BatchClock(runtime.device, sync_steps=False)
     if warmup > 0:
-        warming = dataclasses.replace(runtime, wrap_batches=warm)
-        _train_epoch(trainee.model, trainee.loss_fn, _Prefix(batches, warmup), trainee.optimizer, "ft", warming, "warm-up", *extra)
+        _train_epoch(trainee.model, trainee.loss_fn, warm.over(_Prefix(batches, warmup)), trainee.optimizer, "ft", runtime,
+                     "warm-up", *extra)
     clock = _BatchClock(runtime.device, sync_steps)
-    timed = dataclasses.replace(runtime, wrap_batches=clock)
     sync(runtime.device)
     started = time.perf_counter()
-    _train_epoch(trainee.model, trainee.loss_fn, batches, trainee.optimizer, "ft", timed, "timed", *extra)
+    _train_epoch(trainee.model, trainee.loss_fn, clock.over(batches), trainee.optimizer, "ft", runtime, "timed", *extra)
     sync(runtime.device)
     cold = tuple(sorted(clock.shapes - warm.shapes))
     return EpochTiming(clock.images, clock.steps, time.perf_counter() - started, clock.wait, cold)
@@ -339,6 +353,9 @@ class _Prefix:
 
     def __iter__(self) -> Iterator:
         return islice(iter(self.batches), self.n)
+
+    def __len__(self) -> int:
+        return min(self.n, len(self.batches))
 
 
 def release(device: torch.device) -> None:

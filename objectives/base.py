@@ -1,4 +1,4 @@
-"""What every objective module provides and receives, and the embedded-dataset registry.
+"""What every objective module provides and receives.
 
 An objective module (``objectives/<name>.py``) defines ``Config`` (a frozen dataclass of
 everything a trial may vary), ``EMBEDDED_DATASET`` (the data used when no ``--data`` is given),
@@ -8,33 +8,15 @@ everything a trial may vary), ``EMBEDDED_DATASET`` (the data used when no ``--da
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 from objectives.data import Splits, find_dataset, load_splits
-from objectives.errors import InputError
+from objectives.progress import BarFactory, no_bar
 from objectives.train import Checkpointing, FitResult, Report, Runtime
 
 TrialResult = FitResult
-
-
-class Bar(Protocol):
-    def update(self, n: int = 1) -> Any: ...
-
-
-BarFactory = Callable[[int, str], contextlib.AbstractContextManager[Bar]]
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-def no_bar(total: int, desc: str) -> contextlib.AbstractContextManager[Bar]:
-    return contextlib.nullcontext(_NoBar())
 
 
 @dataclass(frozen=True)
@@ -71,7 +53,7 @@ def load_image_splits(
     std: Sequence[float] | None = None,
 ) -> Splits:
     """Find the dataset under `source.root`, check it, decode it once (cached) and split it (by
-    `group_by` groups, see `objectives.splits`).
+    `group_by` groups, see `objectives.data.splits`).
 
     Classes come from the data; `num_classes` / `class_names` are what the study fixes, if it
     does (a mismatch is an InputError). `mean` / `std` fix the normalisation; None computes it
@@ -81,45 +63,4 @@ def load_image_splits(
     total = len(files.train) + len(files.test)
     with source.bar(total, f"decode {total} images at {image_size}px") as bar:
         return load_splits(files, image_size=image_size, val_fraction=val_fraction, split_seed=split_seed,
-                           cache_dir=source.cache_dir, progress=bar.update, mean=mean, std=std)
-
-
-def ensure_embedded(name: str, data_dir: Path, *, train_images: int, test_images: int, seed: int = 0) -> Path:
-    """Generate (once) the embedded dataset `name` under `data_dir` and return its folder,
-    ``<stem>-<train_images>-<test_images>-seed<seed>``."""
-    if name not in EMBEDDED:
-        raise InputError(f"unknown embedded dataset {name!r}; known: {', '.join(EMBEDDED)}")
-    embedded = EMBEDDED[name]
-    root = data_dir / f"{embedded.stem}-{train_images}-{test_images}-seed{seed}"
-    return embedded.build(root, train_images, test_images, seed)
-
-
-def _synthetic_fundus(root: Path, train_images: int, test_images: int, seed: int) -> Path:
-    from objectives import synthetic  # only runs that use the embedded data need the generator
-
-    return synthetic.generate(root, train_images, test_images, seed=seed)
-
-
-def _digits(root: Path, train_images: int, test_images: int, seed: int) -> Path:
-    from objectives import digits
-
-    return digits.export(root, train_images, test_images, seed)
-
-
-@dataclass(frozen=True)
-class Embedded:
-    """An embedded dataset: the stem of its folder under the data folder and how it is built.
-
-    The stem changes whenever the generator's layout does, so that a folder an older generator
-    wrote keeps its name and is never reused (nor overwritten) for the new data: synthetic-fundus
-    became eye pairs (``synthetic-fundus-pairs-...``; before, ``synthetic-fundus-...``).
-    """
-
-    stem: str
-    build: Callable[[Path, int, int, int], Path]
-
-
-EMBEDDED: dict[str, Embedded] = {
-    "synthetic-fundus": Embedded("synthetic-fundus-pairs", _synthetic_fundus),
-    "digits": Embedded("digits", _digits),
-}
+                           cache_dir=source.cache_dir, bar=bar, mean=mean, std=std)

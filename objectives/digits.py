@@ -29,7 +29,8 @@ INK_LEVELS = 16  # the digits are 4-bit counts (0..16 set pixels of a 4x4 block)
 def export(root: Path, train_images: int, test_images: int, seed: int = 0) -> Path:
     """Write (once) `train_images` + `test_images` digits under `root` and return root."""
     if train_images < 10 or test_images < 10 or train_images + test_images > TOTAL:
-        raise InputError(f"embedded dataset digits: train_images ({train_images}) and test_images ({test_images}) must be "
+        raise InputError(f"embedded dataset digits: train_images ({train_images}) and test_images ({test_images}) "
+                         f"must be "
                          f">= 10 each and together at most {TOTAL}")
     record = {"dataset": DATASET_NAME, "train_images": train_images, "test_images": test_images, "seed": seed}
     return build_once(root, record, lambda folder: _write(folder, train_images, test_images, seed))

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from objectives.atomic import temporary_sibling
 
 MARKER = "COMPLETE"
 
@@ -31,7 +32,7 @@ def build_once(root: Path, record: Mapping[str, object], write: Callable[[Path],
     if is_complete(root, record):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    tmp = temporary_sibling(root)
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run with this very pid and thread
     try:
         tmp.mkdir()
@@ -69,5 +70,6 @@ def is_complete(root: Path, record: Mapping[str, object]) -> bool:
     wanted = dict(record)
     theirs = {key: found.get(key) for key in wanted} if isinstance(found, dict) else found
     if theirs != wanted:
-        raise FileExistsError(f"{root} holds a {name} dataset generated with {theirs}, not {wanted}; remove it or choose another folder")
+        raise FileExistsError(f"{root} holds a {name} dataset generated with {theirs}, not {wanted}; "
+                              f"remove it or choose another folder")
     return True

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from objectives.folders import build_once
+from objectives.progress import SILENT, Bar
 
 __all__ = ["CLASS_NAMES", "GRADE_MIX", "generate", "grade_counts"]
 
@@ -128,7 +129,7 @@ def generate(
     *,
     size: int = 256,
     seed: int = 0,
-    progress: Callable[[int], None] | None = None,
+    bar: Bar = SILENT,
 ) -> Path:
     """Write the dataset into `root` (DR lab layout) and return root.
 
@@ -141,11 +142,12 @@ def generate(
 
     Written once and atomically by `objectives.folders.build_once`: a crash never leaves a half
     dataset that looks whole; a complete `root` with the same parameters is returned at once, one
-    with anything else is a FileExistsError. `progress(n)` is called (from the calling thread)
-    after every n images written, for the caller's progress bar.
+    with anything else is a FileExistsError. `bar` counts the images written (updated from the
+    calling thread).
     """
     params = _Params(train_images, test_images, size, seed)
-    return build_once(Path(root), params.record(), lambda folder: _write_dataset(folder, params, progress), version=_GENERATOR_VERSION)
+    return build_once(Path(root), params.record(), lambda folder: _write_dataset(folder, params, bar),
+                      version=_GENERATOR_VERSION)
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ def _split_images(split: str, images: int, seed: int) -> list[_EyeImage]:
     return eyes[:images]
 
 
-def _write_dataset(folder: Path, params: _Params, progress: Callable[[int], None] | None) -> None:
+def _write_dataset(folder: Path, params: _Params, bar: Bar) -> None:
     """CSVs first (cheap), then the images on a thread pool: numpy, drawing, resizing and JPEG
     encoding release the GIL for most of an image's time (a clear gain from 512 px up)."""
     jobs: list[tuple[Path, _EyeImage]] = []
@@ -189,8 +191,7 @@ def _write_dataset(folder: Path, params: _Params, progress: Callable[[int], None
     pool = ThreadPoolExecutor(max_workers=max(1, min(_MAX_WORKERS, os.cpu_count() or 1)))
     try:
         for _ in pool.map(lambda job: _write_image(*job, params.size), jobs):
-            if progress is not None:
-                progress(1)
+            bar.update(1)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # on an error, do not finish the queue first
 

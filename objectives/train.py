@@ -1,10 +1,10 @@
 """The one training loop: a feature-extraction (FE) phase, then fine-tuning (FT), any loss.
 
 FE trains only the new head on a truly frozen backbone (``requires_grad=False`` and BatchNorm in
-eval mode, so neither weights nor running statistics move; the DR lab wrote ``require_grads`` and
-froze nothing). FT then trains every parameter with a fresh optimizer. `fe_epochs` count inside
-`epochs`. After every validation pass `report(epoch, row)` is called with that epoch's curve row
-(``train_loss``, ``val_loss``, ``val_kappa`` ...); it may raise (pruning).
+eval mode, so neither weights nor running statistics move). FT then trains every parameter with a
+fresh optimizer. `fe_epochs` count inside `epochs`. After every validation pass
+`report(epoch, row)` is called with that epoch's curve row (``train_loss``, ``val_loss``,
+``val_kappa`` ...); it may raise (pruning). The bar of `Runtime.bar` counts each epoch's batches.
 The best epoch is chosen on validation only; the test split is evaluated once, with the weights of
 that epoch, for reporting.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,10 +25,10 @@ from torch import nn
 from objectives import metrics
 from objectives.data import Augment, DeviceBatches, ImageSet, Splits
 from objectives.models import HEAD
+from objectives.progress import BarFactory, no_bar
 
 Report = Callable[[int, Mapping[str, float | str]], None]
-BatchWrapper = Callable[[Iterable, str], Iterable]
-CompileBackend = str | Callable  # a torch.compile backend: "inductor", "eager", or a callable like dynamo's test counters
+CompileBackend = str | Callable  # a torch.compile backend: "inductor", "eager", or a callable (dynamo's test counters)
 
 
 class Diverged(RuntimeError):
@@ -57,8 +57,8 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class Runtime:
-    """How to train: device and its fast paths, evaluation batch, an optional batch-loop wrapper
-    (a progress bar on a terminal)."""
+    """How to train: device and its fast paths, evaluation batch, and the bar over each epoch's
+    training batches (`objectives.progress`; a terminal shows one)."""
 
     device: torch.device = torch.device("cpu")
     amp: bool = False  # autocast in `amp_dtype`; float16 also scales the loss (GradScaler)
@@ -67,15 +67,15 @@ class Runtime:
     compile: bool = False  # torch.compile the model: pays back its compile time only over long trials
     compile_backend: CompileBackend = "inductor"
     eval_batch_size: int = 256
-    wrap_batches: BatchWrapper = field(default=lambda batches, desc: batches)
+    bar: BarFactory = field(default=no_bar)
 
     @classmethod
     def for_device(cls, device: torch.device, **kwargs) -> Runtime:
-        """channels_last everywhere (NHWC is how batches arrive; on the CPU it was as fast or up to
-        1.8x faster for every registered model), autocast on CUDA in the dtype `autocast_dtype`
-        picks for the GPU."""
+        """channels_last everywhere (NHWC is how batches arrive; README, Performance), autocast on
+        CUDA in the dtype `autocast_dtype` picks for the GPU."""
         dtype = autocast_dtype(torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
-        return cls(device=device, amp=dtype is not None, amp_dtype=dtype or torch.bfloat16, channels_last=True, **kwargs)
+        return cls(device=device, amp=dtype is not None, amp_dtype=dtype or torch.bfloat16, channels_last=True,
+                   **kwargs)
 
     @property
     def scales_loss(self) -> bool:
@@ -152,7 +152,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
         # share ResNet.forward) never add up to dynamo's recompile limit, past which it would
         # silently run that function eagerly.
         torch._dynamo.reset()
-    step = torch.compile(model, backend=runtime.compile_backend) if runtime.compile else model  # shares the parameters; state dicts stay plain
+    # the compiled module shares the parameters, so state dicts stay plain
+    step = torch.compile(model, backend=runtime.compile_backend) if runtime.compile else model
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.scales_loss)
     curves: dict[str, list] = {}
     last_saved = time.monotonic()
@@ -175,7 +176,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
                 if scheduler is not None:
                     scheduler.load_state_dict(state["scheduler"])
         started = time.perf_counter()
-        train_loss, train_acc = _train_epoch(step, loss_fn, batches, optimizer, phase, runtime, f"epoch {epoch}/{cfg.epochs} {phase}", scaler)
+        train_loss, train_acc = _train_epoch(step, loss_fn, batches, optimizer, phase, runtime,
+                                             f"epoch {epoch}/{cfg.epochs} {phase}", scaler)
         if scheduler is not None:
             scheduler.step()
         val = evaluate(step, splits.val, splits, runtime)
@@ -201,7 +203,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
             checkpoint.save({
                 "epoch": epoch, "phase": phase, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {}, "curves": curves,
-                "best_score": best[0], "best_epoch": best[1], "best_model": best[2], "best_val": dataclasses.asdict(best[3]),
+                "best_score": best[0], "best_epoch": best[1], "best_model": best[2],
+                "best_val": dataclasses.asdict(best[3]),
                 "torch_rng": torch.get_rng_state(), "batch_rng": batches.generator.get_state(),
             })
             last_saved = time.monotonic()
@@ -222,7 +225,8 @@ def _start_phase(model: nn.Module, phase: str, cfg: FitConfig, *, fused: bool = 
     takes a GradScaler's scale and inf check on the device, so scaled steps need no host sync)."""
     freeze_backbone(model, frozen=phase == "fe")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused or None)
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                fused=fused or None)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size, cfg.step_gamma) if cfg.step_size else None
     return optimizer, scheduler
 
@@ -246,17 +250,19 @@ def _train_epoch(model, loss_fn, batches: DeviceBatches, optimizer, phase: str, 
     loss_sum = torch.zeros((), device=runtime.device)
     correct = torch.zeros((), device=runtime.device, dtype=torch.long)
     seen = 0
-    for x, y in runtime.wrap_batches(batches, desc):
-        with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp):
-            logits = model(x)
-            loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)  # skips a step whose scaled gradients overflowed
-        scaler.update()
-        loss_sum += loss.detach() * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += y.shape[0]
+    with runtime.bar(len(batches), desc) as bar:
+        for x, y in batches:
+            with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp):
+                logits = model(x)
+                loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # skips a step whose scaled gradients overflowed
+            scaler.update()
+            loss_sum += loss.detach() * y.shape[0]
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            bar.update(1)
     mean_loss = loss_sum.item() / max(seen, 1)
     if not math.isfinite(mean_loss):
         raise Diverged(f"training loss is {mean_loss} in the {phase} phase")

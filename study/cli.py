@@ -174,12 +174,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from study import data_inspect
+    from objectives.data.inspect import inspect_dataset, render
     from study.runner import Output
 
     out = Output()
-    result = data_inspect.inspect_dataset(args.dir, layout=args.layout, group_by=args.group_by, bar=out.bar)
-    for line in data_inspect.render(result):
+    result = inspect_dataset(args.dir, layout=args.layout, group_by=args.group_by, bar=out.bar)
+    for line in render(result):
         out.line(line)
     if result.fatal:
         raise InputError(f"{len(result.fatal)} problem(s) above would stop a run")

@@ -8,6 +8,7 @@ before it writes anything, then runs trials until the study holds the target num
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import subprocess
@@ -27,8 +28,9 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from objectives.base import DataSource, TrialContext, ensure_embedded
-from objectives.data import detect_layout
+from objectives.atomic import atomic_path, atomic_write_text
+from objectives.base import DataSource, TrialContext
+from objectives.data import detect_layout, ensure_embedded
 from objectives.errors import InputError
 from objectives.models import missing_weights, weights_normalisation
 from objectives.train import Checkpointing, Diverged, Runtime
@@ -99,10 +101,8 @@ class Output:
         print(f"study: warning: {text}", file=self.err, flush=True)
 
     def bar(self, total: int, desc: str, **kwargs: Any) -> tqdm:
+        """A bar on a terminal (an `objectives.progress.BarFactory`, with tqdm's options)."""
         return tqdm(total=total, desc=desc, disable=not self.bars, file=self.err, dynamic_ncols=True, **kwargs)
-
-    def wrap_batches(self, batches, desc: str):
-        return tqdm(batches, desc=desc, leave=False, disable=not self.bars, file=self.err, dynamic_ncols=True)
 
 
 def artifact_store(results_dir: Path) -> FileSystemArtifactStore:
@@ -264,7 +264,7 @@ def trainer(prep: Prepared, data: _DataCache, out: Output) -> TrialTrainer:
     if prep.device.type == "cuda":
         # every trial of a study repeats the same few input shapes: let cuDNN time its algorithms once
         torch.backends.cudnn.benchmark = True
-    runtime = Runtime.for_device(prep.device, wrap_batches=out.wrap_batches, compile=prep.compile)
+    runtime = Runtime.for_device(prep.device, bar=functools.partial(out.bar, leave=False), compile=prep.compile)
     return TrialTrainer(prep, data, runtime, artifact_store(prep.results_dir))
 
 
@@ -428,15 +428,6 @@ class _DataCache:
         """sha256 of the manifest of `config`'s split (loaded first if needed)."""
         self.get(config)
         return self.hashes[self.module.data_key(config)]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename: concurrent workers writing the same file, or a
-    kill mid-write, never leave a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def _open_study(prep: Prepared, data: _DataCache, allow_change: bool, heartbeat: int) -> optuna.Study:
@@ -719,11 +710,9 @@ def _resume_state(trial: optuna.Trial, checkpoints: Path, reporter: _Reporter) -
 
 
 def _save_checkpoint(state: dict, path: Path) -> None:
-    """Atomically (temporary file, then rename): a kill mid-write leaves the previous epoch's."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    """Atomically (`objectives.atomic`): a kill mid-write leaves the previous epoch's."""
+    with atomic_path(path) as partial:
+        torch.save(state, partial)
 
 
 def pruning_step(epoch: int, fe_epochs: int) -> int | None:

@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT, class_image, dr_labels
 from objectives.data import (Augment, DeviceBatches, ImageSet, channel_stats, decode_all, decode_image, find_dataset,
                              load_splits)
-from objectives.splits import stratified_split
+from objectives.data.splits import stratified_split
 from objectives.errors import InputError
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from conftest import dr_labels, run_cli
-from objectives.base import no_bar
-from study.data_inspect import inspect_dataset, render
+from objectives.progress import no_bar
+from objectives.data.inspect import inspect_dataset, render
 from test_layouts import write_cifar, write_imagefolder
 
 

@@ -9,9 +9,9 @@ import pytest
 from conftest import class_image, write_dr_lab
 from objectives.data import find_dataset, load_splits
 from objectives.errors import InputError
-from objectives.splits import group_ids, grouped_split
-from study.data_inspect import inspect_dataset
-from objectives.base import no_bar
+from objectives.data.splits import group_ids, grouped_split
+from objectives.data.inspect import inspect_dataset
+from objectives.progress import no_bar
 from test_layouts import write_cifar
 
 GRADE_MIX = [0.73, 0.07, 0.15, 0.025, 0.025]

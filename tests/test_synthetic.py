@@ -7,8 +7,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from objectives import synthetic
-from objectives.base import ensure_embedded
-from objectives.data import ImageTable, find_dataset, load_splits
+from objectives.data import ImageTable, ensure_embedded, find_dataset, load_splits
 from objectives.losses import build_loss
 from objectives.models import build_model
 from objectives.train import FitConfig, Runtime, fit

@@ -1,11 +1,12 @@
-"""`study data inspect DIR`: what a dataset folder holds and what is wrong with it, before a run.
+"""Data inspection (`study data inspect DIR`): what a dataset folder holds and what is wrong with it, before a run.
 
 A long run on a folder with a corrupt file stops at the decode; one with test images copied into
 train reports a test figure that means nothing; one where 73 % of the images are one class makes
-accuracy meaningless. So this reads every image once (content hash, size, pixels) and prints the
+accuracy meaningless. So this reads every image once (content hash, size, pixels) and reports the
 layout, the images per split and class with their share, the image sizes seen, the channel
 statistics of train, and every problem, each marked whether it would stop a run. It goes through
-the same layout readers and checks as `run` (`objectives.data`), so it finds what a run would.
+the same layout readers and checks as a run (`objectives.data.layouts`), so it finds what a run
+would. `inspect_dataset` returns the `Inspection`; `render` gives the lines the CLI prints.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from objectives.base import BarFactory
-from objectives.data import (LAYOUTS, DatasetFiles, ImageSet, ImageTable, Problem, channel_stats, for_each, moments,
-                             open_rgb, read_dataset, table_problems)
+from objectives.data.decode import channel_stats, for_each, moments, open_rgb
+from objectives.data.layouts import LAYOUTS, read_dataset, table_problems
+from objectives.data.types import AUTO, DatasetFiles, ImageSet, ImageTable, Problem
 from objectives.errors import InputError
-from objectives.splits import AUTO
+from objectives.progress import BarFactory, no_bar
 
 STATS_DRAFT = 256  # JPEGs are decoded at a reduced scale (>= 256 px): the same checks and means, far faster
 EXAMPLES = 5  # names shown per problem
@@ -42,6 +43,9 @@ class ImageFacts:
 
 @dataclass(frozen=True)
 class Inspection:
+    """What `inspect_dataset` found: the dataset's tables, one read of every image, train's channel
+    statistics and every problem."""
+
     files: DatasetFiles
     facts: dict[str, list[ImageFacts | None]]  # per split, per image; None where the file is missing
     mean: tuple[float, float, float]
@@ -53,14 +57,16 @@ class Inspection:
         return [p for p in self.problems if p.fatal]
 
 
-def inspect_dataset(root: Path, *, layout: str | None = None, group_by: str = AUTO, bar: BarFactory) -> Inspection:
+def inspect_dataset(root: Path, *, layout: str | None = None, group_by: str = AUTO,
+                    bar: BarFactory = no_bar) -> Inspection:
     """Read `root` in its layout, every image once, and collect every problem."""
     files = read_dataset(root, layout=layout, group_by=group_by)
     problems = table_problems(files)
     shared = files.shared_test_groups()
     if shared:
-        problems.append(Problem("shared_groups", f"{files.root}: {len(shared)} group(s) in both train and test (the test "
-                                                 f"figure would be optimistic): {', '.join(shared)}", fatal=False))
+        problems.append(Problem("shared_groups", f"{files.root}: {len(shared)} group(s) in both train and test "
+                                                 f"(the test figure would be optimistic): {', '.join(shared)}",
+                                fatal=False))
     facts = {split: _table_facts(table, split, bar) for split, table in files.tables()}
     for split, table in files.tables():
         broken = [(table.name(i), f.error) for i, f in enumerate(facts[split]) if f is not None and f.error]
@@ -72,8 +78,8 @@ def inspect_dataset(root: Path, *, layout: str | None = None, group_by: str = AU
         mean, std = channel_stats(ImageSet(files.train.pixels, files.train.labels, np.arange(len(files.train))))
     else:
         readable = [f for f in facts["train"] if f is not None and f.sums is not None]
-        mean, std = moments(sum((f.sums for f in readable), np.zeros(3)), sum((f.squares for f in readable), np.zeros(3)),
-                            sum(f.pixels for f in readable))
+        mean, std = moments(sum((f.sums for f in readable), np.zeros(3)),
+                            sum((f.squares for f in readable), np.zeros(3)), sum(f.pixels for f in readable))
     return Inspection(files, facts, mean, std, problems)
 
 
@@ -87,7 +93,7 @@ def _table_facts(table: ImageTable, split: str, bar: BarFactory) -> list[ImageFa
         found[i] = read_facts(table.paths[i], stats=split == "train")
 
     with bar(len(table), f"inspect {len(table)} {split} images") as progress:
-        for_each(len(table), one, progress.update)
+        for_each(len(table), one, progress)
     return found
 
 
@@ -122,8 +128,8 @@ def _duplicates(files: DatasetFiles, facts: dict[str, list[ImageFacts | None]]) 
     if not pairs:
         return []
     shown = ", ".join(f"train {a} = test {b}" for a, b in pairs[:EXAMPLES])
-    return [Problem("duplicate", f"{files.root}: {len(pairs)} test image(s) identical to a train image (the test figure "
-                                 f"would be optimistic): {shown}", fatal=False)]
+    return [Problem("duplicate", f"{files.root}: {len(pairs)} test image(s) identical to a train image "
+                                 f"(the test figure would be optimistic): {shown}", fatal=False)]
 
 
 def render(result: Inspection) -> list[str]:
@@ -132,7 +138,8 @@ def render(result: Inspection) -> list[str]:
     names = files.class_names
     lines = [f"data: {files.root}", f"layout: {files.layout} ({LAYOUTS[files.layout].description})"]
     if files.test_held_out:
-        lines.append(f"test split: none in the data; a stratified {files.test_held_out:.0%} of train is held out (seeded)")
+        lines.append(f"test split: none in the data; a stratified {files.test_held_out:.0%} of train is held out "
+                     "(seeded)")
     if files.train.groups is None:
         lines.append(f"groups: none (group_by {files.group_by!r}): splits are drawn per image")
     else:
@@ -156,7 +163,8 @@ def render(result: Inspection) -> list[str]:
     if sizes:
         ordered = sorted(sizes, key=lambda s: (s[0] * s[1], s))
         low, mid, high = (f"{w}x{h}" for w, h in (ordered[0], ordered[len(ordered) // 2], ordered[-1]))
-        lines.append(f"image sizes (W x H, by pixel count): min {low}, median {mid}, max {high} ({len(sizes)} images read)")
+        lines.append(f"image sizes (W x H, by pixel count): min {low}, median {mid}, max {high} "
+                     f"({len(sizes)} images read)")
     lines.append(f"train channel mean (R G B, 0..1): {_triple(result.mean)}; std: {_triple(result.std)}")
     if not result.problems:
         lines.append("problems: none")

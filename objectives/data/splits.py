@@ -9,8 +9,9 @@ the worse eye's grade). Without groups every image is its own group, which is th
 split.
 
 The held-out test split (for layouts without test labels) uses its own fixed seed, so changing the
-validation seed never changes the test set. `Manifest` is the record of every decision, written
-by the runner as ``split.csv`` so a reader can check any of them.
+validation seed never changes the test set. `load_splits` decodes a dataset's tables (through the
+cache of `objectives.data.decode`) and carves validation out of train. `Manifest` is the record of
+every decision, written by the runner as ``split.csv`` so a reader can check any of them.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from objectives.data.decode import cached_channel_stats, decode_table
+from objectives.data.types import AUTO, NO_GROUPS, DatasetFiles, ImageSet, ImageTable, Splits
 from objectives.errors import InputError
+from objectives.progress import SILENT, Bar
 
-AUTO = "auto"
-NO_GROUPS = "none"
 AUTO_PATTERN = re.compile(r"^(.+)_(left|right)$")
 TEST_SPLIT_SEED = 0  # the held-out test split never moves with the study's split_seed
 
@@ -74,7 +77,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
-def grouped_split(labels: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def grouped_split(labels: np.ndarray, groups: np.ndarray | None, fraction: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(kept, held-out) sorted image indices with every group wholly on one side, stratified on
     the group's label (its largest: the worse eye's grade). Without groups, `stratified_split`."""
     if groups is None:
@@ -85,13 +89,6 @@ def grouped_split(labels: np.ndarray, groups: np.ndarray | None, fraction: float
     _, held_groups = stratified_split(group_label, fraction, seed)
     held = np.isin(member_of, held_groups)
     return np.flatnonzero(~held), np.flatnonzero(held)
-
-
-def shared_groups(train: np.ndarray | None, test: np.ndarray | None) -> list[str]:
-    """Group ids present in both tables (patients whose eyes sit on both sides), sorted."""
-    if train is None or test is None:
-        return []
-    return sorted(set(train.astype(str).tolist()) & set(test.astype(str).tolist()))
 
 
 @dataclass(frozen=True)
@@ -126,3 +123,55 @@ class Manifest:
 
 def _csv_field(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+def load_splits(
+    files: DatasetFiles,
+    *,
+    image_size: int,
+    val_fraction: float,
+    split_seed: int,
+    cache_dir: Path | None,
+    bar: Bar = SILENT,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Splits:
+    """Decode (or read from cache) both tables and carve a validation split from train, by group
+    where the data has groups (`grouped_split`), seeded by `split_seed`.
+
+    Normalisation uses `mean` / `std` where given (a study that fixes the constants of its source
+    lab, or a pretrained model's own), else the channel statistics of the training rows.
+    """
+    train_images = decode_table(files.train, image_size, cache_dir=cache_dir, bar=bar)
+    test_images = decode_table(files.test, image_size, cache_dir=cache_dir, bar=bar)
+    train_idx, val_idx = grouped_split(files.train.labels, files.train.groups, val_fraction, split_seed)
+    train = ImageSet(train_images, files.train.labels, train_idx)
+    if mean is None or std is None:
+        mean, std = cached_channel_stats(train)
+    return Splits(
+        train=train,
+        val=ImageSet(train_images, files.train.labels, val_idx),
+        test=ImageSet(test_images, files.test.labels, np.arange(len(files.test.labels))),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        class_names=files.class_names,
+        manifest=split_manifest(files, val_idx),
+    )
+
+
+def split_manifest(files: DatasetFiles, val_idx: np.ndarray) -> Manifest:
+    """The `Manifest` of `files` with train rows `val_idx` in validation."""
+    in_val = np.zeros(len(files.train), dtype=bool)
+    in_val[val_idx] = True
+    splits = [*np.where(in_val, "val", "train").tolist(), *["test"] * len(files.test)]
+
+    def groups(table: ImageTable) -> list[str]:
+        return [""] * len(table) if table.groups is None else [str(g) for g in table.groups]
+
+    return Manifest(
+        image=(*files.train.ids, *files.test.ids),
+        split=tuple(splits),
+        group=(*groups(files.train), *groups(files.test)),
+        label=tuple(int(v) for v in (*files.train.labels.tolist(), *files.test.labels.tolist())),
+        shared_test_groups=tuple(files.shared_test_groups()),
+    )

@@ -1,0 +1,189 @@
+"""Decode once: images decoded and resized a single time into a memory-mapped uint8 cache.
+
+The cache lives under ``results/cache/``, one file per dataset table and image size, keyed by the
+files' names, sizes and mtimes (or by the pixels of an array dataset) and the size; every trial and
+every worker then reads it. The training rows' channel statistics are cached beside it.
+Conversion to float, normalisation, random crops and flips happen per batch on the training
+device (`objectives.data.batches`), so an epoch costs what the model costs, not what JPEG
+decoding costs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from objectives.atomic import atomic_path, atomic_write_text
+from objectives.data.types import ImageSet, ImageTable
+from objectives.errors import InputError
+from objectives.progress import SILENT, Bar
+
+CACHE_VERSION = 1  # bump when the decode (resize/crop) changes, so old caches are not reused
+Triple = tuple[float, float, float]  # per channel: R, G, B
+
+
+def open_rgb(source: Path | BinaryIO, name: Path, *, draft: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """An image as RGB, and its (width, height) as stored. Grayscale, palette, RGBA, CMYK ... are
+    converted as torchvision's ImageFolder loader converts them (alpha is dropped); 16-bit
+    grayscale keeps its top 8 bits instead of saturating. `draft` lets libjpeg decode at a reduced
+    scale first (DCT scaling), which is most of the speed-up for small sizes from multi-megapixel
+    photographs. A file Pillow cannot read is an InputError naming `name`."""
+    try:
+        with Image.open(source) as img:
+            size = img.size
+            if draft is not None:
+                img.draft("RGB", (draft, draft))
+            if img.mode.startswith("I;16"):
+                img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))
+            return img.convert("RGB"), size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{name}: unreadable or corrupt image ({exc.__class__.__name__}: {exc})") from None
+
+
+def fit_square(img: Image.Image, size: int) -> np.ndarray:
+    """uint8 HWC: shorter side resized to `size`, centre crop to a square."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """One image file as uint8 HWC RGB, `size` x `size` (see `open_rgb` and `fit_square`)."""
+    return fit_square(open_rgb(path, path, draft=size)[0], size)
+
+
+def decode_table(table: ImageTable, size: int, *, cache_dir: Path | None, bar: Bar = SILENT) -> np.ndarray:
+    """Every image of `table` as an (N, size, size, 3) uint8 array: files are decoded, array rows
+    resized; both through the same square fit and the same cache."""
+    if table.pixels is None:
+        return decode_all(table.paths, size, cache_dir=cache_dir, bar=bar)
+    return resize_all(table.pixels, size, cache_dir=cache_dir, bar=bar)
+
+
+def decode_all(paths: Sequence[Path], size: int, *, cache_dir: Path | None, bar: Bar = SILENT) -> np.ndarray:
+    """All `paths` decoded to an (N, size, size, 3) uint8 array, read from the cache when present."""
+    key = content_key(paths, size) if cache_dir is not None else ""
+
+    def fill(out: np.ndarray) -> None:
+        for_each(len(paths), lambda i: out.__setitem__(i, decode_image(paths[i], size)), bar)
+
+    return _cached(cache_dir, key, (len(paths), size, size, 3), fill, bar)
+
+
+def resize_all(pixels: np.ndarray, size: int, *, cache_dir: Path | None, bar: Bar = SILENT) -> np.ndarray:
+    """Rows of a decoded uint8 NHWC array fitted to `size` (cached); the array itself where its
+    images already have that size (CIFAR at 32 px: nothing to do)."""
+    if pixels.shape[1:3] == (size, size):
+        bar.update(len(pixels))
+        return pixels
+    key = pixels_key(pixels, size) if cache_dir is not None else ""
+
+    def fill(out: np.ndarray) -> None:
+        for_each(len(pixels), lambda i: out.__setitem__(i, fit_square(Image.fromarray(pixels[i]), size)), bar)
+
+    return _cached(cache_dir, key, (len(pixels), size, size, 3), fill, bar)
+
+
+def content_key(paths: Sequence[Path], size: int) -> str:
+    """A hash of the file names, sizes and mtimes and the decode size: a changed file, a new file
+    or another size gives another cache."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION}:{size}".encode())
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"\0{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return f"{digest.hexdigest()[:20]}-{len(paths)}x{size}px"
+
+
+def pixels_key(pixels: np.ndarray, size: int) -> str:
+    """A hash of an array dataset's pixels and the target size."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION}:{size}:{pixels.shape}".encode())
+    digest.update(memoryview(np.ascontiguousarray(pixels)).cast("B"))
+    return f"{digest.hexdigest()[:20]}-{len(pixels)}x{size}px"
+
+
+def _cached(cache_dir: Path | None, key: str, shape: tuple[int, ...], fill: Callable[[np.ndarray], None],
+            bar: Bar) -> np.ndarray:
+    """`fill` an array of `shape`, or read it from ``cache_dir/key.npy`` (memory-mapped).
+
+    The cache file is written atomically (`objectives.atomic`), so concurrent workers either see
+    a complete file or none (and at worst both build it, identically).
+    """
+    if cache_dir is None:
+        out = np.empty(shape, np.uint8)
+        fill(out)
+        return out
+    target = cache_dir / f"{key}.npy"
+    if target.is_file():
+        bar.update(shape[0])
+        return np.load(target, mmap_mode="r")
+    with atomic_path(target) as partial:
+        array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+        fill(array)
+        array.flush()
+        del array
+    return np.load(target, mmap_mode="r")
+
+
+def for_each(n: int, one: Callable[[int], None], bar: Bar = SILENT) -> None:
+    """`one(i)` for i < n on a thread pool (PIL's decode and resize release the GIL); `bar` counts them."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for _ in pool.map(one, range(n), chunksize=1):
+            bar.update(1)
+
+
+def channel_stats(images: ImageSet, chunk: int = 256) -> tuple[Triple, Triple]:
+    """Per-channel mean and std (0..1 scale) over the training rows.
+
+    Exact: a 256-bin histogram per channel, read in chunks of rows to bound memory.
+    """
+    # integer counts need no float copy of the images, which summing float64 blocks would
+    counts = torch.zeros((3, 256), dtype=torch.int64)
+    for start in range(0, len(images.index), chunk):
+        block = torch.from_numpy(np.ascontiguousarray(images.images[np.sort(images.index[start : start + chunk])]))
+        pixels = block.view(-1, block.shape[-1])
+        for c in range(3):
+            counts[c] += torch.bincount(pixels[:, c], minlength=256)
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    hist = counts.to(torch.float64)
+    return moments((hist * levels).sum(1).numpy(), (hist * levels**2).sum(1).numpy(), int(counts[0].sum()))
+
+
+def cached_channel_stats(images: ImageSet) -> tuple[Triple, Triple]:
+    """`channel_stats`, kept in a small JSON file beside the decode cache the images come from
+    (keyed by that file and the training rows, which depend on the split), so later trials and
+    workers do not read every training image again. Images not from a cache file are summed."""
+    source = getattr(images.images, "filename", None)
+    if not source:
+        return channel_stats(images)
+    rows = hashlib.sha256(np.ascontiguousarray(images.index, dtype=np.int64).tobytes()).hexdigest()[:16]
+    target = Path(source).with_name(f"{Path(source).stem}.stats-{rows}.json")
+    try:
+        saved = json.loads(target.read_text())
+        return tuple(saved["mean"]), tuple(saved["std"])  # type: ignore[return-value]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    mean, std = channel_stats(images)
+    try:
+        atomic_write_text(target, json.dumps({"mean": mean, "std": std}))
+    except OSError:
+        pass  # a read-only cache still works, only slower
+    return mean, std
+
+
+def moments(total: np.ndarray, squares: np.ndarray, count: int) -> tuple[Triple, Triple]:
+    """Per-channel (mean, std) from sums and sums of squares over `count` pixels."""
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(squares / max(count, 1) - mean**2, 1e-12))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
