@@ -4,7 +4,7 @@ A small ``dr_focal`` study (synthetic-fundus JPEG files, ResNet18 from scratch, 
 sampled, short trials) runs through the real runner, ``study.runner.run_study``. Without editing
 the project, this process wraps, with ``time.perf_counter``:
 
-- the objective's ``run(config, data, context)`` (the contract of ``objectives/base.py``): model
+- the objective's ``run(config, data, context)`` (the contract of ``objectives/contract.py``): model
   and loss construction, every epoch of training and validation, the test evaluation; this is the
   *work* of a trial;
 - inside it, the two callbacks the runner hands the objective, ``context.report`` (curves user
@@ -207,7 +207,7 @@ def build_space(args):
 
 
 def measure(url: str, label: str, space, root: Path, args, scratch: Path) -> None:
-    module = registry.objective_module(space.study.objective)
+    module = registry.objective_module(space)
     results = scratch / label
     opts = RunOptions(space=space, results_dir=results, study_name=f"overhead-{int(time.time())}", storage_url=url, data=root,
                       trials=args.trials, device=args.device, pruner=args.pruner)

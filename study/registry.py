@@ -7,16 +7,17 @@ from importlib import resources
 from pathlib import Path
 from types import ModuleType
 
+from objectives import contract
 from objectives.errors import InputError
-from study.space import SearchSpace, load_space
-
-OBJECTIVES = {"dr_focal": "objectives.dr_focal", "cifar_loss": "objectives.cifar_loss"}
+from study.schema1 import SCHEMA1_OBJECTIVES
+from study.space import DEFAULT_OBJECTIVE, SearchSpace, load_space
 
 
 def named_studies() -> dict[str, Path]:
     """Study name -> its search-space file, for every TOML shipped in `search_spaces`."""
     folder = resources.files("search_spaces")
-    return {Path(f.name).stem: Path(str(f)) for f in sorted(folder.iterdir(), key=lambda f: f.name) if f.name.endswith(".toml")}
+    files = sorted(folder.iterdir(), key=lambda f: f.name)
+    return {Path(f.name).stem: Path(str(f)) for f in files if f.name.endswith(".toml")}
 
 
 def resolve(name_or_file: str) -> SearchSpace:
@@ -26,12 +27,37 @@ def resolve(name_or_file: str) -> SearchSpace:
         return load_space(candidate)
     studies = named_studies()
     if name_or_file not in studies:
-        raise InputError(f"unknown study {name_or_file!r}; named studies: {', '.join(studies)} (or give a path to a .toml file)")
+        raise InputError(f"unknown study {name_or_file!r}; named studies: {', '.join(studies)} "
+                         f"(or give a path to a .toml file)")
     return load_space(studies[name_or_file], name_or_file)
 
 
-def objective_module(name: str) -> ModuleType:
-    """The objective module a search space names in [study].objective."""
-    if name not in OBJECTIVES:
-        raise InputError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
-    return importlib.import_module(OBJECTIVES[name])
+def module_name(objective: str) -> str:
+    """The module an objective name means: a module of `objectives` by its bare name (a schema-1
+    objective is the image classifier with settings, see `study.schema1`), or
+    ``package.module`` as written."""
+    if objective in SCHEMA1_OBJECTIVES:
+        objective = DEFAULT_OBJECTIVE
+    return objective if "." in objective else f"objectives.{objective}"
+
+
+def objective_module(space: SearchSpace) -> ModuleType:
+    """The objective module `space` names in [study].objective, imported and checked against the
+    contract (`objectives.contract`); a one-line InputError naming the file otherwise."""
+    name = space.study.objective
+    target = module_name(name)
+    at = f"{space.path}: [study].objective = {name!r}"
+    try:
+        module = importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (target == exc.name or target.startswith(f"{exc.name}.")):
+            raise InputError(f"{at}: importing {target} failed ({exc})") from None
+        raise InputError(f"{at}: no module {target} (a module of your own is named as package.module, importable from "
+                         f"the folder the study command runs in or PYTHONPATH)") from None
+    except ImportError as exc:
+        raise InputError(f"{at}: importing {target} failed ({exc})") from None
+    lacking = contract.missing(module)
+    if lacking:
+        raise InputError(f"{at}: {target} is not an objective module: it lacks {', '.join(lacking)} "
+                         f"(see objectives/contract.py)")
+    return module

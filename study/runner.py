@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from objectives.atomic import atomic_path, atomic_write_text
-from objectives.base import DataSource, TrialContext
+from objectives.contract import DataSource, TrialContext, flat
 from objectives.data import detect_layout, ensure_embedded
 from objectives.errors import InputError
 from objectives.models import missing_weights, weights_normalisation
@@ -127,7 +127,7 @@ def resolve_device(name: str) -> torch.device:
 def prepare(opts: RunOptions, out: Output) -> Prepared:
     """Check space, device, data and weights; nothing is written to the storage here."""
     space = opts.space
-    module = registry.objective_module(space.study.objective)
+    module = registry.objective_module(space)
     device = resolve_device(opts.device)
     if opts.worker is not None and os.environ.get("STUDY_THREADS"):
         torch.set_num_threads(int(os.environ["STUDY_THREADS"]))  # the parent's share for this worker
@@ -141,7 +141,7 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
     space.check_config(module.Config)
     space = _check_weights(space, embedded=opts.data is None, out=out)
     space = pretrained_normalisation(space)
-    build_config(module.Config, {**space.fixed, **space.pinned})  # pins that contradict each other fail now
+    build_config(module.Config, space.with_defaults({**space.fixed, **space.pinned}))  # pins that contradict each other fail now
     cache_dir = opts.results_dir / "cache" if opts.cache else None
     if opts.data is None:
         dataset = space.embedded.get("dataset", module.EMBEDDED_DATASET)
@@ -244,8 +244,8 @@ def run_study(opts: RunOptions, out: Output) -> optuna.Study:
 def load_data(prep: Prepared, out: Output) -> _DataCache:
     """Decode (or read the cache of) and validate every image before any study is written; write
     the split manifest and warn where the data's own test split shares groups with train."""
-    base = build_config(prep.module.Config, {**prep.space.fixed, **prep.space.pinned})
-    data = _DataCache(prep.module, prep.source, prep.results_dir / _safe(prep.study_name), getattr(base, "split_seed", None))
+    base = _base_config(prep)
+    data = _DataCache(prep.module, prep.source, prep.results_dir / _safe(prep.study_name), flat(base).get("split_seed"))
     splits = data.get(base)
     manifest = splits.manifest
     if manifest is not None:
@@ -395,8 +395,13 @@ class CudaContextLost(RuntimeError):
         super().__init__(f"{detail}; this process can no longer use its GPU: run the same command again to resume the study")
 
 
+def _base_config(prep: Prepared) -> Any:
+    """The config of the fixed settings and pins (what every trial shares)."""
+    return build_config(prep.module.Config, prep.space.with_defaults({**prep.space.fixed, **prep.space.pinned}))
+
+
 class _DataCache:
-    """Decoded splits per `module.data_key(config)`: loaded once per process, shared by trials.
+    """Decoded splits per data part of a config (`config.data`): loaded once per process, shared by trials.
 
     Every split a trial uses is written as a manifest into `manifest_dir` when first loaded:
     ``split.csv`` for the study's own `split_seed`, ``split-<seed>.csv`` for any other (an
@@ -412,11 +417,11 @@ class _DataCache:
         self.hashes: dict[Hashable, str] = {}
 
     def get(self, config: Any) -> Any:
-        key = self.module.data_key(config)
+        key = config.data
         if key not in self.loaded:
-            splits = self.module.load_data(config, self.source)
+            splits = self.module.load_data(key, self.source)
             if splits.manifest is not None:
-                seed = getattr(config, "split_seed", None)
+                seed = getattr(key, "split_seed", None)
                 name = "split.csv" if seed == self.base_split_seed else f"split-{seed}.csv"
                 text = splits.manifest.csv_text()
                 atomic_write_text(self.manifest_dir / name, text)
@@ -427,7 +432,7 @@ class _DataCache:
     def manifest_hash(self, config: Any) -> str:
         """sha256 of the manifest of `config`'s split (loaded first if needed)."""
         self.get(config)
-        return self.hashes[self.module.data_key(config)]
+        return self.hashes[config.data]
 
 
 def _open_study(prep: Prepared, data: _DataCache, allow_change: bool, heartbeat: int) -> optuna.Study:
@@ -442,7 +447,7 @@ def _open_study(prep: Prepared, data: _DataCache, allow_change: bool, heartbeat:
     fingerprint = prep.space.fingerprint(config_defaults(prep.module.Config))
     recorded = study.user_attrs.get("space_hash")
     if recorded is None:
-        base = build_config(prep.module.Config, {**prep.space.fixed, **prep.space.pinned})
+        base = _base_config(prep)
         splits = data.get(base)
         attrs = {
             "space_hash": fingerprint,
@@ -454,6 +459,7 @@ def _open_study(prep: Prepared, data: _DataCache, allow_change: bool, heartbeat:
             "pinned": dict(prep.space.pinned),
             "sampler": sampler_settings(prep.space),
             "pruner": pruner_settings(prep.space),
+            "report": prep.space.report.record(),
         }
         if splits.manifest is not None:
             attrs["split_hash"] = data.manifest_hash(base)
@@ -633,9 +639,10 @@ class TrialTrainer:
         if "fail_reason" in trial.user_attrs:  # a retry inherits its failed original's attrs
             trial.set_user_attr("fail_reason", None)
         try:
-            config = build_config(self.prep.module.Config, values)
-            reporter = _Reporter(trial, settings.metric, fe_epochs=getattr(config, "fe_epochs", 0), epochs=config.epochs)
-            trial.set_user_attr("config", dataclasses.asdict(config))
+            config = build_config(self.prep.module.Config, self.prep.space.with_defaults(values))
+            recorded = flat(config)
+            reporter = _Reporter(trial, settings.metric, fe_epochs=recorded.get("fe_epochs", 0), epochs=recorded["epochs"])
+            trial.set_user_attr("config", recorded)
             splits = self.data.get(config)
             trial.set_user_attr("class_names", list(splits.class_names))
             if splits.manifest is not None:

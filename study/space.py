@@ -1,11 +1,16 @@
 """Search-space files: read ``search_spaces/*.toml``, validate, pin, and suggest typed configs.
 
-A file has four tables. ``[study]`` says what is optimised and how; ``[fixed]`` holds settings
-every trial shares; ``[space]`` holds the sampled parameters, each either ``{choices = [...]}`` or
+A study is one TOML file. ``schema = 2`` at the top names the format this module writes about; a
+file without it is schema 1, the format before it (read as `study.schema1` describes).
+``[study]`` says what is optimised and how, including the objective module (``objective``,
+``"image_classifier"`` by default; see `objectives.contract`); ``[fixed]`` holds settings every
+trial shares; ``[space]`` holds the sampled parameters, each either ``{choices = [...]}`` or
 ``{low = .., high = .., log = .., step = ..}`` (int when both bounds are ints), optionally with
 ``when = {other = value}`` so it is sampled only where the condition holds (otherwise the
 config's default applies); ``[embedded]`` overrides settings (or pins parameters) when no
-``--data`` is given.
+``--data`` is given; ``[report]`` (schema 2) names the factors whose combinations form the
+report's cells, those whose cells get a confusion figure, and labels for their values
+(`study.report_layout`).
 A bound may name a setting with an offset (``high = "epochs - 1"``). Every problem is reported as
 one line naming file, parameter and problem.
 """
@@ -17,7 +22,6 @@ import hashlib
 import json
 import re
 import tomllib
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +30,15 @@ from typing import Any
 
 import optuna
 
+from objectives import contract
 from objectives.errors import InputError
+from study import report_layout
+from study.report_layout import ReportLayout
+from study.schema1 import SCHEMA1_OBJECTIVES
 
+SCHEMA = 2  # the format of the shipped files; a file without `schema` is schema 1
+SCHEMAS = (1, 2)
+DEFAULT_OBJECTIVE = "image_classifier"
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("maximize", "minimize")
@@ -81,7 +92,7 @@ class Param:
 
 @dataclass(frozen=True)
 class StudySettings:
-    objective: str
+    objective: str = DEFAULT_OBJECTIVE
     direction: str = "maximize"
     metric: str = "kappa"
     sampler: str = "tpe"
@@ -96,7 +107,9 @@ class StudySettings:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A parsed search-space file plus the pins of this run."""
+    """A parsed search-space file plus the pins of this run. `defaults` lie underneath [fixed]: the
+    settings a schema-1 objective implied (`study.schema1`), which every config of the study is
+    built over (`with_defaults`)."""
 
     name: str
     path: Path
@@ -105,9 +118,17 @@ class SearchSpace:
     params: tuple[Param, ...]
     embedded: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     pinned: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    schema: int = SCHEMA
+    defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # settings underneath [fixed]
+    report: ReportLayout = field(default_factory=ReportLayout)
 
     def names(self) -> set[str]:
         return set(self.fixed) | {p.name for p in self.params}
+
+    def with_defaults(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """What a config of this study is built from: `values` (a trial's, or the fixed settings and
+        pins) over the space's `defaults`."""
+        return {**self.defaults, **values}
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -201,9 +222,11 @@ class SearchSpace:
         """Hash of what defines the study's trials (not the trial count): a changed file or pin
         must not silently mix with the trials already stored.
 
-        Settings at their default value (`StudySettings`' and the config's `defaults`) are left
-        out, so a setting added to the tool later, or written out at its default, does not change
-        the fingerprint; `RECIPE_VERSION` changes it when the tool changes what settings mean."""
+        Settings at their default value (`StudySettings`' and the config's `defaults`, over which
+        the space's own `defaults` lie) are left out, so a setting added to the tool later, or
+        written out at its default, does not change the fingerprint; `RECIPE_VERSION` changes it
+        when the tool changes what settings mean."""
+        defaults = {**defaults, **self.defaults}
         settings = {k: v for k, v in dataclasses.asdict(self.study).items()
                     if k not in ("trials", "description") and not _is_default(v, _STUDY_DEFAULTS.get(k, _MISSING))}
 
@@ -220,8 +243,9 @@ class SearchSpace:
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def check_config(self, config_cls: type) -> None:
-        """Every setting and parameter must be a field of the objective's config, of its type."""
-        hints = typing.get_type_hints(config_cls)
+        """Every setting and parameter must be a setting of the objective's config, of its type
+        (and so is every factor [report] names: those are settings of the file)."""
+        hints = {name: s.hint for name, s in contract.settings(config_cls).items()}
         for name in sorted(self.names() | set(self.pinned)):
             if name not in hints:
                 fields = ", ".join(sorted(hints))
@@ -244,8 +268,9 @@ def _is_default(value: Any, default: Any) -> bool:
 
 
 def config_defaults(config_cls: type) -> dict[str, Any]:
-    """The default value of every field of an objective's config that has one."""
-    return {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
+    """The default value of every setting of an objective's config."""
+    settings = contract.settings(config_cls).values()
+    return {s.name: s.default for s in settings if s.default is not dataclasses.MISSING}
 
 
 def parse_value(raw: str) -> Any:
@@ -257,17 +282,18 @@ def parse_value(raw: str) -> Any:
 
 
 def build_config(config_cls: type, values: Mapping[str, Any]) -> Any:
-    """The frozen config of one trial; ints widen to float fields, nothing else is coerced."""
-    hints = typing.get_type_hints(config_cls)
+    """The frozen config of one trial from flat settings; ints widen to float settings, nothing
+    else is coerced."""
+    hints = {name: s.hint for name, s in contract.settings(config_cls).items()}
     kwargs = {k: float(v) if hints.get(k) is float and isinstance(v, int) and not isinstance(v, bool) else v for k, v in values.items()}
     try:
-        return config_cls(**kwargs)
+        return contract.build_config(config_cls, kwargs)
     except (TypeError, ValueError) as exc:
         raise SpaceError(f"invalid {config_cls.__module__} config: {exc}") from None
 
 
 def load_space(path: Path, name: str | None = None) -> SearchSpace:
-    """Parse and validate one search-space file."""
+    """Parse and validate one search-space file (schema 1 or 2)."""
     try:
         doc = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -275,15 +301,29 @@ def load_space(path: Path, name: str | None = None) -> SearchSpace:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpaceError(f"{path}: not valid TOML ({exc})") from None
     where = str(path)
-    _only(doc, {"study", "fixed", "space", "embedded"}, where, "top-level table")
+    schema = doc.pop("schema", 1)
+    if type(schema) is not int or schema not in SCHEMAS:
+        raise SpaceError(f"{where}: schema = {schema!r} is unknown; this version reads schema "
+                         f"{' or '.join(map(str, SCHEMAS))}")
+    tables = {"study", "fixed", "space", "embedded", *(("report",) if schema >= 2 else ())}
+    if schema == 1 and "report" in doc:
+        raise SpaceError(f"{where}: [report] needs schema = 2 at the top of the file")
+    _only(doc, tables, where, "top-level table")
     study_doc = _table(doc, "study", where)
     _only(study_doc, STUDY_KEYS, where, "[study] key")
-    if "objective" not in study_doc:
+    if schema == 1 and "objective" not in study_doc:
         raise SpaceError(f"{where}: [study] needs objective = \"<module in objectives/>\"")
+    legacy = SCHEMA1_OBJECTIVES.get(study_doc.get("objective")) if schema == 1 else None
+    if schema >= 2 and study_doc.get("objective") in SCHEMA1_OBJECTIVES:
+        old = study_doc["objective"]
+        raise SpaceError(f"{where}: [study].objective = {old!r} is a schema-1 objective; with schema = {schema} write "
+                         f"objective = \"{DEFAULT_OBJECTIVE}\" and {old}'s settings (see search_spaces/{old}.toml)")
     try:
         study = StudySettings(**study_doc)
     except TypeError as exc:
         raise SpaceError(f"{where}: [study]: {exc}") from None
+    if not isinstance(study.objective, str) or not study.objective:
+        raise SpaceError(f"{where}: [study].objective must be a module name, got {study.objective!r}")
     for key, allowed in (("direction", DIRECTIONS), ("sampler", SAMPLERS), ("pruner", PRUNERS)):
         if getattr(study, key) not in allowed:
             raise SpaceError(f"{where}: [study].{key} = {getattr(study, key)!r}; expected one of {', '.join(allowed)}")
@@ -310,6 +350,15 @@ def load_space(path: Path, name: str | None = None) -> SearchSpace:
         param = next((p for p in params if p.name == key), None)
         if param is not None and not param.admits(embedded[key], {**fixed, **embedded}):
             raise SpaceError(f"{where}: [embedded].{key} = {embedded[key]!r}: outside the declared [space] values")
+    report = ReportLayout()
+    if "report" in doc:
+        values = {**{name: (value,) for name, value in fixed.items()}, **{p.name: p.choices for p in params}}
+        try:
+            report = report_layout.parse(_table(doc, "report", where), values)
+        except ValueError as exc:
+            raise SpaceError(f"{where}: [report]{exc}") from None
+    if legacy is not None:
+        embedded = {"dataset": legacy.embedded_dataset, **embedded}
     return SearchSpace(
         name=name or path.stem,
         path=path,
@@ -317,6 +366,9 @@ def load_space(path: Path, name: str | None = None) -> SearchSpace:
         fixed=MappingProxyType(dict(fixed)),
         params=tuple(params),
         embedded=MappingProxyType(dict(embedded)),
+        schema=schema,
+        defaults=legacy.settings if legacy is not None else MappingProxyType({}),
+        report=report,
     )
 
 

@@ -10,8 +10,8 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import run_cli
-from objectives import cifar_loss, digits, train
-from objectives.base import DataSource, TrialContext
+from objectives import digits, image_classifier, train
+from objectives.contract import DataSource, TrialContext
 from objectives.losses import FocalLoss, OneHotL1Loss
 from objectives.models import build_model
 from objectives.train import Runtime
@@ -26,15 +26,17 @@ def load(results: Path, name: str) -> optuna.Study:
 
 def test_space_is_the_labs_recipe_and_embedded_pins_the_convnet():
     space = registry.resolve("cifar_loss")
-    space.check_config(cifar_loss.Config)
-    base = build_config(cifar_loss.Config, {**space.fixed, **space.pinned})
-    assert (base.epochs, base.batch_size, base.momentum, base.step_size, base.step_gamma, base.crop_padding) == (30, 128, 0.9, 5, 0.5, 4)
-    assert base.hflip and base.norm_mean == (0.4914, 0.4822, 0.4465)
+    space.check_config(image_classifier.Config)
+    base = build_config(image_classifier.Config, {**space.fixed, **space.pinned})
+    train_ = base.train
+    assert (train_.epochs, train_.batch_size, train_.momentum, train_.step_size, train_.step_gamma, train_.crop_padding) == (30, 128, 0.9, 5, 0.5, 4)
+    assert train_.hflip and not train_.vflip and not train_.pretrained and base.data.norm_mean == (0.4914, 0.4822, 0.4465)
+    assert (base.data.image_size, base.data.val_fraction, base.data.num_classes) == (32, 0.1, 0)
     assert space.study.metric == "accuracy"
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(30):
         trial = study.ask()
-        config = build_config(cifar_loss.Config, space.suggest(trial))
+        config = build_config(image_classifier.Config, space.suggest(trial)).train
         assert config.arch in ("convnet", "resnet18_32") and 1e-3 <= config.lr <= 0.3
         assert ("focal_gamma" in trial.params) == (config.loss == "focal")
         study.tell(trial, 0.0)
@@ -54,8 +56,10 @@ def test_resnet18_32_keeps_32px_resolution_into_layer1():
 @pytest.fixture(scope="module")
 def digit_splits(tmp_path_factory: pytest.TempPathFactory):
     root = digits.export(tmp_path_factory.mktemp("digits") / "d", 600, 150, seed=0)
-    config = cifar_loss.Config(epochs=2, batch_size=32, hflip=False, lr=0.05, val_fraction=0.2)
-    return cifar_loss.load_data(config, DataSource(root)), config
+    config = build_config(image_classifier.Config, {**registry.resolve("cifar_loss").fixed, "arch": "convnet", "epochs": 2,
+                                                    "batch_size": 32, "hflip": False, "lr": 0.05, "val_fraction": 0.2,
+                                                    "norm_mean": [], "norm_std": []})
+    return image_classifier.load_data(config.data, DataSource(root)), config
 
 
 @pytest.mark.parametrize("loss, kind", [("l1", OneHotL1Loss), ("ce", torch.nn.CrossEntropyLoss), ("focal", FocalLoss)])
@@ -69,9 +73,9 @@ def test_every_loss_trains_through_the_one_loop(digit_splits, monkeypatch, loss,
         return real_epoch(model, loss_fn, *args, **kwargs)
 
     monkeypatch.setattr(train, "_train_epoch", spy)
-    config = dataclasses.replace(config, loss=loss, focal_gamma=2.0 if loss == "focal" else 0.0)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, loss=loss, focal_gamma=2.0 if loss == "focal" else 0.0))
     rows = []
-    result = cifar_loss.run(config, splits, TrialContext(Runtime(), lambda e, row: rows.append(row), "accuracy", True))
+    result = image_classifier.run(config, splits, TrialContext(Runtime(), lambda e, row: rows.append(row), "accuracy", True))
     assert calls == [kind, kind]  # the shared epoch function, once per epoch, with this loss
     assert [r["epoch"] for r in rows] == [1, 2] and len(result.curves["train_loss"]) == 2
     assert sum(map(sum, result.val.confusion)) == len(splits.val)

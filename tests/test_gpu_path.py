@@ -25,7 +25,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torchvision import models as tvm
 
 from objectives import metrics
-from objectives.base import DataSource, TrialContext
+from objectives.contract import DataSource, TrialContext
 from objectives.data import Augment, DeviceBatches, ImageSet, Splits
 from objectives.losses import build_loss
 from objectives.models import HEAD, build_model
@@ -264,8 +264,8 @@ def test_crops_and_both_flips_in_one_gather_keep_their_probabilities(pad):
 
 
 # ---------------------------------------------------------------- memory after every trial
-# This file is also the objective module of the studies below: `Config`, `data_key`, `load_data`
-# and `run` as `objectives/base.py` describes, with a model whose predictions are fixed (lr 0,
+# This file is also the objective module of the studies below: `Config`, `EMBEDDED_DATASET`,
+# `load_data` and `run` as `objectives/contract.py` describes, with a model whose predictions are fixed (lr 0,
 # a head that always predicts class `predict`), so which trial completes, is pruned or fails is
 # known in advance; `fail` raises inside the model's forward, in the middle of an epoch.
 
@@ -278,7 +278,12 @@ MEMORY_AT_START: list[int] = []  # bytes of GPU memory allocated when a trial be
 
 
 @dataclass(frozen=True)
-class Config:
+class NoData:
+    """The data part: these trials all share `tiny_splits`."""
+
+
+@dataclass(frozen=True)
+class Train:
     epochs: int = 2
     lr: float = 0.0
     predict: int = 0
@@ -289,15 +294,21 @@ class Config:
     seed: int = 0
 
 
-def data_key(config: Config) -> tuple:
-    return ()
+@dataclass(frozen=True)
+class Config:
+    data: NoData = NoData()
+    train: Train = Train()
 
 
-def load_data(config: Config, source: DataSource) -> Splits:
+EMBEDDED_DATASET = "digits"  # not used: these studies run on `tiny_splits`
+
+
+def load_data(data: NoData, source: DataSource) -> Splits:
     return tiny_splits()
 
 
 def run(config: Config, splits: Splits, context: TrialContext):
+    config = config.train
     ALIVE_AT_START.append(sum(ref() is not None for ref in MODELS))
     FRAMES_AT_START.append(getattr(context.runtime.compile_backend, "frame_count", 0))
     MEMORY_AT_START.append(torch.cuda.memory_allocated() if context.runtime.device.type == "cuda" else 0)
@@ -327,7 +338,7 @@ def _fail_on_second_call(error):
 
 SPACE = """
 [study]
-objective = "dr_focal"  # not used: the runner is handed this file as the objective module
+objective = "test_gpu_path"  # not used: the runner is handed this file as the objective module
 direction = "maximize"
 metric = "accuracy"
 sampler = "random"
@@ -410,7 +421,7 @@ def test_a_sticky_cuda_error_is_recorded_and_ends_the_process(tmp_path: Path):
 
 ARCH_SPACE = """
 [study]
-objective = "dr_focal"  # not used, as above
+objective = "test_gpu_path"  # not used, as above
 direction = "maximize"
 metric = "accuracy"
 sampler = "random"

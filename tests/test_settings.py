@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from optuna.trial import TrialState
 
-from objectives import dr_focal
+from objectives.image_classifier import Config
 from objectives.data import DeviceBatches, find_dataset, load_splits
 from objectives.models import build_model
 from objectives.train import Runtime, evaluate
@@ -26,13 +26,13 @@ def test_pretrained_arm_and_scratch_arm_both_get_the_weights_normalisation():
     resolved = pretrained_normalisation(space)
     assert resolved.fixed["norm_mean"] == pytest.approx(IMAGENET[0]) and resolved.fixed["norm_std"] == pytest.approx(IMAGENET[1])
     for pretrained in (True, False):  # both arms of the factor: it changes one thing
-        config = build_config(dr_focal.Config, {**resolved.fixed, "pretrained": pretrained, "fe_epochs": 0})
-        assert config.norm_mean == pytest.approx(tuple(IMAGENET[0]))
-        assert dr_focal.data_key(config) != dr_focal.data_key(build_config(dr_focal.Config, {**space.fixed}))
+        config = build_config(Config, {**resolved.fixed, "pretrained": pretrained, "fe_epochs": 0})
+        assert config.data.norm_mean == pytest.approx(tuple(IMAGENET[0]))
+        assert config.data != build_config(Config, {**space.fixed}).data  # the data part keys the decoded data
     assert pretrained_normalisation(space.pin("pretrained", False)).fixed["norm_mean"] == []  # no weights: the data's own
     own = space.pin("norm_mean", [0.5, 0.5, 0.5]).pin("norm_std", [0.2, 0.2, 0.2])
     assert pretrained_normalisation(own).fixed["norm_mean"] == [0.5, 0.5, 0.5]  # explicit settings win
-    defaults = config_defaults(dr_focal.Config)
+    defaults = config_defaults(Config)
     assert resolved.fingerprint(defaults) != space.pin("pretrained", False).fingerprint(defaults)
 
 
@@ -87,7 +87,7 @@ def test_fingerprint_has_a_recipe_version_and_ignores_settings_at_their_default(
     assert plain != text
     written = tmp_path / "dr_focal.toml"
     written.write_text(plain)
-    defaults = config_defaults(dr_focal.Config)
+    defaults = config_defaults(Config)
     shipped = registry.resolve("dr_focal").fingerprint(defaults)
     assert load_space(written).fingerprint(defaults) == shipped  # group_by "auto", TPE's 10 start-up trials: defaults
     assert registry.resolve("dr_focal").pin("group_by", "none").fingerprint(defaults) != shipped

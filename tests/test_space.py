@@ -5,7 +5,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from objectives import dr_focal
+from objectives.image_classifier import Config
 from study import registry
 from study.space import SpaceError, build_config, load_space, parse_value
 
@@ -15,41 +15,43 @@ def sample(space, n=30, seed=0):
     configs = []
     for _ in range(n):
         trial = study.ask()
-        configs.append(build_config(dr_focal.Config, space.suggest(trial)))
+        configs.append(build_config(Config, space.suggest(trial)))
         study.tell(trial, 0.0)
     return configs, study
 
 
 def test_dr_focal_space_suggests_typed_frozen_configs_with_conditions():
     space = registry.resolve("dr_focal")
-    space.check_config(dr_focal.Config)
+    space.check_config(Config)
     configs, study = sample(space, 40)
     for config, trial in zip(configs, study.trials):
-        assert isinstance(config, dr_focal.Config)
+        assert isinstance(config, Config)
         with pytest.raises(dataclasses.FrozenInstanceError):
-            config.lr = 1.0
-        assert config.arch in ("resnet18", "resnet50")
-        assert 1e-4 <= config.lr <= 1e-1 and isinstance(config.lr, float)
-        assert config.epochs == 15 and config.image_size == 512 and config.momentum == 0.9
-        if config.pretrained:
-            assert 0 <= config.fe_epochs <= config.epochs - 1 and "fe_epochs" in trial.params
+            config.train.lr = 1.0
+        train = config.train
+        assert train.arch in ("resnet18", "resnet50")
+        assert 1e-4 <= train.lr <= 1e-1 and isinstance(train.lr, float)
+        assert train.epochs == 15 and config.data.image_size == 512 and train.momentum == 0.9
+        assert config.data.num_classes == 5 and train.hflip and train.vflip and train.weight_decay == 5e-4
+        if train.pretrained:
+            assert 0 <= train.fe_epochs <= train.epochs - 1 and "fe_epochs" in trial.params
         else:
-            assert config.fe_epochs == 0 and "fe_epochs" not in trial.params
-        if config.loss == "focal":
-            assert "focal_gamma" in trial.params and 0.0 <= config.focal_gamma <= 5.0
+            assert train.fe_epochs == 0 and "fe_epochs" not in trial.params
+        if train.loss == "focal":
+            assert "focal_gamma" in trial.params and 0.0 <= train.focal_gamma <= 5.0
         else:
             assert "focal_gamma" not in trial.params and "focal_alpha" not in trial.params
-            assert config.focal_gamma == 0.0 and config.focal_alpha == "none"
-    assert {c.pretrained for c in configs} == {True, False}
-    assert {c.loss for c in configs} == {"ce", "focal"}
+            assert train.focal_gamma == 0.0 and train.focal_alpha == "none"
+    assert {c.train.pretrained for c in configs} == {True, False}
+    assert {c.train.loss for c in configs} == {"ce", "focal"}
 
 
 def test_pinned_parameter_is_not_sampled_and_fixed_can_be_overridden():
     space = registry.resolve("dr_focal").pin("lr", 1e-3).pin("epochs", 4).pin("arch", "resnet50")
     configs, study = sample(space, 10)
-    assert all(c.lr == 1e-3 and c.epochs == 4 and c.arch == "resnet50" for c in configs)
+    assert all(c.train.lr == 1e-3 and c.train.epochs == 4 and c.train.arch == "resnet50" for c in configs)
     assert all("lr" not in t.params and "arch" not in t.params for t in study.trials)
-    assert all(c.fe_epochs <= 3 for c in configs)  # high = "epochs - 1" follows the pin
+    assert all(c.train.fe_epochs <= 3 for c in configs)  # high = "epochs - 1" follows the pin
 
 
 def test_embedded_overrides_fixed_trials_and_pruner_warmup():
@@ -116,14 +118,14 @@ def test_space_name_not_a_config_field(tmp_path: Path):
     path = tmp_path / "s.toml"
     path.write_text(GOOD + "dropout = { low = 0.0, high = 0.5 }\n")
     with pytest.raises(SpaceError, match="dropout: not a setting of objective dr_focal"):
-        load_space(path).check_config(dr_focal.Config)
+        load_space(path).check_config(Config)
 
 
 def test_wrong_type_in_space(tmp_path: Path):
     path = tmp_path / "s.toml"
     path.write_text(GOOD.replace("epochs = 3", 'epochs = "three"'))
     with pytest.raises(SpaceError, match="epochs: 'three' is not of type int"):
-        load_space(path).check_config(dr_focal.Config)
+        load_space(path).check_config(Config)
 
 
 def test_bad_pins():

@@ -1,0 +1,157 @@
+"""The one image-classification objective: a registered model trained on any supported dataset layout,
+a frozen-backbone (FE) phase then fine-tuning (FT), with any registered loss.
+
+Every study the tool ships is a TOML file of settings of this objective (see
+`objectives.contract`): which classes, model, pretraining, loss, augmentation, schedule and
+normalisation, and which of them are searched. `Config` has two frozen parts: `DataConfig`,
+everything the decoded splits depend on (so it is the key under which trials share one load),
+and `TrainConfig`, everything else.
+
+The defaults are a neutral generic recipe; a study states what its data needs:
+
+- data: 224 px images (what torchvision's ImageNet models were trained at), a stratified 20 %
+  validation split seeded 0, grouped where names are ``<id>_left`` / ``<id>_right``;
+  normalisation from the pretrained weights where the study may use them, else the training rows'
+  channel statistics; the number of classes and their names from the data.
+- training: ResNet18 from scratch, no FE phase, SGD with lr 0.01, momentum 0.9 and weight decay
+  1e-4 (torchvision's reference recipe), a constant learning rate, 10 epochs of batches of 32,
+  cross entropy, and no augmentation: flips and crops only where the study says its images allow
+  them (a fundus image has no up, a digit has a left and a right).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from objectives.contract import DataSource, TrialContext
+from objectives.data import Augment, Splits, find_dataset, load_splits
+from objectives.losses import ALPHA_KINDS, LOSSES, build_loss
+from objectives.models import MODELS, build_model
+from objectives.train import FitConfig, FitResult, fit
+
+EMBEDDED_DATASET = "digits"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the decoded splits depend on.
+
+    `norm_mean` / `norm_std`: fixed normalisation constants (R, G, B on the 0..1 scale); empty
+    leaves them to the run (the pretrained weights' own, or the training rows' statistics).
+    `num_classes` / `class_names`: what the study expects of the data; 0 / empty take them from
+    the data, anything else must match it.
+    """
+
+    image_size: int = 224
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    group_by: str = "auto"
+    norm_mean: tuple[float, ...] = ()
+    norm_std: tuple[float, ...] = ()
+    num_classes: int = 0
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # TOML gives lists; tuples keep the part hashable (it keys the shared data load)
+        for name, kind in (("norm_mean", float), ("norm_std", float), ("class_names", str)):
+            object.__setattr__(self, name, tuple(kind(v) for v in getattr(self, name)))
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction {self.val_fraction} must lie strictly between 0 and 1")
+        if len(self.norm_mean) != len(self.norm_std) or len(self.norm_mean) not in (0, 3) \
+                or any(s <= 0 for s in self.norm_std):
+            raise ValueError("norm_mean and norm_std must both be empty or 3 values each, std > 0")
+        named = len(self.class_names)
+        if self.num_classes < 0 or (self.num_classes and named and self.num_classes != named):
+            raise ValueError(f"num_classes {self.num_classes} contradicts the {len(self.class_names)} class_names")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one trial trains. `fe_epochs` count inside `epochs` and need pretrained weights;
+    `step_size` 0 keeps the learning rate constant, else StepLR multiplies it by `step_gamma` every
+    `step_size` epochs of a phase; `focal_gamma` / `focal_alpha` apply to ``loss = "focal"``;
+    `crop_padding` is torchvision's RandomCrop(size, padding). A conditional parameter that is not
+    sampled takes its default here."""
+
+    arch: str = "resnet18"
+    pretrained: bool = False
+    fe_epochs: int = 0
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    epochs: int = 10
+    batch_size: int = 32
+    step_size: int = 0
+    step_gamma: float = 0.1
+    loss: str = "ce"
+    focal_gamma: float = 0.0
+    focal_alpha: str = "none"
+    hflip: bool = False
+    vflip: bool = False
+    crop_padding: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.arch not in MODELS:
+            raise ValueError(f"arch {self.arch!r} is not one of {', '.join(MODELS)}")
+        if self.pretrained and MODELS[self.arch].weights is None:
+            raise ValueError(f"arch {self.arch} has no pretrained weights; set pretrained = false")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss {self.loss!r} is not one of {', '.join(LOSSES)}")
+        if self.focal_gamma < 0:
+            raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.focal_alpha not in ALPHA_KINDS:
+            raise ValueError(f"focal_alpha {self.focal_alpha!r} is not one of {', '.join(ALPHA_KINDS)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if not 0 <= self.fe_epochs <= self.epochs:
+            raise ValueError(f"fe_epochs {self.fe_epochs} must lie in 0..epochs ({self.epochs})")
+        if self.fe_epochs and not self.pretrained:
+            raise ValueError("fe_epochs > 0 freezes a randomly initialised backbone; set pretrained = true")
+        if self.step_size < 0 or self.step_gamma <= 0 or self.crop_padding < 0:
+            raise ValueError("step_size and crop_padding must be >= 0 and step_gamma > 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One trial: its data part and its training part (settings are named uniquely across both)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_data(data: DataConfig, source: DataSource) -> Splits:
+    """Find the dataset under `source.root`, check it against the classes the study fixes, decode
+    it once (cached) and split it by `group_by` groups (`objectives.data.splits`)."""
+    files = find_dataset(source.root, num_classes=data.num_classes or None, class_names=data.class_names or None,
+                         layout=source.layout, group_by=data.group_by)
+    total = len(files.train) + len(files.test)
+    with source.bar(total, f"decode {total} images at {data.image_size}px") as bar:
+        return load_splits(files, image_size=data.image_size, val_fraction=data.val_fraction,
+                           split_seed=data.split_seed, cache_dir=source.cache_dir, bar=bar,
+                           mean=data.norm_mean or None, std=data.norm_std or None)
+
+
+def run(config: Config, data: Splits, context: TrialContext) -> FitResult:
+    """Build the model and loss of `config` and train them (`objectives.train.fit`)."""
+    train = config.train
+    model = build_model(train.arch, data.num_classes, pretrained=train.pretrained, seed=train.seed)
+    loss = build_loss(train.loss, class_counts=data.train.class_counts(data.num_classes), gamma=train.focal_gamma,
+                      alpha=train.focal_alpha)
+    fit_config = FitConfig(
+        epochs=train.epochs,
+        fe_epochs=train.fe_epochs,
+        lr=train.lr,
+        momentum=train.momentum,
+        weight_decay=train.weight_decay,
+        batch_size=train.batch_size,
+        metric=context.metric,
+        maximize=context.maximize,
+        step_size=train.step_size,
+        step_gamma=train.step_gamma,
+        augment=Augment(hflip=train.hflip, vflip=train.vflip, crop_padding=train.crop_padding),
+        seed=train.seed,
+    )
+    return fit(model, loss, data, fit_config, context.runtime, context.report, context.checkpoint)
