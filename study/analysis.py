@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives.errors import InputError
 from study import figures, stats, tables
+from study.report_layout import ReportLayout
 
 ABLATION_SUFFIX = ".ablation"  # `ablate NAME` stores its trials as study NAME.ablation
 ABLATION_VERSION = 2  # user attr of an ablation study with fresh, recorded seeds (older ones reused 0..K-1)
@@ -36,7 +37,6 @@ SIGNIFICANT = 0.05  # the mark in the ablation table: Holm-adjusted p below this
 MIN_IMPORTANCE_TRIALS = 20  # fANOVA's forest and PED-ANOVA's top quantile say little from fewer
 FANOVA_SEEDS = (0, 1, 2, 3, 4)  # random-forest seeds: the spread says how stable the numbers are
 NUMERIC_BINS = 3
-CELL_FACTORS = ("arch", "pretrained", "loss")
 SHORT = {"balanced_accuracy": "bal_acc", "accuracy": "acc", "macro_f1": "f1"}  # column names in tables
 SAMPLED = "sampled:"  # column prefix of a trial's sampled params (absent where a condition was false)
 
@@ -101,9 +101,10 @@ def factor_table(frame: pd.DataFrame, factor_kinds: dict[str, bool], maximize: b
     return pd.DataFrame(rows)
 
 
-def cell_table(frame: pd.DataFrame, maximize: bool) -> pd.DataFrame:
-    """The source lab's comparison: one row per arch x pretrained (x loss) cell with its best trial."""
-    keys = [k for k in CELL_FACTORS if k in frame and frame[k].nunique(dropna=True) > 1]
+def cell_table(frame: pd.DataFrame, maximize: bool, cells: Sequence[str] = ReportLayout().cells) -> pd.DataFrame:
+    """One row per combination of the `cells` factors that vary (the study's [report] cells; the
+    DR lab's arch x pretrained x loss by default) with its best trial."""
+    keys = [k for k in cells if k in frame and frame[k].nunique(dropna=True) > 1]
     if not keys:
         return pd.DataFrame()
     rows = []
@@ -113,21 +114,31 @@ def cell_table(frame: pd.DataFrame, maximize: bool) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def best_trials_per_cell(study: optuna.Study, frame: pd.DataFrame, maximize: bool) -> dict[str, FrozenTrial]:
-    """`best` plus the best complete trial of each arch x pretrained cell, by file-name label."""
+def best_trials_per_cell(study: optuna.Study, frame: pd.DataFrame, maximize: bool,
+                         layout: ReportLayout | None = None) -> dict[str, FrozenTrial]:
+    """`best` plus the best complete trial of each combination of the layout's `figures` factors
+    that vary (the study's recorded [report], else the DR defaults: arch x pretrained), by
+    file-name label (``resnet18_scratch``)."""
     complete = frame[frame.state == "COMPLETE"]
     if complete.empty:
         return {}
+    layout = layout or recorded_layout(study)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     picked = {"best": by_number[study.best_trial.number]}
-    keys = [k for k in ("arch", "pretrained") if k in complete and complete[k].nunique() > 1]
+    keys = [k for k in layout.figures if k in complete and complete[k].nunique() > 1]
     if keys:
         for values, group in complete.groupby(keys, sort=True):
             values = values if isinstance(values, tuple) else (values,)
-            label = "_".join(_cell_label(k, v) for k, v in zip(keys, values))
+            label = "_".join(layout.label(k, v) for k, v in zip(keys, values))
             index = group.value.idxmax() if maximize else group.value.idxmin()
             picked[label] = by_number[int(group.loc[index, "number"])]
     return picked
+
+
+def recorded_layout(study: optuna.Study) -> ReportLayout:
+    """The [report] layout the study recorded (user attr ``report``); the defaults for a study made
+    before studies recorded one."""
+    return ReportLayout.from_record(study.user_attrs.get("report"))
 
 
 def importance_table(study: optuna.Study) -> tuple[pd.DataFrame, str]:
@@ -191,6 +202,7 @@ def build_report(study: optuna.Study, out: Path, formats: Sequence[str], storage
     out.mkdir(parents=True, exist_ok=True)
     metric = study.user_attrs.get("metric", "value")
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    layout = recorded_layout(study)
     files: list[Path] = []
     sections: list[str] = [_settings_section(study, frame, metric, storage_label)]
 
@@ -206,9 +218,9 @@ def build_report(study: optuna.Study, out: Path, formats: Sequence[str], storage
                    f"the best of a larger n is higher by chance. Compare levels with `ablate`, not with this table.")
         files += tables.write(factor, _display(factor), out / "factors", formats, caption)
         sections.append("## Factors (a map of the search, not an ablation)\n\n" + caption + "\n\n" + tables.markdown(_display(factor)))
-    cells = cell_table(frame, maximize)
+    cells = cell_table(frame, maximize, layout.cells)
     if not cells.empty:
-        caption = (f"Best trial per {' x '.join(k for k in CELL_FACTORS if k in cells)} cell of the search (the source lab's comparison), "
+        caption = (f"Best trial per {' x '.join(k for k in layout.cells if k in cells)} cell of the search (the cells its [report] names), "
                    f"n complete trials per cell: as adaptive and confounded as the factor table; a cell with a larger n has "
                    f"had more chances at a high best.")
         files += tables.write(cells, _display(cells), out / "cells", formats, caption)
@@ -228,7 +240,7 @@ def build_report(study: optuna.Study, out: Path, formats: Sequence[str], storage
         sections.append("## Parameter importance\n\n" + caption + (f" {note}" if note else "") + "\n\n"
                         + tables.markdown(shown) + "\n![importance](importance.png)\n")
 
-    picked = best_trials_per_cell(study, frame, maximize)
+    picked = best_trials_per_cell(study, frame, maximize, layout)
     figure_lines = []
     for label, trial in picked.items():
         confusion = trial.user_attrs.get("test_confusion")
@@ -478,12 +490,6 @@ def _ordered_levels(levels: pd.Series) -> list[str]:
         except ValueError:
             return (1, text)
     return sorted(seen, key=key)
-
-
-def _cell_label(key: str, value: Any) -> str:
-    if key == "pretrained":
-        return "pretrained" if value in (True, "True") else "scratch"
-    return str(value)
 
 
 def _settings_section(study: optuna.Study, frame: pd.DataFrame, metric: str, storage_label: str) -> str:

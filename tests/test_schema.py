@@ -4,12 +4,15 @@ classifier, objective modules of one's own, and the [report] table (no training)
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import create_trial
 
 from objectives import contract, image_classifier
 from objectives.errors import InputError
-from study import registry
+from study import analysis, registry
 from study.report_layout import ReportLayout
 from study.schema1 import SCHEMA1_OBJECTIVES
 from study.space import SpaceError, build_config, config_defaults, load_space
@@ -189,3 +192,34 @@ def test_an_objective_module_of_ones_own(tmp_path: Path, monkeypatch):
         assert message in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
     path = write(tmp_path, GOOD.replace("[study]", '[study]\nobjective = "mine.classifier"'))
     assert registry.objective_module(load_space(path)).Config is image_classifier.Config
+
+
+def trial(number, value, **config):
+    return create_trial(params={"arch": config["arch"]}, distributions={"arch": CategoricalDistribution(["convnet", "resnet18"])},
+                        value=value, user_attrs={"config": config, "test_confusion": [[1, 0], [0, 1]], "class_names": ["a", "b"]})
+
+
+def layout_study(report=None):
+    study = optuna.create_study(direction="maximize")
+    for i, (arch, pretrained, loss) in enumerate([("convnet", False, "ce"), ("resnet18", True, "ce"), ("resnet18", False, "focal"),
+                                                  ("resnet18", True, "focal")]):
+        study.add_trial(trial(i, 0.1 * i, arch=arch, pretrained=pretrained, loss=loss))
+    if report is not None:
+        study.set_user_attr("report", report)
+    return study
+
+
+def test_report_cells_and_figures_come_from_the_recorded_layout_or_the_dr_defaults():
+    old = layout_study()  # a study made before studies recorded [report]
+    frame = analysis.trial_frame(old)
+    assert set(analysis.best_trials_per_cell(old, frame, True)) == {"best", "convnet_scratch", "resnet18_pretrained", "resnet18_scratch"}
+    assert {"arch", "pretrained", "loss"} <= set(analysis.cell_table(frame, True).columns)
+    layout = ReportLayout(cells=("loss",), figures=("loss", "pretrained"), labels={"loss": {"focal": "fl"}})
+    new = layout_study(layout.record())
+    assert analysis.recorded_layout(new) == ReportLayout.from_record(layout.record())
+    picked = analysis.best_trials_per_cell(new, analysis.trial_frame(new), True)
+    assert set(picked) == {"best", "ce_False", "ce_True", "fl_False", "fl_True"}
+    cells = analysis.cell_table(analysis.trial_frame(new), True, analysis.recorded_layout(new).cells)
+    assert list(cells.loss) == ["ce", "focal"] and "arch" not in cells
+    assert ReportLayout().label("pretrained", True) == "pretrained" and ReportLayout().label("arch", "convnet") == "convnet"
+    assert ReportLayout().label("pretrained", np.False_) == "scratch" and ReportLayout().label("pretrained", "True") == "pretrained"
