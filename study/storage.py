@@ -40,29 +40,44 @@ def sqlite_file(url: str) -> Path | None:
 
 
 def with_driver(url: str) -> str:
-    """``postgresql://`` means psycopg2 to SQLAlchemy; the `postgres` extra installs psycopg 3, so
-    a plain URL is pointed at it (an explicit ``postgresql+driver://`` is left alone)."""
+    """``postgresql://`` means psycopg2 to SQLAlchemy and ``mysql://`` means mysqlclient; the
+    `postgres` and `mysql` extras install psycopg 3 and PyMySQL, so a plain URL is pointed at them
+    where the default driver is absent (an explicit ``scheme+driver://`` is left alone)."""
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
         return url
-    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
-        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    for plain, default_module, ours in (("postgresql", "psycopg2", "psycopg"), ("mysql", "MySQLdb", "pymysql")):
+        if parsed.drivername == plain and importlib.util.find_spec(default_module) is None and importlib.util.find_spec(ours):
+            return parsed.set(drivername=f"{plain}+{ours}").render_as_string(hide_password=False)
     return url
 
 
+# What to install for a database URL whose driver is missing: the project's extra where it has one.
+DRIVER_HINTS = {
+    "postgresql": "pip install -e '.[postgres]' (psycopg 3, used for postgresql:// URLs)",
+    "mysql": "pip install -e '.[mysql]' (PyMySQL, used for mysql:// URLs)",
+}
+
+
 def check_url(url: str) -> str:
-    """The URL's backend name, after checking that it parses and its driver is installed; this
-    connects to nothing, so it can run before any other work."""
+    """The URL's backend name, after checking that it parses and its driver imports; this
+    connects to nothing, so it can run before any other work. (Resolving the dialect alone does
+    not import the driver: importing its DBAPI module does.)"""
     try:
         parsed = make_url(with_driver(url))
-        parsed.get_dialect()
+        dialect = parsed.get_dialect()
     except sqlalchemy.exc.ArgumentError:
         raise InputError(f"--storage {mask(url)}: not a storage URL (e.g. sqlite:///results/optuna.db, postgresql://user@host/db)") from None
     except sqlalchemy.exc.NoSuchModuleError:
-        raise InputError(f"--storage {mask(url)}: unknown database scheme {parsed.drivername!r} (use sqlite:// or postgresql://)") from None
+        raise InputError(f"--storage {mask(url)}: unknown database scheme {make_url(url).drivername!r} "
+                         f"(use sqlite:// or postgresql://)") from None
+    try:
+        dialect.import_dbapi()
     except ImportError as exc:
-        raise InputError(f"--storage {mask(url)}: driver missing ({exc}); for PostgreSQL: pip install -e .[postgres]") from None
+        backend = parsed.get_backend_name()
+        hint = DRIVER_HINTS.get(backend, f"install a Python driver for {backend}")
+        raise InputError(f"--storage {mask(url)}: database driver missing ({exc}); {hint}") from None
     return parsed.get_backend_name()
 
 

@@ -60,7 +60,8 @@ def test_embedded_overrides_fixed_trials_and_pruner_warmup():
     assert space.fixed["epochs"] == space.embedded["epochs"] < 15
     assert space.study.trials == space.embedded["trials"]
     assert space.study.warmup_epochs == space.embedded["warmup_epochs"] != full.study.warmup_epochs
-    assert space.study.startup_trials == full.study.startup_trials  # not overridden: kept
+    assert space.study.startup_trials == space.embedded["startup_trials"] != full.study.startup_trials
+    assert space.study.seed == full.study.seed  # not overridden: kept
 
 
 def test_parse_value():
