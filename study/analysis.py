@@ -38,6 +38,8 @@ MIN_IMPORTANCE_TRIALS = 20  # fANOVA's forest and PED-ANOVA's top quantile say l
 FANOVA_SEEDS = (0, 1, 2, 3, 4)  # random-forest seeds: the spread says how stable the numbers are
 NUMERIC_BINS = 3
 SHORT = {"balanced_accuracy": "bal_acc", "accuracy": "acc", "macro_f1": "f1"}  # column names in tables
+_LEVEL_COLUMNS = {"n", "pruned", "failed", "best", "mean", "std", "best_trial",
+                  *(f"{split}_{name}" for split in ("val", "test") for name in REPORTED)}  # what `_level_stats` adds
 SAMPLED = "sampled:"  # column prefix of a trial's sampled params (absent where a condition was false)
 
 
@@ -212,19 +214,20 @@ def build_report(study: optuna.Study, out: Path, formats: Sequence[str], storage
     factor = factor_table(frame, factors(study), maximize)
     if not factor.empty:
         caption = (f"Factor levels of {study.study_name}: per level of each sampled parameter, n complete trials (pruned and failed beside), "
-                   f"best and mean ± std of validation {metric} over them, and the metrics of the level's best trial. A map of the "
+                   f"the test metrics of the level's best trial (chosen on validation), and the best and mean ± std of validation "
+                   f"{metric} over the level's complete trials; the CSV has every metric. A map of the "
                    f"search, not an ablation: the sampler chose the levels adaptively (promising ones get more trials), each level "
                    f"mixes different values of the other parameters (confounded), pruned trials are missing (survivors only) and "
                    f"the best of a larger n is higher by chance. Compare levels with `ablate`, not with this table.")
-        files += tables.write(factor, _display(factor), out / "factors", formats, caption)
-        sections.append("## Factors (a map of the search, not an ablation)\n\n" + caption + "\n\n" + tables.markdown(_display(factor)))
+        files += tables.write(factor, _display(factor, metric), out / "factors", formats, caption)
+        sections.append("## Factors (a map of the search, not an ablation)\n\n" + caption + "\n\n" + tables.markdown(_display(factor, metric)))
     cells = cell_table(frame, maximize, layout.cells)
     if not cells.empty:
         caption = (f"Best trial per {' x '.join(k for k in layout.cells if k in cells)} cell of the search (the cells its [report] names), "
-                   f"n complete trials per cell: as adaptive and confounded as the factor table; a cell with a larger n has "
+                   f"n complete trials per cell, the cell's best trial (chosen on validation) with its test metrics; as adaptive and confounded as the factor table; a cell with a larger n has "
                    f"had more chances at a high best.")
-        files += tables.write(cells, _display(cells), out / "cells", formats, caption)
-        sections.append("## Cells\n\n" + caption + "\n\n" + tables.markdown(_display(cells)))
+        files += tables.write(cells, _display(cells, metric), out / "cells", formats, caption)
+        sections.append("## Cells\n\n" + caption + "\n\n" + tables.markdown(_display(cells, metric)))
 
     importance, note = importance_table(study)
     if importance.empty:
@@ -277,7 +280,7 @@ def build_report(study: optuna.Study, out: Path, formats: Sequence[str], storage
     markdown = f"# Study {study.study_name}\n\n" + "\n".join(sections)
     report_path = out / "report.md"
     report_path.write_text(markdown)
-    summary = sections[0] + ("\n## Factors\n\n" + tables.markdown(_display(factor)) if not factor.empty else "")
+    summary = sections[0] + ("\n## Factors\n\n" + tables.markdown(_display(factor, metric)) if not factor.empty else "")
     return Report(out, report_path, tuple([report_path, *files]), summary)
 
 
@@ -332,8 +335,7 @@ def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str
     attrs = study.user_attrs
     table = ablation_frame(study)
     metric = attrs["metric"]
-    headline = ablation_metrics(metric)[0]
-    second = "test_macro_f1" if headline in ("test_accuracy", "test_balanced_accuracy") else "test_balanced_accuracy"
+    headline, second = _test_headline(metric)
     shown = [headline, second, f"val_{metric}"]
     retune = attrs.get("retune")
     rows = []
@@ -342,10 +344,11 @@ def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str
         row: dict[str, Any] = {"variant": name, "n": int(by_metric.loc[headline, "n"])}
         for m in shown:
             r = by_metric.loc[m]
-            row[_metric_label(m)] = "–" if pd.isna(r["mean"]) else f"{r['mean']:.3f}" + ("" if pd.isna(r["std"]) else f" ± {r['std']:.3f}")
-            row[f"Δ {_metric_label(m)} [95% CI]"] = _delta_text(r, name == attrs["baseline"] and attrs.get("mode") != "factorial")
+            row[_metric_label(m)] = tables.mean_std(r["mean"], r["std"])
+            if m.startswith("test_"):  # validation's difference is in the CSV: validation chose the baseline
+                row[f"Δ {_metric_label(m)} [95% CI]"] = _delta_text(r, name == attrs["baseline"] and attrs.get("mode") != "factorial")
         share = by_metric.loc[headline, "p_improve"]
-        row[f"P(better), {_metric_label(headline)}"] = "–" if pd.isna(share) else f"{share:.2f}"
+        row[f"P(better), {_metric_label(headline)}"] = tables.DASH if pd.isna(share) else f"{share:.2f}"
         if retune:
             picked = (attrs.get("retuned") or {}).get(name, "–")
             row[f"{retune['param']} (retuned)"] = "inactive" if picked is None else picked
@@ -370,10 +373,10 @@ def _delta_text(row: pd.Series, baseline: bool) -> str:
     if baseline:
         return "reference"
     if pd.isna(row["delta"]):
-        return "–"
+        return tables.DASH
     mark = "*" if row["p_holm"] < SIGNIFICANT else ""
-    interval = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
-    return f"{row['delta']:+.3f}{interval}{mark}"
+    interval = "" if pd.isna(row["ci_low"]) else f" [{tables.metric(row['ci_low'], True)}, {tables.metric(row['ci_high'], True)}]"
+    return f"{tables.metric(row['delta'], True)}{interval}{mark}"
 
 
 def _metric_label(metric: str) -> str:
@@ -401,7 +404,8 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
                 f"finished), with the 95 % t interval of the paired differences; * = Holm-adjusted paired t-test p < {SIGNIFICANT} "
                 f"(family: one metric across the {len(attrs['variants']) - 1} variants). P(better) = share of seeds on which the "
                 f"variant beats the baseline on {_metric_label(headline)} (ties count one half).")
-    text += (" Test metrics are the headline: validation chose the baseline, so validation differences are biased in its favour.")
+    text += (" Test metrics are the headline: validation chose the baseline, so validation differences are biased in its favour "
+             "(the CSV has them; the table shows validation's mean ± std only).")
     retune = attrs.get("retune")
     if retune:
         text += (f" {retune['param']} was retuned for every variant, the baseline included, on validation: the same "
@@ -453,14 +457,29 @@ def _level_stats(group: pd.DataFrame, maximize: bool) -> dict[str, Any]:
     return result
 
 
-def _display(frame: pd.DataFrame) -> pd.DataFrame:
-    """Human columns: mean ± std joined, metric names shortened."""
-    shown = frame.copy()
-    if {"mean", "std"} <= set(shown):
-        shown.insert(shown.columns.get_loc("mean"), "mean ± std",
-                     [f"{tables.cell(m)} ± {tables.cell(s)}" if not math.isnan(s) else tables.cell(m) for m, s in zip(shown["mean"], shown["std"])])
-        shown = shown.drop(columns=["mean", "std"])
-    return shown.rename(columns={c: _shorten(c, SHORT) for c in shown.columns})
+def _display(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The page view of a factor or cell table: its keys, n (pruned, failed), the test metrics of
+    the best trial (headline first), then validation best (trial) and mean ± std; at most 8
+    columns, every metric at one precision. The CSV keeps every column."""
+    headline, second = _test_headline(metric)
+    keys = [c for c in frame.columns if c not in _LEVEL_COLUMNS]
+    label = _metric_label(f"val_{metric}") if metric in REPORTED else f"val {metric}"
+    shown = frame[keys].copy()
+    shown["n (pruned, failed)"] = [f"{n} ({p}, {f})" for n, p, f in zip(frame.n, frame.pruned, frame.failed)]
+    for column in (headline, second):
+        shown[_metric_label(column)] = frame[column].map(tables.metric)
+    shown[f"best {label} (trial)"] = [tables.DASH if pd.isna(b) else f"{tables.metric(b)} (#{int(t)})"
+                                      for b, t in zip(frame.best, frame.best_trial)]
+    shown[f"mean ± std {label}"] = [tables.mean_std(m, s) for m, s in zip(frame["mean"], frame["std"])]
+    return shown
+
+
+def _test_headline(metric: str) -> tuple[str, str]:
+    """The two test metrics a table leads with: the study's metric on test (kappa where that is not
+    a test metric) and balanced accuracy (macro-F1 where the headline is an accuracy)."""
+    headline = ablation_metrics(metric)[0]
+    second = "test_macro_f1" if headline in ("test_accuracy", "test_balanced_accuracy") else "test_balanced_accuracy"
+    return headline, second
 
 
 def _shorten(column: str, short: dict[str, str]) -> str:
@@ -510,7 +529,8 @@ def _settings_section(study: optuna.Study, frame: pd.DataFrame, metric: str, sto
         best = study.best_trial
         val, test = best.user_attrs.get("val_metrics", {}), best.user_attrs.get("test_metrics", {})
         lines.append(f"- best: trial {best.number}, " + ", ".join(f"{k}={tables.cell(v)}" for k, v in best.params.items()))
-        metrics = pd.DataFrame([{"split": s, **{n: m.get(n, np.nan) for n in REPORTED}} for s, m in (("validation", val), ("test", test))])
+        metrics = pd.DataFrame([{"split": s, **{_shorten(n, SHORT): tables.metric(m.get(n, np.nan)) for n in REPORTED}}
+                                for s, m in (("validation", val), ("test", test))])
         return "## Settings and best trial\n\n" + "\n".join(lines) + "\n\n" + tables.markdown(metrics)
     return "## Settings\n\n" + "\n".join(lines) + "\n"
 
@@ -520,11 +540,11 @@ def _importance_display(frame: pd.DataFrame) -> pd.DataFrame:
     missing = frame.fanova_mean.isna()
     return pd.DataFrame({
         "parameter": frame.parameter,
-        f"fANOVA (mean ± std, {len(FANOVA_SEEDS)} seeds)": [note.split(":")[0] or "n/a" if gap else _pm(m, s)
+        f"fANOVA (mean ± std, {len(FANOVA_SEEDS)} seeds)": [note.split(":")[0] or "n/a" if gap else tables.mean_std(m, s)
                                                          for gap, note, m, s in zip(missing, frame.note, frame.fanova_mean, frame.fanova_std)],
-        "PED-ANOVA": [note.split(":")[0] or "n/a" if gap else tables.cell(v) for gap, note, v in zip(frame.ped_anova.isna(), frame.note, frame.ped_anova)],
+        "PED-ANOVA": [note.split(":")[0] or "n/a" if gap else tables.metric(v) for gap, note, v in zip(frame.ped_anova.isna(), frame.note, frame.ped_anova)],
         "trials": frame.trials,
-        "note": frame.note.replace("", "–"),
+        "note": frame.note.replace("", tables.DASH),
     })
 
 
@@ -564,7 +584,3 @@ def _history_figure(study: optuna.Study, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _pm(mean: float, std: float) -> str:
-    return tables.cell(mean) if math.isnan(std) else f"{tables.cell(mean)} ± {tables.cell(std)}"

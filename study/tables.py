@@ -1,60 +1,93 @@
-"""Tables as Markdown, CSV and LaTeX (booktabs), from one pandas DataFrame.
+"""Tables as Markdown, CSV and LaTeX (booktabs), written by pandas from one DataFrame.
 
-Own small writers instead of pandas' `to_markdown`/`to_latex`, which need tabulate and jinja2:
-the tables here are small and plain, and the LaTeX must compile with only booktabs.
+The CSV holds the raw numbers and every column; Markdown and LaTeX hold the page view a caller
+builds (`metric` formats every metric at one precision, at most ~8 headline columns), with
+number columns right-aligned: `DataFrame.to_markdown` (tabulate) and `Styler.to_latex` (jinja2).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 FORMATS = ("md", "csv", "tex")
+DIGITS = 3  # every metric on the page: kappa, accuracy, F1 and their differences
+DASH = "–"  # a missing number
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "<": r"\textless{}", ">": r"\textgreater{}"}  # plain < > print as ¡ ¿ in LaTeX's default font encoding
+_LATEX_SYMBOLS = (("±", r"$\pm$"), ("–", "--"), ("×", r"$\times$"), ("Δ", r"$\Delta$"), ("→", r"$\to$"),
+                  ("≥", r"$\geq$"), ("≤", r"$\leq$"))
+_NUMBER = re.compile(r"^[+\-−]?(\d|\.\d|inf|nan)", re.IGNORECASE)  # a cell that starts like a number
+_NUMBER_WORDS = {"reference", "n/a"}  # text that stands in a number column (the baseline's delta)
 
 
 def cell(value: object, digits: int = 4) -> str:
-    """A value as text: floats to `digits` significant places, NaN/None as a dash."""
+    """A parameter value as text (a learning rate needs significant digits, not decimals): floats
+    to `digits` significant places, NaN/None as a dash."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+        return DASH
     if isinstance(value, float):
         return f"{value:.{digits}g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
     return str(value)
 
 
+def metric(value: object, signed: bool = False) -> str:
+    """A metric (or a difference of metrics) at the page's one precision, NaN/None as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or pd.isna(value):
+        return DASH
+    return f"{float(value):+.{DIGITS}f}" if signed else f"{float(value):.{DIGITS}f}"
+
+
+def mean_std(mean: float, std: float) -> str:
+    """`mean ± std` at the page's precision; the mean alone where the std is undefined (n = 1)."""
+    return metric(mean) if pd.isna(std) else f"{metric(mean)} ± {metric(std)}"
+
+
+def numeric_columns(frame: pd.DataFrame) -> list[bool]:
+    """Per column: True where every non-missing cell is (or starts like) a number, so it is
+    right-aligned; text columns (names, levels, notes) stay left."""
+    flags = []
+    for column in frame.columns:
+        values = [v for v in frame[column] if not (v is None or (isinstance(v, float) and math.isnan(v)) or v == DASH or v in _NUMBER_WORDS)]
+        flags.append(bool(values) and all(isinstance(v, (int, float)) or bool(_NUMBER.match(str(v))) for v in values))
+    return flags
+
+
 def markdown(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    rows = ["| " + " | ".join(cell(v).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *rows]) + "\n"
+    """A pipe table: the cells as they are (a caller formats them), numbers right-aligned."""
+    text = frame.map(lambda v: DASH if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    align = ["right" if numeric else "left" for numeric in numeric_columns(frame)]
+    return text.to_markdown(index=False, tablefmt="pipe", colalign=align, disable_numparse=True) + "\n"
+
+
+def latex_escape(text: str) -> str:
+    """Plain text as LaTeX that pdflatex compiles with only booktabs: specials escaped, the
+    symbols the tables use (±, Δ, –, ×, →) in math mode or as dashes."""
+    out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text.replace("->", "→"))
+    for plain, latex_text in _LATEX_SYMBOLS:
+        out = out.replace(plain, latex_text)
+    return out
 
 
 def latex(frame: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs table environment; ± becomes $\\pm$, -> an arrow."""
-    def esc(text: str) -> str:
-        out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text.replace("->", "→"))
-        for plain, math in (("±", r"$\pm$"), ("–", "--"), ("×", r"$\times$"), ("Δ", r"$\Delta$"), ("→", r"$\to$")):
-            out = out.replace(plain, math)
-        return out
-
-    spec = "l" * len(frame.columns)
-    lines = [
-        r"\begin{table}[ht]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-        " & ".join(esc(str(c)) for c in frame.columns) + r" \\", r"\midrule",
-        *(" & ".join(esc(cell(v)) for v in row) + r" \\" for row in frame.itertuples(index=False)),
-        r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(caption)}}}", rf"\label{{{label}}}", r"\end{table}",
-    ]
-    return "\n".join(lines) + "\n"
+    """A booktabs `table` (caption, label, numbers right-aligned) through `Styler.to_latex`."""
+    spec = "".join("r" if numeric else "l" for numeric in numeric_columns(frame))
+    shown = frame.map(lambda v: DASH if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    styler = (shown.style.hide(axis="index")
+              .format(latex_escape)
+              .format_index(lambda name: latex_escape(str(name)), axis=1))
+    return styler.to_latex(column_format=spec, hrules=True, position="ht", position_float="centering",
+                           caption=latex_escape(caption), label=label, environment="table") + ""
 
 
 def write(frame: pd.DataFrame, display: pd.DataFrame, stem: Path, formats: Sequence[str], caption: str) -> list[Path]:
-    """`stem`.csv from the raw numbers (reads back with pandas to the same values); .md and .tex
-    from `display`, the human-formatted version (mean ± std and such)."""
+    """`stem`.csv from the raw numbers (every column; reads back with pandas to the same values);
+    .md and .tex from `display`, the page view (formatted cells, headline columns only)."""
     written = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")

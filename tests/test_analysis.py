@@ -67,8 +67,11 @@ def test_tex_tables_compile(made):
         pytest.skip("pdflatex is not installed (apt-get install texlive-latex-base)")
     root, _, _ = made
     assert run_cli("report", "abl", "--format", "tex", cwd=root).returncode == 0
-    doc = root / "doc.tex"
-    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\\input{results/abl/factors.tex}\\end{document}\n")
+    written = sorted((root / "results" / "abl").glob("*.tex"))
+    assert {p.name for p in written} >= {"factors.tex", "cells.tex"}
+    doc = root / "doc.tex"  # every table the report wrote, in one minimal document
+    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}"
+                   + "".join(f"\\input{{results/abl/{p.name}}}" for p in written) + "\\end{document}\n")
     result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=root, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:]
 
