@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,3 +38,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` atomically (see `atomic_path`)."""
     with atomic_path(path) as partial:
         partial.write_text(text)
+
+
+def report_damaged(path: Path, reason: str, action: str) -> None:
+    """One warning line on stderr for a file the tool wrote and cannot read back (a full disk, an
+    interrupted copy of a results folder); the caller rebuilds or restarts what it held, so a
+    damaged file costs time, never a traceback or a wrong number."""
+    detail = " ".join(str(reason).split())[:200]
+    print(f"study: warning: {path} is damaged ({detail}); {action}", file=sys.stderr, flush=True)

@@ -179,3 +179,40 @@ def test_unknown_layout(tmp_path: Path):
         find_dataset(tmp_path, num_classes=5)
     with pytest.raises(InputError, match="no such directory"):
         find_dataset(tmp_path / "nope", num_classes=5)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "other_shape"])
+def test_a_damaged_decode_cache_is_rebuilt_with_one_warning(dr_dir: Path, tmp_path: Path, capfd, damage: str):
+    files = find_dataset(dr_dir, num_classes=5)
+    cache = tmp_path / "cache"
+    direct = np.array(decode_all(files.train.paths, 32, cache_dir=cache))  # a copy: nothing maps the file below
+    (target,) = cache.glob("*.npy")
+    if damage == "truncate":  # a full disk or an interrupted copy: "mmap length is greater than file size"
+        with open(target, "r+b") as f:
+            f.truncate(target.stat().st_size // 2)
+    elif damage == "garbage":
+        target.write_bytes(b"not a numpy file")
+    else:
+        np.save(target, np.zeros((3, 32, 32, 3), np.uint8))
+    capfd.readouterr()
+    again = np.array(decode_all(files.train.paths, 32, cache_dir=cache))
+    err = capfd.readouterr().err.strip().splitlines()
+    assert np.array_equal(again, direct)
+    assert len(err) == 1 and err[0].startswith("study: warning: ") and str(target) in err[0] and "decoding the images again" in err[0]
+    decode_all(files.train.paths, 32, cache_dir=cache)  # rebuilt: read back silently
+    assert capfd.readouterr().err == "" and [p.name for p in cache.glob("*.npy")] == [target.name]
+
+
+def test_damaged_channel_statistics_are_computed_again_with_one_warning(dr_dir: Path, tmp_path: Path, capfd):
+    files = find_dataset(dr_dir, num_classes=5)
+    cache = tmp_path / "cache"
+    direct = load_splits(files, image_size=32, val_fraction=0.25, split_seed=0, cache_dir=cache)
+    (saved,) = cache.glob("*.stats-*.json")
+    for bad in ('{"mean": [0.1, 0.2', '{"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.0, 0.5]}', '[]'):
+        saved.write_text(bad)
+        capfd.readouterr()
+        again = load_splits(files, image_size=32, val_fraction=0.25, split_seed=0, cache_dir=cache)
+        err = capfd.readouterr().err.strip().splitlines()
+        assert again.mean == pytest.approx(direct.mean, abs=1e-12) and again.std == pytest.approx(direct.std, abs=1e-12)
+        assert len(err) == 1 and "is damaged" in err[0] and "channel statistics again" in err[0]
+    assert json.loads(saved.read_text())["mean"] == pytest.approx(list(direct.mean))

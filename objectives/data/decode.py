@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from objectives.atomic import atomic_path, atomic_write_text
+from objectives.atomic import atomic_path, atomic_write_text, report_damaged
 from objectives.data.types import ImageSet, ImageTable
 from objectives.errors import InputError
 from objectives.progress import SILENT, Bar
@@ -126,14 +126,33 @@ def _cached(cache_dir: Path | None, key: str, shape: tuple[int, ...], fill: Call
         return out
     target = cache_dir / f"{key}.npy"
     if target.is_file():
-        bar.update(shape[0])
-        return np.load(target, mmap_mode="r")
+        cached = _read_cache(target, shape)
+        if cached is not None:
+            bar.update(shape[0])
+            return cached
     with atomic_path(target) as partial:
         array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
         fill(array)
         array.flush()
         del array
     return np.load(target, mmap_mode="r")
+
+
+def _read_cache(target: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cache file memory-mapped, or None (after one warning, the file removed) when its header
+    does not parse or its size, dtype or shape differ from what its key promises."""
+    try:
+        array = np.load(target, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:  # a truncated file: "mmap length is greater than file size"
+        reason = str(exc) or type(exc).__name__
+    else:
+        if array.dtype == np.uint8 and array.shape == shape:
+            return array
+        reason = f"it holds {array.dtype} {array.shape}, its key promises uint8 {shape}"
+        del array
+    report_damaged(target, reason, "decoding the images again")
+    target.unlink(missing_ok=True)
+    return None
 
 
 def for_each(n: int, one: Callable[[int], None], bar: Bar = SILENT) -> None:
@@ -169,11 +188,16 @@ def cached_channel_stats(images: ImageSet) -> tuple[Triple, Triple]:
         return channel_stats(images)
     rows = hashlib.sha256(np.ascontiguousarray(images.index, dtype=np.int64).tobytes()).hexdigest()[:16]
     target = Path(source).with_name(f"{Path(source).stem}.stats-{rows}.json")
-    try:
-        saved = json.loads(target.read_text())
-        return tuple(saved["mean"]), tuple(saved["std"])  # type: ignore[return-value]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    if target.is_file():
+        try:
+            saved = json.loads(target.read_text())
+            mean, std = (tuple(float(v) for v in saved[k]) for k in ("mean", "std"))
+            if len(mean) == len(std) == 3 and all(np.isfinite(mean + std)) and min(std) > 0:
+                return mean, std  # type: ignore[return-value]
+            reason = f"mean {list(mean)}, std {list(std)} are not 3 finite channels"
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        report_damaged(target, reason, "computing the channel statistics again")
     mean, std = channel_stats(images)
     try:
         atomic_write_text(target, json.dumps({"mean": mean, "std": std}))
