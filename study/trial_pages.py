@@ -1,0 +1,225 @@
+"""A trial's page on the dashboard: its figures (curves, test confusion matrix) as Optuna artifacts
+and a Markdown note (config, best epoch, validation and test metrics, fail or prune reason).
+
+Drawing the figures costs more than a short trial can spare, so it happens on one background
+thread while the next trial trains. Optuna lets an artifact be attached only while its trial is
+running, so the trial attaches each figure's file at once as a small placeholder image
+(`upload_artifact`, milliseconds), and the thread then writes the drawn figure under the same
+artifact id (`ArtifactStore.write`). Notes are study attributes and may be written after the
+trial has finished. `close()` waits for the queue, so a process ends with every page drawn.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import queue
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import optuna
+from optuna.artifacts import upload_artifact
+from optuna.storages import BaseStorage
+
+# A 1x1 transparent PNG: the artifact's content until its figure is drawn (a dashboard opened in
+# that instant shows an empty image, never a broken one).
+PLACEHOLDER = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+                            "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082")
+class ArtifactStore(Protocol):
+    """What Optuna's artifact stores (file system, S3, GCS) offer: writing an artifact's bytes."""
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None: ...
+
+
+METRICS = ("kappa", "accuracy", "balanced_accuracy", "macro_f1", "loss")  # the note's columns, in this order
+
+
+@dataclass(frozen=True)
+class Page:
+    """Everything a trial's page shows, as plain data (no model, no live trial).
+
+    `state` is the outcome the note states: COMPLETE, PRUNED or FAIL (a trial is still running
+    while the trainer builds its page)."""
+
+    study_name: str
+    number: int
+    state: str
+    metric: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    best_epoch: int | None = None
+    val: Mapping[str, Any] = field(default_factory=dict)
+    test: Mapping[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    curves: Mapping[str, list] = field(default_factory=dict)
+    confusion: Sequence[Sequence[int]] | None = None
+    class_names: Sequence[str] = ()
+    seconds: float | None = None
+
+
+def note(page: Page) -> str:
+    """The trial's Markdown note: outcome and reason, metrics table, then the config."""
+    lines = [f"## Trial {page.number}: {page.state.lower()}"]
+    if page.reason:
+        lines.append(f"**{'Pruned' if page.state == 'PRUNED' else 'Failed'}:** {page.reason}")
+    facts = []
+    if page.best_epoch is not None:
+        epochs = page.config.get("epochs")
+        facts.append(f"best epoch (on validation {page.metric}): **{page.best_epoch}**" + (f" of {epochs}" if epochs else ""))
+    if page.seconds is not None:
+        facts.append(f"training time: {page.seconds:.1f} s")
+    lines += [" · ".join(facts)] if facts else []
+    shown = [m for m in (page.metric, *METRICS) if m in page.val or m in page.test]
+    shown = list(dict.fromkeys(shown))
+    if shown:
+        lines += ["", "| split | " + " | ".join(m.replace("_", " ") for m in shown) + " |",
+                  "| :-- | " + " | ".join("--:" for _ in shown) + " |"]
+        for split, values in (("validation", page.val), ("test", page.test)):
+            if values:
+                lines.append(f"| {split} | " + " | ".join(_number(values.get(m)) for m in shown) + " |")
+    sampled = {k: v for k, v in page.params.items()}
+    rest = {k: v for k, v in page.config.items() if k not in sampled}
+    if sampled:
+        lines += ["", "**Sampled:** " + ", ".join(f"`{k}={_value(v)}`" for k, v in sampled.items())]
+    if rest:
+        lines += ["", "**Config:** " + ", ".join(f"`{k}={_value(v)}`" for k, v in rest.items())]
+    return "\n".join(lines) + "\n"
+
+
+def heartbeat_note(trial: optuna.trial.FrozenTrial, metric: str) -> str:
+    """The note of a trial failed because its worker stopped sending heartbeats (killed, lost)."""
+    attrs = trial.user_attrs
+    done = len((attrs.get("curves") or {}).get("epoch", []))
+    page = Page("", trial.number, "FAIL", metric, dict(trial.params), attrs.get("config") or {},
+                reason=(f"its worker stopped sending heartbeats after {done} epoch(s) (killed or lost); "
+                        f"Optuna failed it and queued a retry with the same parameters, which resumes from its checkpoint"))
+    return note(page)
+
+
+def save_note(study: optuna.Study, storage: BaseStorage, number: int, text: str) -> None:
+    """optuna-dashboard's `save_note` for trial `number` of `study` (finished or not)."""
+    from optuna_dashboard import save_note as dashboard_save_note
+
+    dashboard_save_note(_trial(study, storage, number), text)
+
+
+def read_note(study: optuna.Study, storage: BaseStorage, number: int) -> str:
+    """The note trial `number` of `study` has on the dashboard ("" when none)."""
+    from optuna_dashboard import get_note
+
+    return get_note(_trial(study, storage, number))
+
+
+def _trial(study: optuna.Study, storage: BaseStorage, number: int) -> optuna.Trial:
+    """A handle on trial `number` through the storage's public ids (a FrozenTrial has none)."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))
+
+
+class TrialPages:
+    """Attaches each trial's figures (placeholders at once, drawn on the background thread) and
+    saves its note. `enabled=False` does nothing: the off arm of `benchmarks/overhead.py`."""
+
+    def __init__(self, study: optuna.Study, storage: BaseStorage, artifacts: ArtifactStore | None,
+                 *, enabled: bool = True) -> None:
+        self.study = study
+        self.storage = storage
+        self.artifacts = artifacts
+        self.enabled = enabled
+        self._jobs: queue.Queue[tuple[Page, dict[str, str]] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.errors: list[str] = []
+
+    def attach(self, trial: optuna.Trial, page: Page) -> None:
+        """Call while `trial` still runs: attach its figures' placeholders, queue drawing them and
+        the note. Never raises: a page that cannot be made costs a warning, not the trial."""
+        if not self.enabled:
+            return
+        ids: dict[str, str] = {}
+        try:
+            if self.artifacts is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    for kind in _figure_kinds(page):
+                        path = Path(tmp) / f"{kind}_trial{page.number}.png"
+                        path.write_bytes(PLACEHOLDER)
+                        ids[kind] = upload_artifact(artifact_store=self.artifacts, file_path=str(path),
+                                                    study_or_trial=trial, mimetype="image/png")
+        except Exception as exc:  # noqa: BLE001 - a dashboard page must never fail a trained trial
+            self._warn(page, exc)
+        self._start()
+        self._jobs.put((page, ids))
+
+    def close(self) -> None:
+        """Wait until every queued page is drawn and saved."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._drain, name="trial-pages", daemon=True)
+            self._thread.start()
+
+    def _drain(self) -> None:
+        _lower_priority()
+        while (job := self._jobs.get()) is not None:
+            page, ids = job
+            try:
+                self._draw(page, ids)
+                save_note(self.study, self.storage, page.number, note(page))
+            except Exception as exc:  # noqa: BLE001 - see attach
+                self._warn(page, exc)
+
+    def _draw(self, page: Page, ids: Mapping[str, str]) -> None:
+        from study import figures
+
+        for kind, artifact_id in ids.items():
+            buffer = io.BytesIO()
+            if kind == "curves":
+                figures.curves_figure([figures.Curve(f"trial {page.number}", page.curves, page.state == "PRUNED")],
+                                      page.metric, buffer)
+            else:
+                figures.confusion_figure(page.confusion or [], page.class_names,
+                                         f"trial {page.number}: test confusion (row-normalised)", buffer)
+            buffer.seek(0)
+            self.artifacts.write(artifact_id, buffer)
+
+    def _warn(self, page: Page, exc: BaseException) -> None:
+        text = f"trial {page.number}'s dashboard page: {type(exc).__name__}: {exc}".splitlines()[0]
+        self.errors.append(text)
+        print(f"study: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _figure_kinds(page: Page) -> list[str]:
+    kinds = ["curves"] if page.curves.get("epoch") else []
+    if page.confusion is not None and page.class_names:
+        kinds.append("confusion")
+    return kinds
+
+
+def _lower_priority() -> None:
+    """Run this thread at the lowest CPU priority (Linux: threads have their own nice value), so
+    drawing yields the cores to training."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+
+
+def _number(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
