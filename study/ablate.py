@@ -243,7 +243,10 @@ def run_ablation(name: str, ablation: AblationOptions, opts: runner.RunOptions, 
     if not runner.announce(study, prep, out):
         return study
     sampler = optuna.samplers.GridSampler({"variant": [v.name for v in found], "seed": list(seeds)}, seed=0)
-    runner.optimize(study, prep, out, _AblationObjective(configs, list(seeds), split, trainer), sampler, _left(deadline))
+    try:
+        runner.optimize(study, prep, out, _AblationObjective(configs, list(seeds), split, trainer), sampler, _left(deadline))
+    finally:
+        trainer.pages.close()  # the last trials' figures and notes (retune trials' pages too)
     runner.print_summary(study, prep, out)
     return study
 

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -24,7 +23,7 @@ from typing import Any, TextIO
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 from tqdm import tqdm
 
@@ -34,7 +33,8 @@ from objectives.data import detect_layout, ensure_embedded
 from objectives.errors import InputError
 from objectives.models import missing_weights, weights_normalisation
 from objectives.train import Checkpointing, Diverged, Runtime
-from study import figures, registry, storage
+from study import registry, storage
+from study.trial_pages import Page, TrialPages
 from study.space import SearchSpace, build_config, config_defaults
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -67,6 +67,7 @@ class RunOptions:
     heartbeat: int = storage.HEARTBEAT_SECONDS
     checkpoint_every: float = CHECKPOINT_EVERY_S
     compile: bool = False
+    trial_pages: bool = True  # each trial's dashboard figures and note (off: benchmarks/overhead.py's baseline)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class Prepared:
     results_dir: Path
     checkpoint_every: float = CHECKPOINT_EVERY_S
     compile: bool = False
+    trial_pages: bool = True
 
 
 class Output:
@@ -168,6 +170,7 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
         results_dir=opts.results_dir,
         checkpoint_every=opts.checkpoint_every,
         compile=opts.compile,
+        trial_pages=opts.trial_pages,
     )
 
 
@@ -235,7 +238,10 @@ def run_study(opts: RunOptions, out: Output) -> optuna.Study:
     # Workers started together see the same history, so each offsets the seed by its index.
     sampler = _sampler(prep.space, prep.space.study.seed + len(study.trials) + 7919 * (opts.worker or 0))
     objective = _Objective(prep, trainer(prep, data, out))
-    optimize(study, prep, out, objective, sampler, opts.timeout)
+    try:
+        optimize(study, prep, out, objective, sampler, opts.timeout)
+    finally:
+        objective.trainer.pages.close()  # the last trials' figures and notes
     if opts.worker is None:
         print_summary(study, prep, out)
     return study
@@ -265,7 +271,7 @@ def trainer(prep: Prepared, data: _DataCache, out: Output) -> TrialTrainer:
         # every trial of a study repeats the same few input shapes: let cuDNN time its algorithms once
         torch.backends.cudnn.benchmark = True
     runtime = Runtime.for_device(prep.device, bar=functools.partial(out.bar, leave=False), compile=prep.compile)
-    return TrialTrainer(prep, data, runtime, artifact_store(prep.results_dir))
+    return TrialTrainer(prep, data, runtime, TrialPages(artifact_store(prep.results_dir), enabled=prep.trial_pages))
 
 
 def announce(study: optuna.Study, prep: Prepared, out: Output) -> bool:
@@ -623,13 +629,13 @@ def trial_seed(trial: optuna.Trial, base: int) -> int:
 class TrialTrainer:
     """Train one config inside one Optuna trial and record it: config, curves (every epoch, so
     pruned trials keep theirs), best epoch, validation and test metrics and confusion matrices as
-    user attrs, and the confusion-matrix and curves figures as Optuna artifacts."""
+    user attrs, and its dashboard page (figures and note, `study.trial_pages`)."""
 
-    def __init__(self, prep: Prepared, data: _DataCache, runtime: Runtime, artifacts: FileSystemArtifactStore | None) -> None:
+    def __init__(self, prep: Prepared, data: _DataCache, runtime: Runtime, pages: TrialPages) -> None:
         self.prep = prep
         self.data = data
         self.runtime = runtime
-        self.artifacts = artifacts
+        self.pages = pages
 
     def __call__(self, trial: optuna.Trial, values: dict[str, Any]) -> float:
         settings = self.prep.space.study
@@ -638,6 +644,9 @@ class TrialTrainer:
         own = checkpoints / f"trial{trial.number}.pt"
         if "fail_reason" in trial.user_attrs:  # a retry inherits its failed original's attrs
             trial.set_user_attr("fail_reason", None)
+        recorded: dict[str, Any] = {}
+        page = functools.partial(Page, trial.study.study_name, trial.number, metric=settings.metric,
+                                 params=dict(trial.params))
         try:
             config = build_config(self.prep.module.Config, self.prep.space.with_defaults(values))
             recorded = flat(config)
@@ -654,39 +663,33 @@ class TrialTrainer:
             started = time.perf_counter()
             result = self.prep.module.run(config, splits, context)
         except optuna.TrialPruned as exc:
-            self._upload_figures(trial, reporter.curves, pruned=True)
+            reason = f"the {settings.pruner} pruner stopped it {exc}" if str(exc) else f"the {settings.pruner} pruner stopped it"
+            self.pages.attach(trial, page("PRUNED", config=recorded, reason=reason, curves=dict(reporter.curves)))
             own.unlink(missing_ok=True)
             raise without_frames(exc)
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")  # the checkpoint stays: `run` resumes it
             raise
         except Exception as exc:
-            trial.set_user_attr("fail_reason", failure_reason(exc))
+            reason = failure_reason(exc)
+            trial.set_user_attr("fail_reason", reason)
+            self.pages.attach(trial, page("FAIL", config=recorded, reason=f"{reason}: {_first_line(exc)}",
+                                          curves=dict(reporter.curves)))
             raise without_frames(exc)
         own.unlink(missing_ok=True)
-        trial.set_user_attr("seconds", time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        trial.set_user_attr("seconds", seconds)
         trial.set_user_attr("curves", result.curves)
         trial.set_user_attr("best_epoch", result.best_epoch)
+        recorded_metrics = {}
         for split, evaluation in (("val", result.val), ("test", result.test)):
-            trial.set_user_attr(f"{split}_metrics", {"loss": evaluation.loss, **evaluation.metrics})
+            recorded_metrics[split] = {"loss": evaluation.loss, **evaluation.metrics}
+            trial.set_user_attr(f"{split}_metrics", recorded_metrics[split])
             trial.set_user_attr(f"{split}_confusion", evaluation.confusion)
-        self._upload_figures(trial, result.curves, confusion=result.test.confusion, class_names=list(splits.class_names))
+        self.pages.attach(trial, page("COMPLETE", config=recorded, best_epoch=result.best_epoch, val=recorded_metrics["val"],
+                                      test=recorded_metrics["test"], curves=result.curves, confusion=result.test.confusion,
+                                      class_names=list(splits.class_names), seconds=seconds))
         return metric_value(result.val.loss, result.val.metrics, settings.metric)
-
-    def _upload_figures(self, trial: optuna.Trial, curves: dict[str, list], *, pruned: bool = False,
-                        confusion: list[list[int]] | None = None, class_names: list[str] | None = None) -> None:
-        """Curves for every finished trial, the test confusion matrix for complete ones."""
-        if self.artifacts is None:
-            return
-        metric = self.prep.space.study.metric
-        with tempfile.TemporaryDirectory() as tmp:
-            line = figures.Curve(f"trial {trial.number}", curves, pruned)
-            paths = [figures.curves_figure([line], metric, Path(tmp) / f"curves_trial{trial.number}.png")]
-            if confusion is not None and class_names is not None:
-                title = f"trial {trial.number}: test confusion (row-normalised)"
-                paths.append(figures.confusion_figure(confusion, class_names, title, Path(tmp) / f"confusion_trial{trial.number}.png"))
-            for path in paths:
-                upload_artifact(artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial, mimetype="image/png")
 
 
 def _safe(name: str) -> str:
@@ -765,7 +768,9 @@ class _Reporter:
     def __call__(self, epoch: int, row: dict[str, Any]) -> None:
         self.replay(epoch, row)
         if may_prune(epoch, self.fe_epochs, self.epochs) and self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+            value = float(row[f"val_{self.metric}"])
+            raise optuna.TrialPruned(f"after epoch {epoch} of {self.epochs} (fine-tuning epoch "
+                                     f"{pruning_step(epoch, self.fe_epochs)}): validation {self.metric} {value:.4f}")
 
 
 def metric_value(loss: float, metrics: dict[str, Any], name: str) -> float:

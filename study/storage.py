@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import importlib.util
+import sys
 import warnings
 
 import optuna
@@ -81,6 +82,30 @@ def check_url(url: str) -> str:
     return parsed.get_backend_name()
 
 
+class RetryAndNote(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose worker stopped sending heartbeats, and that trial's
+    dashboard note, written by the worker that fails it (no other process knows it failed)."""
+
+    def __init__(self, max_retry: int) -> None:
+        super().__init__(max_retry=max_retry)
+        self.max_retry = max_retry
+        self.storage: RDBStorage | None = None  # set once the storage that calls this exists
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        attempts = len(trial.system_attrs.get("retry_history", [])) + 1  # as Optuna counts them (before it appends)
+        super().__call__(study, trial)
+        if self.storage is None:
+            return
+        from study import trial_pages
+
+        retried = attempts <= self.max_retry
+        try:
+            text = trial_pages.heartbeat_note(trial, study.user_attrs.get("metric", "value"), retried)
+            trial_pages.save_note(study, self.storage, trial.number, text)
+        except Exception as exc:  # noqa: BLE001 - a note must not stop the retry bookkeeping
+            print(f"study: warning: trial {trial.number}'s dashboard note: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
 def open_storage(url: str, *, heartbeat: int = HEARTBEAT_SECONDS) -> RDBStorage:
     """An RDB storage with heartbeats, so a trial whose worker died is failed and retried with the
     same parameters instead of staying RUNNING; unreachable or malformed URLs raise InputError.
@@ -93,13 +118,16 @@ def open_storage(url: str, *, heartbeat: int = HEARTBEAT_SECONDS) -> RDBStorage:
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 but are what we rely on
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
+            retry = RetryAndNote(max_retry=MAX_RETRY)
+            store = RDBStorage(
                 with_driver(url),
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat,
                 grace_period=GRACE_FACTOR * heartbeat,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                heartbeat_stale_trial_callback=retry,
             )
+            retry.storage = store
+            return store
     except (sqlalchemy.exc.SQLAlchemyError, OSError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise InputError(f"--storage {mask(url)}: cannot open storage ({reason})") from None

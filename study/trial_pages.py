@@ -11,6 +11,7 @@ trial has finished. `close()` waits for the queue, so a process ends with every 
 
 from __future__ import annotations
 
+import atexit
 import io
 import math
 import os
@@ -82,23 +83,27 @@ def note(page: Page) -> str:
                   "| :-- | " + " | ".join("--:" for _ in shown) + " |"]
         for split, values in (("validation", page.val), ("test", page.test)):
             if values:
-                lines.append(f"| {split} | " + " | ".join(_number(values.get(m)) for m in shown) + " |")
+                lines.append(f"| {split} | " + " | ".join(_number(values.get(m), m) for m in shown) + " |")
     sampled = {k: v for k, v in page.params.items()}
     rest = {k: v for k, v in page.config.items() if k not in sampled}
     if sampled:
         lines += ["", "**Sampled:** " + ", ".join(f"`{k}={_value(v)}`" for k, v in sampled.items())]
-    if rest:
-        lines += ["", "**Config:** " + ", ".join(f"`{k}={_value(v)}`" for k, v in rest.items())]
+    if rest:  # four settings per line: the note's panel is narrow and does not wrap code
+        items = [f"`{k}={_value(v)}`" for k, v in rest.items()]
+        rows = [", ".join(items[i:i + 4]) for i in range(0, len(items), 4)]
+        lines += ["", "**Config:** " + ",  \n".join(rows)]
     return "\n".join(lines) + "\n"
 
 
-def heartbeat_note(trial: optuna.trial.FrozenTrial, metric: str) -> str:
+def heartbeat_note(trial: optuna.trial.FrozenTrial, metric: str, retried: bool) -> str:
     """The note of a trial failed because its worker stopped sending heartbeats (killed, lost)."""
     attrs = trial.user_attrs
     done = len((attrs.get("curves") or {}).get("epoch", []))
+    then = ("Optuna queued a retry with the same parameters, which resumes from its checkpoint" if retried
+            else "its retries are used up, so it stays failed")
     page = Page("", trial.number, "FAIL", metric, dict(trial.params), attrs.get("config") or {},
-                reason=(f"its worker stopped sending heartbeats after {done} epoch(s) (killed or lost); "
-                        f"Optuna failed it and queued a retry with the same parameters, which resumes from its checkpoint"))
+                reason=f"its worker stopped sending heartbeats after {done} epoch(s) (killed or lost); {then}",
+                curves=attrs.get("curves") or {})
     return note(page)
 
 
@@ -126,13 +131,10 @@ class TrialPages:
     """Attaches each trial's figures (placeholders at once, drawn on the background thread) and
     saves its note. `enabled=False` does nothing: the off arm of `benchmarks/overhead.py`."""
 
-    def __init__(self, study: optuna.Study, storage: BaseStorage, artifacts: ArtifactStore | None,
-                 *, enabled: bool = True) -> None:
-        self.study = study
-        self.storage = storage
+    def __init__(self, artifacts: ArtifactStore | None, *, enabled: bool = True) -> None:
         self.artifacts = artifacts
         self.enabled = enabled
-        self._jobs: queue.Queue[tuple[Page, dict[str, str]] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[optuna.Study, BaseStorage, Page, dict[str, str]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []
 
@@ -153,10 +155,11 @@ class TrialPages:
         except Exception as exc:  # noqa: BLE001 - a dashboard page must never fail a trained trial
             self._warn(page, exc)
         self._start()
-        self._jobs.put((page, ids))
+        self._jobs.put((trial.study, trial.storage, page, ids))
 
     def close(self) -> None:
-        """Wait until every queued page is drawn and saved."""
+        """Wait until every queued page is drawn and saved (a process that ends without calling
+        it still waits: `attach` registers this with `atexit`)."""
         if self._thread is not None:
             self._jobs.put(None)
             self._thread.join()
@@ -166,14 +169,15 @@ class TrialPages:
         if self._thread is None:
             self._thread = threading.Thread(target=self._drain, name="trial-pages", daemon=True)
             self._thread.start()
+            atexit.register(self.close)
 
     def _drain(self) -> None:
         _lower_priority()
         while (job := self._jobs.get()) is not None:
-            page, ids = job
+            study, storage, page, ids = job
             try:
                 self._draw(page, ids)
-                save_note(self.study, self.storage, page.number, note(page))
+                save_note(study, storage, page.number, note(page))
             except Exception as exc:  # noqa: BLE001 - see attach
                 self._warn(page, exc)
 
@@ -213,10 +217,13 @@ def _lower_priority() -> None:
         pass
 
 
-def _number(value: Any) -> str:
+def _number(value: Any, metric: str = "") -> str:
+    """A metric at 3 decimals; a loss (unbounded) at 4 significant digits."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    if not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.4g}" if metric == "loss" else f"{value:.3f}"
 
 
 def _value(value: Any) -> str:

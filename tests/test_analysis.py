@@ -141,17 +141,27 @@ def test_dashboard_serves_study_trials_and_artifacts_in_chromium(made, tmp_path)
             best = study.best_trial
             driver.get(f"{study_url}/trials?numbers={best.number}")
             WebDriverWait(driver, 90).until(lambda d: f"confusion_trial{best.number}.png" in d.find_element(By.TAG_NAME, "body").text)
+            # the trial's note (Markdown, rendered): outcome, best epoch, the metrics table, the config
+            WebDriverWait(driver, 60).until(lambda d: "best epoch (on validation kappa)" in d.find_element(By.TAG_NAME, "body").text)
             body = driver.find_element(By.TAG_NAME, "body").text
             assert "abl" in body and f"Trial {best.number}" in body and "Complete" in body
+            assert f"Trial {best.number}: complete" in body and "Sampled:" in body
+            kappa = f"{best.user_attrs['test_metrics']['kappa']:.3f}"
+            rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "table tr")]
+            assert any(r.startswith("test") and kappa in r for r in rows), rows
             sources = [img.get_attribute("src") for img in driver.find_elements(By.TAG_NAME, "img") if "/artifacts/" in (img.get_attribute("src") or "")]
             assert len(sources) >= 2
             driver.save_screenshot(str(tmp_path / "dashboard.png"))
+            if os.environ.get("STUDY_DOCS_SCREENSHOT"):  # refreshing the README's picture: STUDY_DOCS_SCREENSHOT=docs/dashboard.png
+                shutil.copy(tmp_path / "dashboard.png", ROOT / os.environ["STUDY_DOCS_SCREENSHOT"])
         finally:
             driver.quit()
         import urllib.request
 
-        with urllib.request.urlopen(sources[0], timeout=10) as response:
-            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+        for source in sources:  # the drawn figures, not the placeholders attached while the trial ran
+            with urllib.request.urlopen(source, timeout=10) as response:
+                content = response.read()
+            assert content.startswith(b"\x89PNG\r\n\x1a\n") and len(content) > 5000
     finally:
         server.terminate()
         try:

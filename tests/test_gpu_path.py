@@ -33,6 +33,7 @@ from objectives.train import Diverged, FitConfig, Runtime, autocast_dtype, fit
 from study import runner
 from study.cli import build_parser
 from study.space import load_space
+from study.trial_pages import TrialPages
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]
@@ -370,7 +371,8 @@ def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str
     prep = runner.Prepared(space=load_space(path), module=sys.modules[__name__], source=DataSource(root=tmp_path), dataset="tiny",
                            device=runtime.device, study_name="memory", storage_url="inmemory", target=3, results_dir=tmp_path,
                            checkpoint_every=0.0)
-    trainer = runner.TrialTrainer(prep, runner.load_data(prep, runner.Output(io.StringIO(), io.StringIO())), runtime, runner.artifact_store(tmp_path))
+    trainer = runner.TrialTrainer(prep, runner.load_data(prep, runner.Output(io.StringIO(), io.StringIO())), runtime,
+                                  TrialPages(runner.artifact_store(tmp_path)))
     MODELS.clear()
     ALIVE_AT_START.clear()
     FRAMES_AT_START.clear()

@@ -33,7 +33,7 @@ def test_every_finished_trial_gets_drawn_figures_and_a_note(tmp_path: Path, enab
     store = FileSystemArtifactStore(str(tmp_path / "artifacts"))
     (tmp_path / "artifacts").mkdir()
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
-    pages = TrialPages(study, storage, store, enabled=enabled)
+    pages = TrialPages(store, enabled=enabled)
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
@@ -64,7 +64,7 @@ def test_every_finished_trial_gets_drawn_figures_and_a_note(tmp_path: Path, enab
         assert "`lr=" in text and "`arch=resnet18`" in text
     if enabled:
         complete = trial_pages.read_note(study, storage, 0)
-        assert "| validation | 0.400 | 0.700 | 0.810 |" in complete and "| test | 0.350 |" in complete
+        assert "| validation | 0.400 | 0.700 | 0.81 |" in complete and "| test | 0.350 |" in complete
         assert "best epoch (on validation kappa): **3** of 3" in complete
         assert "**Pruned:** validation kappa 0.100 below the median" in trial_pages.read_note(study, storage, 1)
         assert "**Failed:** nan_loss" in trial_pages.read_note(study, storage, 2)
@@ -78,7 +78,7 @@ def test_a_page_that_cannot_be_drawn_warns_and_never_fails_the_trial(tmp_path: P
         def write(self, artifact_id, content_body):
             raise OSError("disk full")
 
-    pages = TrialPages(study, storage, Broken())
+    pages = TrialPages(Broken())
     study.optimize(lambda t: (pages.attach(t, _page(t, "COMPLETE")), 1.0)[1], n_trials=1)
     pages.close()
     assert study.trials[0].state.name == "COMPLETE"
@@ -90,5 +90,6 @@ def test_heartbeat_note_says_what_happened():
     trial = optuna.trial.create_trial(params={"lr": 0.01}, distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1.0)},
                                       user_attrs={"config": {"lr": 0.01, "epochs": 5}, "curves": CURVES},
                                       state=optuna.trial.TrialState.FAIL)
-    text = trial_pages.heartbeat_note(trial, "kappa")
+    text = trial_pages.heartbeat_note(trial, "kappa", retried=True)
     assert "stopped sending heartbeats after 3 epoch(s)" in text and "resumes from its checkpoint" in text and "`lr=0.01`" in text
+    assert "retries are used up" in trial_pages.heartbeat_note(trial, "kappa", retried=False)

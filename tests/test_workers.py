@@ -12,6 +12,8 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, run_cli
+from study import storage as storage_module
+from study import trial_pages
 
 SPACE = """
 [study]
@@ -143,6 +145,11 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_from_checkpoint(
     assert resumed["trial"] == 0 and resumed["epoch"] >= 1
     assert retry.user_attrs["curves"]["epoch"] == [1, 2, 3, 4, 5]
     assert retry.user_attrs.get("fail_reason") is None
+    # the worker that failed the dead trial wrote its dashboard note; the retry has its own page
+    store = storage_module.open_storage(storage)
+    dead_note = trial_pages.read_note(study, store, 0)
+    assert dead_note.startswith("## Trial 0: fail") and "stopped sending heartbeats" in dead_note and "resumes from its checkpoint" in dead_note
+    assert f"## Trial {retry.number}: complete" in trial_pages.read_note(study, store, retry.number)
 
 
 def one_line(result, *fragments):
