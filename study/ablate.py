@@ -84,14 +84,14 @@ class AblationOptions:
 
 
 def parent_space(parent: optuna.Study) -> SearchSpace:
-    """The search space the parent study ran with: its file (or named study) plus its pins."""
+    """The search space the parent study ran with, plus its settings and pins (`registry.recorded_space`);
+    a study made before studies recorded their TOML falls back to its file, or the named study."""
+    recorded = registry.recorded_space(parent)
+    if recorded is not None:
+        return recorded
     source = parent.user_attrs.get("space_file")
     space = registry.resolve(source if source and Path(source).is_file() else parent.study_name)
-    fixed = parent.user_attrs.get("fixed", {})
-    space = space.with_settings(**{k: v for k, v in fixed.items() if k in space.fixed})
-    for name, value in parent.user_attrs.get("pinned", {}).items():
-        space = space.pin(name, value)
-    return space
+    return registry.with_recorded_settings(space, parent)
 
 
 def variants(space: SearchSpace, parent: optuna.Study, factors: Sequence[str] | None) -> list[Variant]:
@@ -213,6 +213,10 @@ def run_ablation(name: str, ablation: AblationOptions, opts: runner.RunOptions, 
     opts = dataclasses.replace(opts, space=space, data=data, pruner="none", study_name=study_name)
     prep = runner.prepare(opts, out)
     data_cache = runner.load_data(prep, out)
+    if not runner.same_data(parent, prep, data_cache):
+        where = f"--data {opts.data}" if opts.data else "the embedded dataset"
+        raise InputError(f"{where} is not the data study {name} ran on ({dataset or 'unknown'}: its split manifest differs); "
+                         f"give --data with the same images and labels")
     study = existing or optuna.create_study(study_name=study_name, storage=store, direction=parent.direction, load_if_exists=True)
     if existing is None:
         for key, value in plan.items():

@@ -131,6 +131,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
+def _space_or_stored(args: argparse.Namespace):
+    """The named study or TOML file `args.name`; where neither exists here (another machine, a
+    shared PostgreSQL study), the space a stored study of that name recorded, so it resumes as it ran."""
+    try:
+        return registry.resolve(args.name)
+    except InputError:
+        url = args.storage or storage.default_url(args.results)
+        if storage.sqlite_file(url) is not None and not storage.sqlite_file(url).exists():
+            raise
+        try:
+            study = optuna.load_study(study_name=args.study_name or args.name, storage=storage.open_storage(url))
+        except KeyError:
+            raise InputError(f"unknown study {args.name!r}: not a named study, a .toml file or a study in "
+                             f"{storage.mask(url)}") from None
+        recorded = registry.recorded_space(study)
+        if recorded is None:
+            raise
+        return recorded
+
+
 def _run(args: argparse.Namespace) -> int:
     from study.runner import Output, RunOptions, run_study  # torch loads only for commands that train
 
@@ -140,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError("--workers and --heartbeat must be >= 1")
     if args.checkpoint_every < 0:
         raise InputError("--checkpoint-every must be >= 0")
-    space = registry.resolve(args.name)
+    space = _space_or_stored(args)
     for item in args.sets:
         name, sep, raw = item.partition("=")
         if not sep or not name.strip():

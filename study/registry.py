@@ -6,11 +6,12 @@ import importlib
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from objectives import contract
 from objectives.errors import InputError
 from study.schema1 import SCHEMA1_OBJECTIVES
-from study.space import DEFAULT_OBJECTIVE, SearchSpace, load_space
+from study.space import DEFAULT_OBJECTIVE, SearchSpace, load_space, load_space_text
 
 
 def named_studies() -> dict[str, Path]:
@@ -30,6 +31,26 @@ def resolve(name_or_file: str) -> SearchSpace:
         raise InputError(f"unknown study {name_or_file!r}; named studies: {', '.join(studies)} "
                          f"(or give a path to a .toml file)")
     return load_space(studies[name_or_file], name_or_file)
+
+
+def recorded_space(study: Any) -> SearchSpace | None:
+    """The search space an Optuna study ran with, from the TOML text it recorded (user attr
+    ``space_text``) with its recorded settings and pins: the same space on any machine, whatever
+    happened to the file since. None for a study made before studies recorded their TOML."""
+    text = study.user_attrs.get("space_text")
+    if not text:
+        return None
+    path = Path(study.user_attrs.get("space_file") or f"{study.study_name}.toml")
+    return with_recorded_settings(load_space_text(text, path), study)
+
+
+def with_recorded_settings(space: SearchSpace, study: Any) -> SearchSpace:
+    """`space` with the study's recorded [fixed] values (as run: `--set`, [embedded]) and pins."""
+    fixed = study.user_attrs.get("fixed", {})
+    space = space.with_settings(**{k: v for k, v in fixed.items() if k in space.fixed})
+    for name, value in study.user_attrs.get("pinned", {}).items():
+        space = space.pin(name, value)
+    return space
 
 
 def module_name(objective: str) -> str:

@@ -458,6 +458,7 @@ def _open_study(prep: Prepared, data: _DataCache, allow_change: bool, heartbeat:
         attrs = {
             "space_hash": fingerprint,
             "space_file": str(prep.space.path),
+            "space_text": prep.space.text,  # what ablate and report use, on any machine
             "objective": settings.objective,
             "metric": settings.metric,
             "dataset": prep.dataset,
@@ -472,12 +473,23 @@ def _open_study(prep: Prepared, data: _DataCache, allow_change: bool, heartbeat:
             attrs["shared_test_groups"] = len(splits.manifest.shared_test_groups)
         for key, value in attrs.items():
             study.set_user_attr(key, value)
-    elif (recorded != fingerprint or study.user_attrs.get("dataset") != prep.dataset) and not allow_change:
+    elif (recorded != fingerprint or not same_data(study, prep, data)) and not allow_change:
         raise InputError(
             f"study {prep.study_name} was created with another search space, settings or dataset; "
             f"fork it with --study-name NEW or accept the change with --allow-space-change"
         )
     return study
+
+
+def same_data(study: optuna.Study, prep: Prepared, data: _DataCache) -> bool:
+    """Whether `prep`'s data is the data the study ran on: by content where the study recorded
+    its split manifest's hash (the same images, labels, groups and split at another path, on
+    another machine, is the same data), by the recorded path or name otherwise (older studies)."""
+    recorded = study.user_attrs.get("split_hash")
+    if recorded is not None:
+        base = _base_config(prep)
+        return data.get(base).manifest is not None and data.manifest_hash(base) == recorded
+    return study.user_attrs.get("dataset") == prep.dataset
 
 
 def sampler_settings(space: SearchSpace) -> dict[str, Any]:

@@ -121,6 +121,7 @@ class SearchSpace:
     schema: int = SCHEMA
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # settings underneath [fixed]
     report: ReportLayout = field(default_factory=ReportLayout)
+    text: str = ""  # the TOML it was parsed from: the study records it, so it runs the same anywhere
 
     def names(self) -> set[str]:
         return set(self.fixed) | {p.name for p in self.params}
@@ -295,10 +296,20 @@ def build_config(config_cls: type, values: Mapping[str, Any]) -> Any:
 def load_space(path: Path, name: str | None = None) -> SearchSpace:
     """Parse and validate one search-space file (schema 1 or 2)."""
     try:
-        doc = tomllib.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise SpaceError(f"{path}: no such search-space file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise SpaceError(f"{path}: not valid TOML ({exc})") from None
+    return load_space_text(text, path, name)
+
+
+def load_space_text(text: str, path: Path, name: str | None = None) -> SearchSpace:
+    """Parse and validate a search space from its TOML text; `path` names it in messages (and
+    is the file it came from, or the one a stored study recorded)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise SpaceError(f"{path}: not valid TOML ({exc})") from None
     where = str(path)
     schema = doc.pop("schema", 1)
@@ -369,6 +380,7 @@ def load_space(path: Path, name: str | None = None) -> SearchSpace:
         schema=schema,
         defaults=legacy.settings if legacy is not None else MappingProxyType({}),
         report=report,
+        text=text,
     )
 
 
