@@ -44,5 +44,5 @@ def report_damaged(path: Path, reason: str, action: str) -> None:
     """One warning line on stderr for a file the tool wrote and cannot read back (a full disk, an
     interrupted copy of a results folder); the caller rebuilds or restarts what it held, so a
     damaged file costs time, never a traceback or a wrong number."""
-    detail = " ".join(str(reason).split())[:200]
+    detail = " ".join(str(reason).split()).split(". ")[0][:200]  # torch's load errors run on for lines
     print(f"study: warning: {path} is damaged ({detail}); {action}", file=sys.stderr, flush=True)

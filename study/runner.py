@@ -27,7 +27,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from objectives.atomic import atomic_path, atomic_write_text
+from objectives.atomic import atomic_path, atomic_write_text, report_damaged
 from objectives.contract import DataSource, TrialContext, flat
 from objectives.data import detect_layout, ensure_embedded
 from objectives.errors import InputError
@@ -723,12 +723,36 @@ def _resume_state(trial: optuna.Trial, checkpoints: Path, reporter: _Reporter) -
     path = checkpoints / f"trial{origin}.pt"
     if origin is None or not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state, damage = _read_checkpoint(path)
+    if state is None:
+        report_damaged(path, damage, f"trial {trial.number} restarts from epoch 1")
+        path.unlink(missing_ok=True)
+        return None
     trial.set_user_attr("resumed_from", {"trial": origin, "epoch": int(state["epoch"])})
     rows = [dict(zip(state["curves"], values)) for values in zip(*state["curves"].values())]
     for row in rows:
         reporter.replay(int(row["epoch"]), row)
     return state
+
+
+CHECKPOINT_KEYS = {"epoch", "phase", "model", "optimizer", "scheduler", "curves", "best_score", "best_epoch", "best_model",
+                   "best_val", "torch_rng", "batch_rng"}  # what `objectives.train.fit` saves and resumes from
+
+
+def _read_checkpoint(path: Path) -> tuple[dict | None, str]:
+    """(the checkpoint at `path`, "") or (None, why not): it does not load (truncated, not a
+    checkpoint) or lacks what `fit` resumes from."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises RuntimeError, EOFError, UnpicklingError, ...
+        return None, f"{type(exc).__name__}: {exc}"
+    missing = CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else CHECKPOINT_KEYS
+    if missing:
+        return None, f"it lacks {', '.join(sorted(missing))}"
+    rows = len(state["curves"].get("epoch", []))
+    if rows != int(state["epoch"]):
+        return None, f"{rows} curve rows for epoch {state['epoch']}"
+    return state, ""
 
 
 def _save_checkpoint(state: dict, path: Path) -> None:

@@ -122,6 +122,27 @@ def test_interrupt_marks_trial_and_next_run_resumes_from_its_checkpoint(tmp_path
     assert not list((tmp_path / "results" / "checkpoints" / "w").glob(f"trial{retry.number}.pt"))
 
 
+def test_a_damaged_checkpoint_restarts_its_trial_from_epoch_1_with_one_warning(tmp_path: Path, dr_dir: Path):
+    space = space_file(tmp_path, epochs=5)
+    args = ("run", str(space), "--data", str(dr_dir), "--trials", "2", "--checkpoint-every", "0")
+    proc = start(*args, cwd=tmp_path)
+    checkpoint = wait_for("trial0.pt", tmp_path / "results" / "checkpoints" / "w")
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=120)
+    with open(checkpoint, "r+b") as f:  # an interrupted copy of the results folder
+        f.truncate(checkpoint.stat().st_size // 3)
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    warnings = [line for line in again.stderr.splitlines() if "is damaged" in line]
+    assert len(warnings) == 1 and "checkpoints/w/trial0.pt is damaged" in warnings[0] and "restarts from epoch 1" in warnings[0]
+    assert "Traceback" not in again.stderr
+    study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path / 'results' / 'optuna.db'}")
+    check_exact(study, 2)
+    retry = next(t for t in study.trials if t.user_attrs.get("resume_of") == 0)
+    assert retry.state == TrialState.COMPLETE and "resumed_from" not in retry.user_attrs
+    assert retry.user_attrs["curves"]["epoch"] == [1, 2, 3, 4, 5]
+
+
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_from_checkpoint(tmp_path: Path, dr_dir: Path):
     space = space_file(tmp_path, epochs=5)
     args = ("run", str(space), "--data", str(dr_dir), "--trials", "2", "--heartbeat", "1", "--checkpoint-every", "0")
