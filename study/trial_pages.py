@@ -1,12 +1,14 @@
 """A trial's page on the dashboard: its figures (curves, test confusion matrix) as Optuna artifacts
 and a Markdown note (config, best epoch, validation and test metrics, fail or prune reason).
 
-Drawing the figures costs more than a short trial can spare, so it happens on one background
-thread while the next trial trains. Optuna lets an artifact be attached only while its trial is
-running, so the trial attaches each figure's file at once as a small placeholder image
-(`upload_artifact`, milliseconds), and the thread then writes the drawn figure under the same
-artifact id (`ArtifactStore.write`). Notes are study attributes and may be written after the
-trial has finished. `close()` waits for the queue, so a process ends with every page drawn.
+Drawing the figures costs more than a short trial can spare, so it happens while the next trial
+trains: in a separate, low-priority process (matplotlib in a thread of the training process would
+hold the GIL that PyTorch's Python loop needs between kernels, and slow every step), fed by one
+background thread. Optuna lets an artifact be attached only while its trial is running, so the
+trial attaches each figure's file at once as a small placeholder image (`upload_artifact`,
+milliseconds), and the thread then writes the drawn figure under the same artifact id
+(`ArtifactStore.write`). Notes are study attributes and may be written after the trial has
+finished. `close()` waits for the queue, so a process ends with every page drawn.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import atexit
 import io
 import math
 import os
+import pickle
 import queue
+import subprocess
 import sys
 import tempfile
 import threading
@@ -27,6 +31,9 @@ from typing import Any, BinaryIO, Protocol
 import optuna
 from optuna.artifacts import upload_artifact
 from optuna.storages import BaseStorage
+
+from study.renderer import receive as renderer_receive
+from study.renderer import send as renderer_send
 
 # A 1x1 transparent PNG: the artifact's content until its figure is drawn (a dashboard opened in
 # that instant shows an empty image, never a broken one).
@@ -172,28 +179,22 @@ class TrialPages:
             atexit.register(self.close)
 
     def _drain(self) -> None:
-        _lower_priority()
-        while (job := self._jobs.get()) is not None:
-            study, storage, page, ids = job
-            try:
-                self._draw(page, ids)
-                save_note(study, storage, page.number, note(page))
-            except Exception as exc:  # noqa: BLE001 - see attach
-                self._warn(page, exc)
-
-    def _draw(self, page: Page, ids: Mapping[str, str]) -> None:
-        from study import figures
-
-        for kind, artifact_id in ids.items():
-            buffer = io.BytesIO()
-            if kind == "curves":
-                figures.curves_figure([figures.Curve(f"trial {page.number}", page.curves, page.state == "PRUNED")],
-                                      page.metric, buffer)
-            else:
-                figures.confusion_figure(page.confusion or [], page.class_names,
-                                         f"trial {page.number}: test confusion (row-normalised)", buffer)
-            buffer.seek(0)
-            self.artifacts.write(artifact_id, buffer)
+        renderer: subprocess.Popen | None = None
+        try:
+            while (job := self._jobs.get()) is not None:
+                study, storage, page, ids = job
+                try:
+                    if ids and (renderer is None or renderer.poll() is not None):
+                        renderer = _start_renderer()
+                    for kind, artifact_id in ids.items():
+                        self.artifacts.write(artifact_id, io.BytesIO(_render(renderer, kind, page)))
+                    save_note(study, storage, page.number, note(page))
+                except Exception as exc:  # noqa: BLE001 - see attach
+                    self._warn(page, exc)
+        finally:
+            if renderer is not None:
+                renderer.stdin.close()
+                renderer.wait()
 
     def _warn(self, page: Page, exc: BaseException) -> None:
         text = f"trial {page.number}'s dashboard page: {type(exc).__name__}: {exc}".splitlines()[0]
@@ -201,20 +202,33 @@ class TrialPages:
         print(f"study: warning: {text}", file=sys.stderr, flush=True)
 
 
+def _start_renderer() -> subprocess.Popen:
+    """`study.renderer` in a child process, importable from wherever this `study` package is."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.Popen([sys.executable, "-m", "study.renderer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env=env)
+
+
+def _render(renderer: subprocess.Popen, kind: str, page: Page) -> bytes:
+    """One figure's PNG from the renderer process."""
+    fields = {"number": page.number, "state": page.state, "metric": page.metric, "curves": dict(page.curves),
+              "confusion": page.confusion, "class_names": list(page.class_names)}
+    renderer_send(renderer.stdin, True, pickle.dumps((kind, fields)))
+    answer = renderer_receive(renderer.stdout)
+    if answer is None:
+        raise RuntimeError(f"the figure renderer exited with code {renderer.wait()}")
+    ok, payload = answer
+    if not ok:
+        raise RuntimeError(f"the figure renderer could not draw {kind}: {payload.decode()}")
+    return payload
+
+
 def _figure_kinds(page: Page) -> list[str]:
     kinds = ["curves"] if page.curves.get("epoch") else []
     if page.confusion is not None and page.class_names:
         kinds.append("confusion")
     return kinds
-
-
-def _lower_priority() -> None:
-    """Run this thread at the lowest CPU priority (Linux: threads have their own nice value), so
-    drawing yields the cores to training."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):
-        pass
 
 
 def _number(value: Any, metric: str = "") -> str:
