@@ -25,8 +25,17 @@ import warnings
 from pathlib import Path
 
 import optuna
+from common import (
+    DEFAULT_WORK,
+    add_threads_arg,
+    percent,
+    pick_device,
+    print_header,
+    set_threads,
+    synthetic_jpegs,
+    table,
+)
 
-from common import DEFAULT_WORK, add_threads_arg, percent, pick_device, print_header, set_threads, synthetic_jpegs, table
 from objectives.errors import InputError
 from study import registry, storage
 from study.runner import Output, RunOptions, run_study
@@ -36,7 +45,8 @@ GOAL = 0.02
 
 def build_space(args):
     """dr_focal at small fixed settings; ResNet18 from scratch; lr and loss (and focal settings) sampled."""
-    space = registry.resolve("dr_focal").with_settings(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size)
+    space = registry.resolve("dr_focal").with_settings(epochs=args.epochs, image_size=args.image_size,
+                                                       batch_size=args.batch_size)
     space = space.pin("arch", "resnet18").pin("pretrained", False)
     return dataclasses.replace(space, study=dataclasses.replace(space.study, trials=args.trials, seed=args.seed))
 
@@ -61,12 +71,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="pairs of studies (off, on)")
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--images", type=int, default=240, help="train images (20%% become validation); test = images / 5")
+    parser.add_argument("--images", type=int, default=240,
+                        help="train images (20%% become validation); test = images / 5")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--storage", help="an Optuna RDB URL instead of a fresh SQLite file (e.g. postgresql://user@host/db)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for the JPEG files and the runner's logs")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
+                        help="folder for the JPEG files and the runner's logs")
     parser.add_argument("--seed", type=int, default=0)
     add_threads_arg(parser)
     args = parser.parse_args()
@@ -82,7 +94,8 @@ def main() -> None:
         study=f"dr_focal space, arch=resnet18 pretrained=false pinned ({space.study.sampler}, no pruner), "
               f"{args.trials} trials x {args.epochs} epochs, {args.repeats} repeats of (off, on)",
         torch_threads=threads,
-        data=f"synthetic-fundus JPEG {args.image_size} px, {args.images} train ({args.images // 5} test), batch {args.batch_size}",
+        data=f"synthetic-fundus JPEG {args.image_size} px, {args.images} train ({args.images // 5} test), "
+             f"batch {args.batch_size}",
     )
     args.work.mkdir(parents=True, exist_ok=True)
     root, generated = synthetic_jpegs(args.work, args.images, max(args.images // 5, 5), args.image_size, args.seed)

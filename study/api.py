@@ -31,10 +31,9 @@ RECORD = ("best_epoch", "seconds", "fail_reason")
 def open_study(name: str, storage: str | None = None, results: str | Path = "results") -> optuna.Study:
     """The Optuna study `name` in `storage` (a storage URL; default: the results folder's SQLite
     file). A missing file or an unknown name raises `InputError` with one line saying which."""
+    from objectives.errors import InputError
     from study import analysis
     from study import storage as storages
-
-    from objectives.errors import InputError
 
     url = storage or storages.default_url(Path(results))
     path = storages.sqlite_file(url)
@@ -56,7 +55,8 @@ def load_trials(name: str | optuna.Study, storage: str | None = None, results: s
     return _frame(rows, [*FIRST, *params, *RECORD])
 
 
-def load_ablation(name: str | optuna.Study, storage: str | None = None, results: str | Path = "results") -> pd.DataFrame:
+def load_ablation(name: str | optuna.Study, storage: str | None = None,
+                  results: str | Path = "results") -> pd.DataFrame:
     """One row per trained seed of an ablation: `number, state, value, variant, seed`, the
     variant's parameters (NaN where inactive in that variant; a retuned parameter at the value
     its retune picked), then the trial's record as in `load_trials`. `name` is the ablation study
@@ -80,7 +80,8 @@ def load_ablation(name: str | optuna.Study, storage: str | None = None, results:
     return _frame(rows, [*FIRST, "variant", "seed", *params, *RECORD])
 
 
-def factor_table(study: str | optuna.Study, storage: str | None = None, results: str | Path = "results") -> pd.DataFrame:
+def factor_table(study: str | optuna.Study, storage: str | None = None,
+                 results: str | Path = "results") -> pd.DataFrame:
     """The report's factor table (`factors.csv`): per level of each sampled parameter, counts and
     the level's best trial. A map of the search, not an ablation (see the report's caption)."""
     from study import analysis
@@ -98,7 +99,8 @@ def cell_table(study: str | optuna.Study, storage: str | None = None, results: s
     return analysis.cell_table(analysis.trial_frame(study), _maximize(study), analysis.recorded_layout(study).cells)
 
 
-def ablation_table(study: str | optuna.Study, storage: str | None = None, results: str | Path = "results") -> pd.DataFrame:
+def ablation_table(study: str | optuna.Study, storage: str | None = None,
+                   results: str | Path = "results") -> pd.DataFrame:
     """The report's ablation statistics (`ablation_study.csv`): per variant and metric n, mean,
     std, the paired difference with its 95 % CI, p, Holm-adjusted p and P(better). `study` is the
     ablation study or its parent."""
@@ -116,7 +118,8 @@ def importance_table(study: str | optuna.Study, storage: str | None = None,
     return analysis.importance_table(_study(study, storage, results))
 
 
-def write_report(study: str | optuna.Study, out: str | Path | None = None, formats: Sequence[str] = ("md", "csv", "tex"),
+def write_report(study: str | optuna.Study, out: str | Path | None = None,
+                 formats: Sequence[str] = ("md", "csv", "tex"),
                  storage: str | None = None, results: str | Path = "results",
                  ablation: str | optuna.Study | None = None) -> Report:
     """What `study report` writes (tables, figures, report.md) for a study object, into `out`
@@ -135,9 +138,8 @@ def _study(study: str | optuna.Study, storage: str | None, results: str | Path) 
 
 def _ablation_study(name: str | optuna.Study, storage: str | None, results: str | Path) -> optuna.Study:
     """The ablation study `name`, or the default-named ablation of the parent study `name`."""
-    from study.analysis import ABLATION_SUFFIX
-
     from objectives.errors import InputError
+    from study.analysis import ABLATION_SUFFIX
 
     study = name
     if isinstance(name, str):
@@ -163,7 +165,8 @@ def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _head(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    return {"number": trial.number, "state": trial.state.name, "value": math.nan if trial.value is None else trial.value}
+    value = math.nan if trial.value is None else trial.value
+    return {"number": trial.number, "state": trial.state.name, "value": value}
 
 
 def _record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:

@@ -19,7 +19,7 @@ DIGITS = 3  # every metric on the page: kappa, accuracy, F1 and their difference
 DASH = "–"  # a missing number
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "<": r"\textless{}", ">": r"\textgreater{}"}  # plain < > print as ¡ ¿ in LaTeX's default font encoding
+                  "<": r"\textless{}", ">": r"\textgreater{}"}  # plain < > print as ¡ ¿ in LaTeX's default encoding
 _LATEX_SYMBOLS = (("±", r"$\pm$"), ("–", "--"), ("×", r"$\times$"), ("Δ", r"$\Delta$"), ("→", r"$\to$"),
                   ("≥", r"$\geq$"), ("≤", r"$\leq$"))
 _NUMBER = re.compile(r"^[+\-−]?(\d|\.\d|inf|nan)", re.IGNORECASE)  # a cell that starts like a number
@@ -53,7 +53,8 @@ def numeric_columns(frame: pd.DataFrame) -> list[bool]:
     right-aligned; text columns (names, levels, notes) stay left."""
     flags = []
     for column in frame.columns:
-        values = [v for v in frame[column] if not (v is None or (isinstance(v, float) and math.isnan(v)) or v == DASH or v in _NUMBER_WORDS)]
+        values = [v for v in frame[column]
+                  if not (v is None or (isinstance(v, float) and math.isnan(v)) or v == DASH or v in _NUMBER_WORDS)]
         flags.append(bool(values) and all(isinstance(v, (int, float)) or bool(_NUMBER.match(str(v))) for v in values))
     return flags
 

@@ -79,7 +79,8 @@ def note(page: Page) -> str:
     facts = []
     if page.best_epoch is not None:
         epochs = page.config.get("epochs")
-        facts.append(f"best epoch (on validation {page.metric}): **{page.best_epoch}**" + (f" of {epochs}" if epochs else ""))
+        of = f" of {epochs}" if epochs else ""
+        facts.append(f"best epoch (on validation {page.metric}): **{page.best_epoch}**{of}")
     if page.seconds is not None:
         facts.append(f"training time: {page.seconds:.1f} s")
     lines += [" · ".join(facts)] if facts else []

@@ -38,7 +38,8 @@ def test_cell_view_leads_with_test_metrics_in_at_most_8_columns():
     view = analysis._display(_levels(), "kappa")
     assert list(view.columns) == ["arch", "pretrained", "loss", "n (pruned, failed)", "test kappa", "test bal_acc",
                                   "best val kappa (trial)", "mean ± std val kappa"]
-    assert view.iloc[0].tolist() == ["resnet18", "True", "ce", "4 (0, 1)", "0.429", "0.429", "0.612 (#7)", "0.500 ± 0.030"]
+    assert view.iloc[0].tolist() == ["resnet18", "True", "ce", "4 (0, 1)", "0.429", "0.429", "0.612 (#7)",
+                                     "0.500 ± 0.030"]
     assert view.iloc[1]["mean ± std val kappa"] == "0.500"  # n = 1 has no std
     # an accuracy study leads with test accuracy and macro-F1
     assert list(analysis._display(_levels(), "accuracy").columns)[4:6] == ["test acc", "test f1"]
@@ -55,7 +56,8 @@ def test_markdown_right_aligns_numbers_only():
 
 def test_write_keeps_every_column_in_the_csv_and_captions_the_page(tmp_path: Path):
     frame = _levels()
-    written = tables.write(frame, analysis._display(frame, "kappa"), tmp_path / "cells", tables.FORMATS, "Best 50% & more")
+    view = analysis._display(frame, "kappa")
+    written = tables.write(frame, view, tmp_path / "cells", tables.FORMATS, "Best 50% & more")
     assert [p.suffix for p in written] == [".md", ".csv", ".tex"]
     back = pd.read_csv(tmp_path / "cells.csv")
     assert list(back.columns) == list(frame.columns) and np.isclose(back.best[0], 0.61234)
@@ -70,7 +72,8 @@ def test_the_latex_compiles_with_only_booktabs(tmp_path: Path):
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex is not installed (.ci/run installs texlive-latex-base and -recommended)")
     frame = _levels()
-    tables.write(frame, analysis._display(frame, "kappa"), tmp_path / "cells", ["tex"], "Δ kappa ≥ 0 -> 50% of {cells} & x_y ~ ^")
+    caption = "Δ kappa ≥ 0 -> 50% of {cells} & x_y ~ ^"
+    tables.write(frame, analysis._display(frame, "kappa"), tmp_path / "cells", ["tex"], caption)
     (tmp_path / "doc.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}"
                                       "\\input{cells.tex}\\end{document}\n")
     result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,

@@ -13,7 +13,8 @@ from optuna.storages import RDBStorage
 from study import trial_pages
 from study.trial_pages import Page, TrialPages
 
-CURVES = {"epoch": [1, 2, 3], "phase": ["fe", "ft", "ft"], "train_accuracy": [0.3, 0.5, 0.6], "val_kappa": [0.1, 0.2, 0.4]}
+CURVES = {"epoch": [1, 2, 3], "phase": ["fe", "ft", "ft"], "train_accuracy": [0.3, 0.5, 0.6],
+          "val_kappa": [0.1, 0.2, 0.4]}
 NAMES = ["No DR", "Mild", "Severe"]
 
 
@@ -83,13 +84,16 @@ def test_a_page_that_cannot_be_drawn_warns_and_never_fails_the_trial(tmp_path: P
     pages.close()
     assert study.trials[0].state.name == "COMPLETE"
     err = capfd.readouterr().err
-    assert len(pages.errors) == 1 and "disk full" in pages.errors[0] and "study: warning: trial 0's dashboard page" in err
+    assert len(pages.errors) == 1 and "disk full" in pages.errors[0]
+    assert "study: warning: trial 0's dashboard page" in err
 
 
 def test_heartbeat_note_says_what_happened():
-    trial = optuna.trial.create_trial(params={"lr": 0.01}, distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1.0)},
+    trial = optuna.trial.create_trial(params={"lr": 0.01},
+                                      distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1.0)},
                                       user_attrs={"config": {"lr": 0.01, "epochs": 5}, "curves": CURVES},
                                       state=optuna.trial.TrialState.FAIL)
     text = trial_pages.heartbeat_note(trial, "kappa", retried=True)
-    assert "stopped sending heartbeats after 3 epoch(s)" in text and "resumes from its checkpoint" in text and "`lr=0.01`" in text
+    assert "stopped sending heartbeats after 3 epoch(s)" in text and "resumes from its checkpoint" in text
+    assert "`lr=0.01`" in text
     assert "retries are used up" in trial_pages.heartbeat_note(trial, "kappa", retried=False)
