@@ -213,19 +213,18 @@ def build_report(study: optuna.Study, out: Path, formats: Sequence[str], storage
             stale.unlink()
     factor = factor_table(frame, factors(study), maximize)
     if not factor.empty:
-        caption = (f"Factor levels of {study.study_name}: per level of each sampled parameter, n complete trials (pruned and failed beside), "
-                   f"the test metrics of the level's best trial (chosen on validation), and the best and mean ± std of validation "
-                   f"{metric} over the level's complete trials; the CSV has every metric. A map of the "
-                   f"search, not an ablation: the sampler chose the levels adaptively (promising ones get more trials), each level "
-                   f"mixes different values of the other parameters (confounded), pruned trials are missing (survivors only) and "
-                   f"the best of a larger n is higher by chance. Compare levels with `ablate`, not with this table.")
+        caption = (f"Factor levels of {study.study_name}, per level of each sampled parameter: " + _columns_caption(metric)
+                   + " A map of the search, not an ablation: the sampler chose the levels adaptively (promising ones get more "
+                   "trials), each level mixes different values of the other parameters (confounded), pruned trials are missing "
+                   "(survivors only) and the best of a larger n is higher by chance. Compare levels with `ablate`, not with this "
+                   "table.")
         files += tables.write(factor, _display(factor, metric), out / "factors", formats, caption)
         sections.append("## Factors (a map of the search, not an ablation)\n\n" + caption + "\n\n" + tables.markdown(_display(factor, metric)))
     cells = cell_table(frame, maximize, layout.cells)
     if not cells.empty:
-        caption = (f"Best trial per {' x '.join(k for k in layout.cells if k in cells)} cell of the search (the cells its [report] names), "
-                   f"n complete trials per cell, the cell's best trial (chosen on validation) with its test metrics; as adaptive and confounded as the factor table; a cell with a larger n has "
-                   f"had more chances at a high best.")
+        caption = (f"Cells of {study.study_name}, per combination of {' x '.join(k for k in layout.cells if k in cells)} (its "
+                   f"[report] cells): " + _columns_caption(metric) + " As adaptive and confounded as the factor table; a cell with "
+                   "a larger n has had more chances at a high best.")
         files += tables.write(cells, _display(cells, metric), out / "cells", formats, caption)
         sections.append("## Cells\n\n" + caption + "\n\n" + tables.markdown(_display(cells, metric)))
 
@@ -335,20 +334,21 @@ def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str
     attrs = study.user_attrs
     table = ablation_frame(study)
     metric = attrs["metric"]
-    headline, second = _test_headline(metric)
-    shown = [headline, second, f"val_{metric}"]
+    headline = ablation_metrics(metric)[0]
     retune = attrs.get("retune")
     rows = []
     for name, group in table.groupby("variant", sort=False):
+        # the page: the headline test metric with its paired difference, validation beside it (its
+        # difference is in the CSV, with every other metric: validation chose the baseline)
         by_metric = group.set_index("metric")
-        row: dict[str, Any] = {"variant": name, "n": int(by_metric.loc[headline, "n"])}
-        for m in shown:
-            r = by_metric.loc[m]
-            row[_metric_label(m)] = tables.mean_std(r["mean"], r["std"])
-            if m.startswith("test_"):  # validation's difference is in the CSV: validation chose the baseline
-                row[f"Δ {_metric_label(m)} [95% CI]"] = _delta_text(r, name == attrs["baseline"] and attrs.get("mode") != "factorial")
-        share = by_metric.loc[headline, "p_improve"]
-        row[f"P(better), {_metric_label(headline)}"] = tables.DASH if pd.isna(share) else f"{share:.2f}"
+        test, val = by_metric.loc[headline], by_metric.loc[f"val_{metric}"]
+        reference = name == attrs["baseline"] and attrs.get("mode") != "factorial"
+        share = test["p_improve"]
+        row: dict[str, Any] = {"variant": name, "n": int(test["n"]),
+                               _metric_label(headline): tables.mean_std(test["mean"], test["std"]),
+                               "Δ [95% CI]": _delta_text(test, reference),
+                               "P(better)": tables.DASH if pd.isna(share) else f"{share:.2f}",
+                               _metric_label(f"val_{metric}"): tables.mean_std(val["mean"], val["std"])}
         if retune:
             picked = (attrs.get("retuned") or {}).get(name, "–")
             row[f"{retune['param']} (retuned)"] = "inactive" if picked is None else picked
@@ -390,7 +390,8 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
     parent, baseline = attrs.get("parent", "?"), attrs["baseline"]
     metrics = sorted(set(table.metric), key=ablation_metrics(attrs["metric"]).index)
     common = (f"Every variant ran the same {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}; none used by {parent}); seed s sets "
-              f"the initialisation, batch order, augmentation and the validation split, never the test set. Mean ± std over seeds. ")
+              f"the initialisation, batch order, augmentation and the validation split, never the test set. Mean ± std over seeds; "
+              f"Δ and P(better) are on {_metric_label(headline)}. ")
     if attrs.get("mode") == "factorial":
         reference = ", ".join(f"{f}={v}" for f, v in attrs["levels"][baseline].items())
         text = (f"Factorial ablation of {parent} over {' x '.join(attrs['factors'])} (every other parameter at its best trial's value). "
@@ -403,9 +404,9 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
                 f"the parameters that change with it. " + common + f"Δ = variant - baseline, paired by seed (only seeds both "
                 f"finished), with the 95 % t interval of the paired differences; * = Holm-adjusted paired t-test p < {SIGNIFICANT} "
                 f"(family: one metric across the {len(attrs['variants']) - 1} variants). P(better) = share of seeds on which the "
-                f"variant beats the baseline on {_metric_label(headline)} (ties count one half).")
+                f"variant beats the baseline (ties count one half).")
     text += (" Test metrics are the headline: validation chose the baseline, so validation differences are biased in its favour "
-             "(the CSV has them; the table shows validation's mean ± std only).")
+             "(the table shows validation's mean ± std only; the CSV has every metric's difference).")
     retune = attrs.get("retune")
     if retune:
         text += (f" {retune['param']} was retuned for every variant, the baseline included, on validation: the same "
@@ -457,29 +458,28 @@ def _level_stats(group: pd.DataFrame, maximize: bool) -> dict[str, Any]:
     return result
 
 
+def _columns_caption(metric: str) -> str:
+    """What the columns of `_display` hold, for the captions of the factor and cell tables."""
+    headline = _metric_label(ablation_metrics(metric)[0])
+    return (f"n (pr., f.) = complete trials (pruned, failed); {headline} = the row's best trial (chosen on validation) on "
+            f"test; best val (#) = that trial's validation {metric} and its number; val mean ± std = validation {metric} "
+            f"over the row's complete trials. The CSV has every metric of the best trial, validation and test.")
+
+
 def _display(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The page view of a factor or cell table: its keys, n (pruned, failed), the test metrics of
-    the best trial (headline first), then validation best (trial) and mean ± std; at most 8
-    columns, every metric at one precision. The CSV keeps every column."""
-    headline, second = _test_headline(metric)
-    keys = [c for c in frame.columns if c not in _LEVEL_COLUMNS]
-    label = _metric_label(f"val_{metric}") if metric in REPORTED else f"val {metric}"
-    shown = frame[keys].copy()
-    shown["n (pruned, failed)"] = [f"{n} ({p}, {f})" for n, p, f in zip(frame.n, frame.pruned, frame.failed)]
-    for column in (headline, second):
-        shown[_metric_label(column)] = frame[column].map(tables.metric)
-    shown[f"best {label} (trial)"] = [tables.DASH if pd.isna(b) else f"{tables.metric(b)} (#{int(t)})"
-                                      for b, t in zip(frame.best, frame.best_trial)]
-    shown[f"mean ± std {label}"] = [tables.mean_std(m, s) for m, s in zip(frame["mean"], frame["std"])]
-    return shown
-
-
-def _test_headline(metric: str) -> tuple[str, str]:
-    """The two test metrics a table leads with: the study's metric on test (kappa where that is not
-    a test metric) and balanced accuracy (macro-F1 where the headline is an accuracy)."""
+    """The page view of a factor or cell table: its keys, n complete (pruned, failed), the headline
+    test metric of the row's best trial, then that trial's validation value with its number,
+    `0.612 (#7)`, and the rows' validation mean ± std: narrow enough for a page, every metric at
+    one precision, short headers (the caption spells them out). The CSV keeps every column."""
     headline = ablation_metrics(metric)[0]
-    second = "test_macro_f1" if headline in ("test_accuracy", "test_balanced_accuracy") else "test_balanced_accuracy"
-    return headline, second
+    keys = [c for c in frame.columns if c not in _LEVEL_COLUMNS]
+    shown = frame[keys].copy()
+    shown["n (pr., f.)"] = [f"{n} ({p}, {f})" for n, p, f in zip(frame.n, frame.pruned, frame.failed)]
+    shown[_metric_label(headline)] = frame[headline].map(tables.metric)
+    shown["best val (#)"] = [tables.DASH if pd.isna(b) else f"{tables.metric(b)} (#{int(t)})"
+                             for b, t in zip(frame.best, frame.best_trial)]
+    shown["val mean ± std"] = [tables.mean_std(m, s) for m, s in zip(frame["mean"], frame["std"])]
+    return shown
 
 
 def _shorten(column: str, short: dict[str, str]) -> str:

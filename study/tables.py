@@ -17,6 +17,7 @@ import pandas as pd
 FORMATS = ("md", "csv", "tex")
 DIGITS = 3  # every metric on the page: kappa, accuracy, F1 and their differences
 DASH = "–"  # a missing number
+PAGE_FIT = "\\small\n\\setlength{\\tabcolsep}{4pt}\n"  # inside the table group: the document's other tables keep theirs
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "<": r"\textless{}", ">": r"\textgreater{}"}  # plain < > print as ¡ ¿ in LaTeX's default encoding
@@ -70,6 +71,7 @@ def latex_escape(text: str) -> str:
     """Plain text as LaTeX that pdflatex compiles with only booktabs: specials escaped, the
     symbols the tables use (±, Δ, –, ×, →) in math mode or as dashes."""
     out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text.replace("->", "→"))
+    out = out.replace("--", "-{}-")  # `--retune` stays two hyphens, not an en dash
     for plain, latex_text in _LATEX_SYMBOLS:
         out = out.replace(plain, latex_text)
     return out
@@ -82,8 +84,9 @@ def latex(frame: pd.DataFrame, caption: str, label: str) -> str:
     styler = (shown.style.hide(axis="index")
               .format(latex_escape)
               .format_index(lambda name: latex_escape(str(name)), axis=1))
-    return styler.to_latex(column_format=spec, hrules=True, position="ht", position_float="centering",
-                           caption=latex_escape(caption), label=label, environment="table") + ""
+    text = styler.to_latex(column_format=spec, hrules=True, position="ht", position_float="centering",
+                           caption=latex_escape(caption), label=label, environment="table")
+    return text.replace("\\centering\n", "\\centering\n" + PAGE_FIT, 1)
 
 
 def write(frame: pd.DataFrame, display: pd.DataFrame, stem: Path, formats: Sequence[str], caption: str) -> list[Path]:
