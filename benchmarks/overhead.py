@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import resource
 import statistics
 import tempfile
 import time
@@ -39,6 +40,7 @@ from common import (
 from objectives.errors import InputError
 from study import registry, storage
 from study.runner import Output, RunOptions, run_study
+from study.trial_pages import TrialPages
 
 GOAL = 0.02
 
@@ -51,19 +53,56 @@ def build_space(args):
     return dataclasses.replace(space, study=dataclasses.replace(space.study, trials=args.trials, seed=args.seed))
 
 
-def one_study(url: str, space, root: Path, args, pages: bool, log: Path) -> tuple[float, list[dict], int]:
+class PageClock:
+    """Seconds the training process itself spends on the pages: in `TrialPages.attach` (inside each
+    trial: placeholders and queueing) and in `close` (waiting for the last pages at the end);
+    plus the CPU seconds of the renderer process. Timed by wrapping the two methods in this process."""
+
+    def __init__(self) -> None:
+        self.attach = self.close = 0.0
+        self.renderer_cpu = 0.0
+
+    def __enter__(self) -> "PageClock":
+        self._originals = (TrialPages.attach, TrialPages.close)
+        self._children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        attach, close = self._originals
+
+        def timed_attach(pages, *a, **k):
+            started = time.perf_counter()
+            try:
+                return attach(pages, *a, **k)
+            finally:
+                self.attach += time.perf_counter() - started
+
+        def timed_close(pages, *a, **k):
+            started = time.perf_counter()
+            try:
+                return close(pages, *a, **k)
+            finally:
+                self.close += time.perf_counter() - started
+
+        TrialPages.attach, TrialPages.close = timed_attach, timed_close
+        return self
+
+    def __exit__(self, *exc) -> None:
+        TrialPages.attach, TrialPages.close = self._originals
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the renderer has exited by now (close)
+        self.renderer_cpu = (after.ru_utime + after.ru_stime) - (self._children.ru_utime + self._children.ru_stime)
+
+
+def one_study(url: str, space, root: Path, args, pages: bool, log: Path) -> tuple[float, list[dict], int, PageClock]:
     """Run one study; (wall seconds from its first trial's start to the end, each trial's params,
-    artifacts attached)."""
+    artifacts attached, the time the pages cost the training process)."""
     opts = RunOptions(space=space, results_dir=args.scratch, study_name=f"overhead-{time.time_ns()}", storage_url=url,
                       data=root, trials=args.trials, device=args.device, pruner="none", trial_pages=pages)
-    with open(log, "a") as stream:
+    with open(log, "a") as stream, PageClock() as clock:
         study = run_study(opts, Output(stream=stream, err=stream))
         ended = datetime.datetime.now()  # the clock Optuna stamps datetime_start with
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     wall = (ended - trials[0].datetime_start).total_seconds()
     store = storage.open_storage(url)
     figures = sum(len(optuna.artifacts.get_all_artifact_meta(t, storage=store)) for t in trials)
-    return wall, [t.params for t in trials], figures
+    return wall, [t.params for t in trials], figures, clock
 
 
 def main() -> None:
@@ -114,16 +153,24 @@ def main() -> None:
             return args.storage or f"sqlite:///{(args.scratch / f'{tag}.db').resolve()}"
 
         one_study(url("warmup"), space, root, args, True, log)  # the decode cache, imports (matplotlib), font cache
-        rows, ratios, same = [], [], True
+        rows, ratios, same, clocks = [], [], True, []
         for repeat in range(args.repeats):
-            off, off_params, off_figures = one_study(url(f"off{repeat}"), space, root, args, False, log)
-            on, on_params, on_figures = one_study(url(f"on{repeat}"), space, root, args, True, log)
+            off, off_params, off_figures, _ = one_study(url(f"off{repeat}"), space, root, args, False, log)
+            on, on_params, on_figures, clock = one_study(url(f"on{repeat}"), space, root, args, True, log)
             same &= off_params == on_params
             ratios.append(on / off - 1)
-            rows.append([repeat, off, on, on - off, percent(on / off - 1), off_figures, on_figures])
+            clocks.append((on, clock))
+            rows.append([repeat, off, on, on - off, percent(on / off - 1), off_figures, on_figures,
+                         clock.attach, clock.close, clock.renderer_cpu])
             print(f"repeat {repeat}: off {off:.1f} s, on {on:.1f} s", flush=True)
     print()
-    print(table(["repeat", "off s", "on s", "on - off s", "overhead", "figures off", "figures on"], rows))
+    headers = ["repeat", "off s", "on s", "on - off s", "overhead", "figures off", "figures on", "attach s",
+               "close s", "renderer CPU s"]
+    print(table(headers, rows))
+    path = [(c.attach + c.close) / wall for wall, c in clocks]
+    print(f"in the training process (attach inside the trials + waiting for the last pages): median "
+          f"{percent(statistics.median(path))} of the 'on' wall time; the renderer process used "
+          f"{statistics.median(c.renderer_cpu for _, c in clocks) / args.trials:.2f} CPU s per trial at nice 19")
     per_trial = statistics.median(r[3] for r in rows) / args.trials
     print(f"same trials in both arms (params of every trial): {'yes' if same else 'NO (the arms are not comparable)'}")
     print(f"median extra per trial: {per_trial:.3f} s; runner log: {log}")
