@@ -524,11 +524,13 @@ def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
 
 def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callable[[optuna.Trial], float],
              sampler: optuna.samplers.BaseSampler, timeout: float | None) -> None:
-    """Run trials until the study holds exactly `prep.target` finished ones, counting every
-    worker's (or the timeout, five failures in a row, or a grid sampler's last point), printing one line
-    per trial. A worker that sees the remaining trials already running waits
-    (failing stale ones, whose retries it may then run) instead of starting more. After a trial
-    that failed with a sticky CUDA error no other trial starts: `CudaContextLost` is raised."""
+    """Run trials until the study holds `prep.target` finished ones, counting every worker's (or
+    the timeout, five failures in a row, or a grid sampler's last point), printing one line per
+    trial. A trial is asked for only while finished + running < target; a worker that sees the
+    remaining trials already running waits (failing stale ones, whose retries it may then run).
+    Workers that check at the same moment may each start one, so W workers end with at most
+    target + W - 1 finished trials, every one trained. After a trial that failed with a sticky
+    CUDA error no other trial starts: `CudaContextLost` is raised."""
     study.sampler = sampler
     study.pruner = _pruner(prep.space)
     metric = prep.space.study.metric
@@ -550,17 +552,13 @@ def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callab
         if trial.state in FINISHED:
             bar.update(1)
             failures.clear()
-        elif trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") != SURPLUS:
+        elif trial.state == TrialState.FAIL:
             failures.append(trial.number)
             if len(failures) >= MAX_FAILURES_IN_A_ROW:
                 out.warn(f"{len(failures)} trials failed in a row; stopping (last: {trial.user_attrs.get('fail_reason')})")
                 stopped = True
 
     def guarded(trial: optuna.Trial) -> float:
-        ahead = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)) if t.number < trial.number]
-        if len(ahead) >= prep.target:  # another worker started the last trial first
-            trial.set_user_attr("fail_reason", SURPLUS)
-            raise _Surplus(f"the study already had {prep.target} trials under way")
         try:
             return objective(trial)
         except Exception as exc:
@@ -584,13 +582,6 @@ def optimize(study: optuna.Study, prep: Prepared, out: Output, objective: Callab
             study.optimize(guarded, n_trials=1, timeout=left, callbacks=[after_trial], catch=(Exception,))
     if context_lost:
         raise CudaContextLost(context_lost[0])
-
-
-SURPLUS = "surplus"
-
-
-class _Surplus(RuntimeError):
-    """Raised for a trial started after the study already had its target under way."""
 
 
 class _Objective:

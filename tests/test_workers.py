@@ -64,14 +64,22 @@ def check_exact(study: optuna.Study, target: int) -> None:
     assert len(set(numbers)) == len(numbers)
 
 
-def test_four_local_workers_share_one_sqlite_file_exactly(tmp_path: Path, dr_dir: Path):
+def check_target(study: optuna.Study, target: int, workers: int) -> None:
+    """At least `target` finished trials, at most `workers` - 1 more (workers that asked at the same
+    moment), none failed or left running: no trial exists only for bookkeeping."""
+    assert target <= len(finished(study)) <= target + workers - 1
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+    assert not [t for t in study.trials if t.user_attrs.get("fail_reason") == "surplus"]
+
+
+def test_four_local_workers_share_one_sqlite_file(tmp_path: Path, dr_dir: Path):
     result = run_cli("run", str(space_file(tmp_path)), "--data", str(dr_dir), "--trials", "6", "--workers", "4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "database is locked" not in result.stderr + result.stdout
     assert "started 4 workers" in result.stdout
     study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path / 'results' / 'optuna.db'}")
-    check_exact(study, 6)
-    assert len({t.params["lr"] for t in finished(study)}) == 6  # workers do not replay each other's suggestions
+    check_target(study, 6, workers=4)
+    assert len({t.params["lr"] for t in finished(study)}) == len(finished(study))  # workers do not replay each other's suggestions
 
 
 def test_workers_on_postgresql(tmp_path: Path, dr_dir: Path):
@@ -82,7 +90,7 @@ def test_workers_on_postgresql(tmp_path: Path, dr_dir: Path):
     result = run_cli("run", str(space_file(tmp_path)), "--data", str(dr_dir), "--trials", "9", "--workers", "3",
                      "--storage", url, "--study-name", name, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    check_exact(optuna.load_study(study_name=name, storage=url), 9)
+    check_target(optuna.load_study(study_name=name, storage=url), 9, workers=3)
     password = url.split("//", 1)[1].split("@")[0].partition(":")[2]
     if password:
         assert password not in result.stdout + result.stderr
