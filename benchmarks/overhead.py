@@ -1,7 +1,7 @@
 """Per-trial overhead: the share of a trial's time spent outside training, on SQLite (and PostgreSQL).
 
 A small ``dr_focal`` study (synthetic-fundus JPEG files, ResNet18 from scratch, lr and loss
-sampled, short trials) runs through the real runner, ``study.runner.run_study``. Without editing
+sampled, short trials) runs through the real runner, ``study.run.session.run_study``. Without editing
 the project, this process wraps, with ``time.perf_counter``:
 
 - the objective's ``run(config, data, context)`` (the contract of ``objectives/contract.py``): model
@@ -41,10 +41,23 @@ from pathlib import Path
 
 import optuna
 
-from common import DEFAULT_WORK, add_threads_arg, set_threads, percent, pick_device, print_header, synthetic_jpegs, table
 from objectives.errors import InputError
-from study import figures, registry, runner, storage
-from study.runner import Output, RunOptions, run_study
+from study import figures, registry, storage
+from study.run import session, trainer
+from study.run.options import RunOptions
+from study.run.output import Output
+from study.run.session import run_study
+
+from common import (
+    DEFAULT_WORK,
+    add_threads_arg,
+    percent,
+    pick_device,
+    print_header,
+    set_threads,
+    synthetic_jpegs,
+    table,
+)
 
 GOAL = 0.02
 
@@ -93,10 +106,8 @@ class Instruments:
         for name in ("curves_figure", "confusion_figure"):
             if hasattr(figures, name):
                 self._patch(figures, name, lambda f: self._section("figures", f))
-        if hasattr(runner, "upload_artifact"):
-            self._patch(runner, "upload_artifact", lambda f: self._section("figures", f))
-        if hasattr(runner, "_sampler"):
-            self._patch(runner, "_sampler", self._timed_sampler_factory)
+        self._patch(trainer, "upload_artifact", lambda f: self._section("figures", f))
+        self._patch(session, "make_sampler", self._timed_sampler_factory)
         self._patch(storage, "open_storage", self._timed_storage_factory)
         self._patch(gc, "collect", lambda f: self._section("gc", f))
         return self
@@ -131,7 +142,13 @@ class Instruments:
     def _timed_sampler_factory(self, original: Callable) -> Callable:
         def make(*args, **kwargs):
             sampler = original(*args, **kwargs)
-            for name in ("infer_relative_search_space", "sample_relative", "sample_independent", "before_trial", "after_trial"):
+            for name in (
+                "infer_relative_search_space",
+                "sample_relative",
+                "sample_independent",
+                "before_trial",
+                "after_trial",
+            ):
                 setattr(sampler, name, self._section("sampler", getattr(sampler, name)))
             return sampler
 
@@ -201,7 +218,9 @@ class Instruments:
 
 def build_space(args):
     """dr_focal at small fixed settings; ResNet18 from scratch; lr, loss and focal settings sampled."""
-    space = registry.resolve("dr_focal").with_settings(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size)
+    space = registry.resolve("dr_focal").with_settings(
+        epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size
+    )
     space = space.pin("arch", "resnet18").pin("pretrained", False)
     return dataclasses.replace(space, study=dataclasses.replace(space.study, trials=args.trials, seed=args.seed))
 
@@ -209,8 +228,16 @@ def build_space(args):
 def measure(url: str, label: str, space, root: Path, args, scratch: Path) -> None:
     module = registry.objective_module(space)
     results = scratch / label
-    opts = RunOptions(space=space, results_dir=results, study_name=f"overhead-{int(time.time())}", storage_url=url, data=root,
-                      trials=args.trials, device=args.device, pruner=args.pruner)
+    opts = RunOptions(
+        space=space,
+        results_dir=results,
+        study_name=f"overhead-{int(time.time())}",
+        storage_url=url,
+        data=root,
+        trials=args.trials,
+        device=args.device,
+        pruner=args.pruner,
+    )
     log = args.work / f"overhead-{label}.log"
     with open(log, "w") as stream, Instruments(module) as tools:
         started = time.perf_counter()
@@ -219,7 +246,10 @@ def measure(url: str, label: str, space, root: Path, args, scratch: Path) -> Non
         ended = datetime.datetime.now()  # the clock Optuna stamps datetime_start/complete with
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     if len(trials) != len(tools.clocks):
-        print(f"{label}: {len(trials)} trials in the storage but {len(tools.clocks)} objective calls; per-trial split skipped")
+        print(
+            f"{label}: {len(trials)} trials in the storage but {len(tools.clocks)} objective calls; per-trial split "
+            "skipped"
+        )
         return
     rows, cycles, overheads = [], [], []
     for i, (trial, clock) in enumerate(zip(trials, tools.clocks)):
@@ -238,10 +268,19 @@ def measure(url: str, label: str, space, root: Path, args, scratch: Path) -> Non
     later = sum(overheads[1:]) / sum(cycles[1:]) if len(cycles) > 1 else float("nan")
     parts = {name: sum(getattr(c, name) for c in tools.clocks) for name in PARTS}
     parts["other"] = sum(overheads) - sum(parts.values())
-    print(f"run_study wall {wall:.1f} s, sum of trial cycles {sum(cycles):.1f} s (the rest: checks, data, study creation, "
-          f"summary); runner log: {log}")
-    print("overhead by part (all trials): " + ", ".join(f"{k} {v:.2f} s ({percent(v / sum(cycles))})" for k, v in parts.items()))
-    print(f"overhead per trial: mean {sum(overheads) / len(overheads):.2f} s, after the first {sum(overheads[1:]) / max(len(overheads) - 1, 1):.2f} s")
+    print(
+        f"run_study wall {wall:.1f} s, sum of trial cycles {sum(cycles):.1f} s (the rest: checks, data, study "
+        "creation, "
+        f"summary); runner log: {log}"
+    )
+    print(
+        "overhead by part (all trials): "
+        + ", ".join(f"{k} {v:.2f} s ({percent(v / sum(cycles))})" for k, v in parts.items())
+    )
+    print(
+        f"overhead per trial: mean {sum(overheads) / len(overheads):.2f} s, after the first "
+        f"{sum(overheads[1:]) / max(len(overheads) - 1, 1):.2f} s"
+    )
     epochs = [len(c.epochs) for c in tools.clocks]
     per_epoch = (parts["report"] + parts["checkpoint"]) / max(sum(epochs), 1)
     fixed = (sum(overheads[1:]) - sum(c.report + c.checkpoint for c in tools.clocks[1:])) / max(len(overheads) - 1, 1)
@@ -259,13 +298,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--images", type=int, default=240, help="train images (20%% become validation); test = images / 5")
+    parser.add_argument(
+        "--images", type=int, default=240, help="train images (20%% become validation); test = images / 5"
+    )
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"))
     parser.add_argument("--storage", help="also measure on this Optuna RDB URL (e.g. postgresql://user@host/db)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for the JPEG files and the runner's logs")
+    parser.add_argument(
+        "--work", type=Path, default=DEFAULT_WORK, help="folder for the JPEG files and the runner's logs"
+    )
     parser.add_argument("--seed", type=int, default=0)
     add_threads_arg(parser)
     args = parser.parse_args()
@@ -279,9 +322,10 @@ def main() -> None:
         "per-trial overhead of the runner (storage, sampler, reporting, user attrs, figures, checkpoints)",
         device,
         study=f"dr_focal space, arch=resnet18 pretrained=false pinned ({space.study.sampler}, pruner {args.pruner}), "
-              f"{args.trials} trials x {args.epochs} epochs",
+        f"{args.trials} trials x {args.epochs} epochs",
         torch_threads=threads,
-        data=f"synthetic-fundus JPEG {args.image_size} px, {args.images} train ({args.images // 5} test), batch {args.batch_size}",
+        data=f"synthetic-fundus JPEG {args.image_size} px, {args.images} train ({args.images // 5} test), batch "
+             f"{args.batch_size}",
     )
     args.work.mkdir(parents=True, exist_ok=True)
     root, generated = synthetic_jpegs(args.work, args.images, max(args.images // 5, 5), args.image_size, args.seed)

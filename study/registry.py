@@ -10,7 +10,8 @@ from types import ModuleType
 from objectives import contract
 from objectives.errors import InputError
 from study.schema1 import SCHEMA1_OBJECTIVES
-from study.space import DEFAULT_OBJECTIVE, SearchSpace, load_space
+from study.space import DEFAULT_OBJECTIVE, SearchSpace
+from study.space_file import load_space
 
 
 def named_studies() -> dict[str, Path]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import importlib.util
 import warnings
+from pathlib import Path
 
 import optuna
 import sqlalchemy.exc
@@ -48,7 +47,11 @@ def with_driver(url: str) -> str:
     except sqlalchemy.exc.ArgumentError:
         return url
     for plain, default_module, ours in (("postgresql", "psycopg2", "psycopg"), ("mysql", "MySQLdb", "pymysql")):
-        if parsed.drivername == plain and importlib.util.find_spec(default_module) is None and importlib.util.find_spec(ours):
+        if (
+            parsed.drivername == plain
+            and importlib.util.find_spec(default_module) is None
+            and importlib.util.find_spec(ours)
+        ):
             return parsed.set(drivername=f"{plain}+{ours}").render_as_string(hide_password=False)
     return url
 
@@ -68,10 +71,14 @@ def check_url(url: str) -> str:
         parsed = make_url(with_driver(url))
         dialect = parsed.get_dialect()
     except sqlalchemy.exc.ArgumentError:
-        raise InputError(f"--storage {mask(url)}: not a storage URL (e.g. sqlite:///results/optuna.db, postgresql://user@host/db)") from None
+        raise InputError(
+            f"--storage {mask(url)}: not a storage URL (e.g. sqlite:///results/optuna.db, postgresql://user@host/db)"
+        ) from None
     except sqlalchemy.exc.NoSuchModuleError:
-        raise InputError(f"--storage {mask(url)}: unknown database scheme {make_url(url).drivername!r} "
-                         f"(use sqlite:// or postgresql://)") from None
+        raise InputError(
+            f"--storage {mask(url)}: unknown database scheme {make_url(url).drivername!r} "
+            f"(use sqlite:// or postgresql://)"
+        ) from None
     try:
         dialect.import_dbapi()
     except ImportError as exc:
@@ -103,3 +110,18 @@ def open_storage(url: str, *, heartbeat: int = HEARTBEAT_SECONDS) -> RDBStorage:
     except (sqlalchemy.exc.SQLAlchemyError, OSError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise InputError(f"--storage {mask(url)}: cannot open storage ({reason})") from None
+
+
+def study_names(store: optuna.storages.BaseStorage | str) -> list[str]:
+    """The names of the studies in a storage, in the storage's order."""
+    return [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+
+
+def load_study(name: str, store: optuna.storages.BaseStorage) -> optuna.Study:
+    """The study `name`, or a one-line InputError naming the studies the storage has."""
+    try:
+        return optuna.load_study(study_name=name, storage=store)
+    except KeyError:
+        raise InputError(
+            f"no study {name!r} in the storage (it has: {', '.join(study_names(store)) or 'none'})"
+        ) from None

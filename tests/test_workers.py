@@ -13,6 +13,8 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.slow
+
 SPACE = """
 [study]
 objective = "dr_focal"
@@ -73,13 +75,17 @@ def check_target(study: optuna.Study, target: int, workers: int) -> None:
 
 
 def test_four_local_workers_share_one_sqlite_file(tmp_path: Path, dr_dir: Path):
-    result = run_cli("run", str(space_file(tmp_path)), "--data", str(dr_dir), "--trials", "6", "--workers", "4", cwd=tmp_path)
+    result = run_cli(
+        "run", str(space_file(tmp_path)), "--data", str(dr_dir), "--trials", "6", "--workers", "4", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "database is locked" not in result.stderr + result.stdout
     assert "started 4 workers" in result.stdout
     study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path / 'results' / 'optuna.db'}")
     check_target(study, 6, workers=4)
-    assert len({t.params["lr"] for t in finished(study)}) == len(finished(study))  # workers do not replay each other's suggestions
+    assert len({t.params["lr"] for t in finished(study)}) == len(
+        finished(study)
+    )  # workers do not replay each other's suggestions
 
 
 def test_workers_on_postgresql(tmp_path: Path, dr_dir: Path):
@@ -171,5 +177,7 @@ def test_unreachable_postgres_and_password_masked(tmp_path: Path, dr_dir: Path):
 def test_results_folder_that_cannot_be_written(tmp_path: Path, dr_dir: Path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = run_cli("run", str(space_file(tmp_path)), "--data", str(dr_dir), "--results", str(blocker / "results"), cwd=tmp_path)
+    result = run_cli(
+        "run", str(space_file(tmp_path)), "--data", str(dr_dir), "--results", str(blocker / "results"), cwd=tmp_path
+    )
     one_line(result, "cannot write there")
