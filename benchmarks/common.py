@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/NAME.py` from anywhere, without PYTHONPATH
     sys.path.insert(0, str(ROOT))
 
+# E402: these project imports must follow the sys.path line above, so a benchmark runs as a plain script
 from objectives import synthetic  # noqa: E402
 from objectives.data import DeviceBatches, ImageSet  # noqa: E402
 from objectives.losses import build_loss  # noqa: E402
@@ -45,8 +46,8 @@ NUM_CLASSES = 5  # synthetic-fundus grades 0..4
 
 
 def pick_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else the CPU (the project's own rule, `study.runner.resolve_device`)."""
-    from study.runner import resolve_device
+    """`auto` is CUDA when present, else the CPU (the project's own rule, `study.run.prepare.resolve_device`)."""
+    from study.run.prepare import resolve_device
 
     return resolve_device(name)
 
@@ -66,7 +67,8 @@ def set_threads(n: int, device: torch.device) -> str:
             return f"{torch.get_num_threads()} (torch default)"
         n = 1
     torch.set_num_threads(n)
-    return f"{n} (--threads; 1 by default on the CPU: two OpenMP threads on a shared 2-core machine made steps vary ten-fold)"
+    return (f"{n} (--threads; 1 by default on the CPU: two OpenMP threads on a shared 2-core machine made steps vary "
+            "ten-fold)")
 
 
 def sync(device: torch.device) -> None:
@@ -137,8 +139,19 @@ def synthetic_jpegs(work: Path, train_images: int, test_images: int, size: int, 
     return root, time.perf_counter() - started
 
 
-def study_batches(images: ImageSet, *, batch_size: int, device: torch.device, mean: Sequence[float], std: Sequence[float],
-                  flips: bool, channels_last: bool, seed: int, shuffle: bool = True, drop_last: bool = True) -> DeviceBatches:
+def study_batches(
+    images: ImageSet,
+    *,
+    batch_size: int,
+    device: torch.device,
+    mean: Sequence[float],
+    std: Sequence[float],
+    flips: bool,
+    channels_last: bool,
+    seed: int,
+    shuffle: bool = True,
+    drop_last: bool = True,
+) -> DeviceBatches:
     """The study's training batches (`objectives.data.DeviceBatches`), with random horizontal and
     vertical flips when `flips`, whichever way this checkout's DeviceBatches spells them; full
     batches only (`drop_last`), as `fit` trains."""
@@ -174,8 +187,18 @@ class LabJpegDataset(torch.utils.data.Dataset):
         return self.transform(rgb), self.labels[i]
 
 
-def lab_loader(images: ImageSet, paths: Sequence[Path], *, size: int, batch_size: int, workers: int,
-               mean: Sequence[float], std: Sequence[float], seed: int, drop_last: bool = True) -> torch.utils.data.DataLoader:
+def lab_loader(
+    images: ImageSet,
+    paths: Sequence[Path],
+    *,
+    size: int,
+    batch_size: int,
+    workers: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int,
+    drop_last: bool = True,
+) -> torch.utils.data.DataLoader:
     """The lab's pipeline over the same rows as `images` (paths[i] is the file of row i):
     Resize, RandomHorizontalFlip, RandomVerticalFlip, ToTensor, Normalize in a DataLoader with
     `workers` processes (the lab's defaults otherwise: no pinned memory, workers restarted per
@@ -191,8 +214,14 @@ def lab_loader(images: ImageSet, paths: Sequence[Path], *, size: int, batch_size
     ])
     rows = images.index
     dataset = LabJpegDataset([paths[i] for i in rows], images.labels[rows], transform)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                       generator=torch.Generator().manual_seed(seed), drop_last=drop_last and len(rows) >= batch_size)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=drop_last and len(rows) >= batch_size,
+    )
 
 
 def to_device(loader: Iterable, device: torch.device) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -333,8 +362,16 @@ def timed_epoch(trainee: Trainee, batches: Iterable, runtime: Runtime, *, warmup
     extra = (trainee.scaler,) if trainee.scaler is not None else ()
     warm = _BatchClock(runtime.device, sync_steps=False)
     if warmup > 0:
-        _train_epoch(trainee.model, trainee.loss_fn, warm.over(_Prefix(batches, warmup)), trainee.optimizer, "ft", runtime,
-                     "warm-up", *extra)
+        _train_epoch(
+            trainee.model,
+            trainee.loss_fn,
+            warm.over(_Prefix(batches, warmup)),
+            trainee.optimizer,
+            "ft",
+            runtime,
+            "warm-up",
+            *extra,
+        )
     clock = _BatchClock(runtime.device, sync_steps)
     sync(runtime.device)
     started = time.perf_counter()

@@ -44,21 +44,25 @@ from pathlib import Path
 
 import torch
 
+from objectives.data import find_dataset, load_splits
+from objectives.train import Runtime
+from study.run.failures import CUDA_OOM, failure_reason
+
 from common import (
     DEFAULT_WORK,
-    add_threads_arg,
-    describe_device,
     EpochTiming,
+    add_threads_arg,
     csv_ints,
     csv_strs,
+    describe_device,
     lab_loader,
     make_trainee,
     percent,
     print_header,
     ratio,
     release,
-    set_threads,
     repeated,
+    set_threads,
     study_batches,
     synthetic_jpegs,
     table,
@@ -66,9 +70,6 @@ from common import (
     times,
     to_device,
 )
-from objectives.data import find_dataset, load_splits
-from objectives.train import Runtime
-from study.runner import CUDA_OOM, failure_reason
 
 VAL_FRACTION = 0.2
 SMOKE = dict(archs="resnet18,resnet50", sizes="64", batches="4", images=8, workers="2", warmup=1)
@@ -84,14 +85,24 @@ def main() -> None:
     parser.add_argument("--sizes", default="224,512", help="image sizes in px (default %(default)s)")
     parser.add_argument("--batches", default="32,128", help="batch sizes (default %(default)s)")
     parser.add_argument("--images", type=int, default=1024, help="training images per epoch (default %(default)s)")
-    parser.add_argument("--workers", default="8", help="DataLoader workers of the fair seed arm(s), besides 0 (default %(default)s)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each timed epoch (default %(default)s)")
+    parser.add_argument(
+        "--workers", default="8", help="DataLoader workers of the fair seed arm(s), besides 0 (default %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="untimed steps before each timed epoch (default %(default)s)"
+    )
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for the JPEG files, reused across runs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"only what the goals need, for a short GPU lease ({', '.join(f'{k}={v}' for k, v in QUICK.items())})")
-    parser.add_argument("--cpu-smoke", action="store_true",
-                        help=f"run the same code on the CPU at tiny sizes ({', '.join(f'{k}={v}' for k, v in SMOKE.items())})")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"only what the goals need, for a short GPU lease ({', '.join(f'{k}={v}' for k, v in QUICK.items())})",
+    )
+    parser.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help=f"run the same code on the CPU at tiny sizes ({', '.join(f'{k}={v}' for k, v in SMOKE.items())})",
+    )
     add_threads_arg(parser)
     args = parser.parse_args()
 
@@ -113,7 +124,8 @@ def main() -> None:
     workers = [0] + [w for w in csv_ints(args.workers) if w != 0]
     train_files = math.ceil(args.images / (1 - VAL_FRACTION))
     print_header(
-        "GPU throughput: seed-style loop vs study path vs model-only ceiling" + (" [CPU SMOKE: tiny sizes, timings meaningless]" if args.cpu_smoke else ""),
+        "GPU throughput: seed-style loop vs study path vs model-only ceiling"
+        + (" [CPU SMOKE: tiny sizes, timings meaningless]" if args.cpu_smoke else ""),
         device,
         models=", ".join(archs),
         sizes=", ".join(f"{s} px" for s in sizes),
@@ -133,11 +145,18 @@ def main() -> None:
         scratch = Path(tempfile.mkdtemp(prefix="cache-", dir=args.work))
         try:
             started = time.perf_counter()
-            splits = load_splits(files, image_size=size, val_fraction=VAL_FRACTION, split_seed=args.seed, cache_dir=scratch)
+            splits = load_splits(
+                files, image_size=size, val_fraction=VAL_FRACTION, split_seed=args.seed, cache_dir=scratch
+            )
             print(f"decode cache build (one time, not in any epoch): {time.perf_counter() - started:.2f} s\n")
             for arch in archs:
                 for batch in batches:
-                    results.append(((arch, size, batch), run_config(arch, size, batch, splits, files.train.paths, device, workers, args)))
+                    results.append(
+                        (
+                            (arch, size, batch),
+                            run_config(arch, size, batch, splits, files.train.paths, device, workers, args),
+                        )
+                    )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -159,8 +178,19 @@ def main() -> None:
     print()
     for line in goal_lines(results, describe_device(device)):
         print(line)
-    cold = sorted({f"{arch} {size}px b{batch} {name}" for (arch, size, batch), r in results for name, t in r.items() if t and t.cold_shapes})
-    print("warm-up: every timed shape was warmed up in every arm" if not cold else f"warm-up: COLD shapes timed in {', '.join(cold)}")
+    cold = sorted(
+        {
+            f"{arch} {size}px b{batch} {name}"
+            for (arch, size, batch), r in results
+            for name, t in r.items()
+            if t and t.cold_shapes
+        }
+    )
+    print(
+        "warm-up: every timed shape was warmed up in every arm"
+        if not cold
+        else f"warm-up: COLD shapes timed in {', '.join(cold)}"
+    )
 
 
 def goal_lines(results: list[tuple[tuple[str, int, int], dict[str, EpochTiming | None]]], device: str) -> list[str]:
@@ -179,9 +209,14 @@ def goal_lines(results: list[tuple[tuple[str, int, int], dict[str, EpochTiming |
     if r50:
         rate, name = max(r50)
         verdict = "met" if rate >= GOAL_RESNET50_224 else "missed"
-        lines.append(f"goal ResNet50 at 224 px >= {GOAL_RESNET50_224:,.0f} img/s: {verdict} ({rate:,.0f} img/s, {name}){where}")
+        lines.append(
+            f"goal ResNet50 at 224 px >= {GOAL_RESNET50_224:,.0f} img/s: {verdict} ({rate:,.0f} img/s, {name}){where}"
+        )
     else:
-        lines.append(f"goal ResNet50 at 224 px >= {GOAL_RESNET50_224:,.0f} img/s: not measured (no resnet50 224 px configuration ran)")
+        lines.append(
+            f"goal ResNet50 at 224 px >= {GOAL_RESNET50_224:,.0f} img/s: not measured (no resnet50 224 px "
+            "configuration ran)"
+        )
     return lines
 
 
@@ -199,12 +234,15 @@ def _tf32_note() -> str:
     """What "fp32" means on this machine: cuDNN lets convolutions use TF32 unless told not to."""
     conv = torch.backends.cudnn.allow_tf32
     matmul = torch.backends.cuda.matmul.allow_tf32
-    return f"TF32 convolutions {'allowed' if conv else 'off'}, TF32 matmuls {'allowed' if matmul else 'off'}; TF32 needs Ampere or later"
+    return (f"TF32 convolutions {'allowed' if conv else 'off'}, TF32 matmuls {'allowed' if matmul else 'off'}; TF32 "
+            "needs Ampere or later")
 
 
 def _autocast_note(device: torch.device) -> str:
     runtime = _study_runtime(device)
-    return f"{str(runtime.amp_dtype).removeprefix('torch.')} autocast" + (" with loss scaling" if runtime.scales_loss else "")
+    return f"{str(runtime.amp_dtype).removeprefix('torch.')} autocast" + (
+        " with loss scaling" if runtime.scales_loss else ""
+    )
 
 
 def _study_runtime(device: torch.device) -> Runtime:
@@ -213,7 +251,9 @@ def _study_runtime(device: torch.device) -> Runtime:
     return Runtime.for_device(device) if device.type == "cuda" else Runtime(device=device, amp=True, channels_last=True)
 
 
-def run_config(arch: str, size: int, batch: int, splits, paths, device: torch.device, workers: list[int], args) -> dict[str, EpochTiming | None]:
+def run_config(
+    arch: str, size: int, batch: int, splits, paths, device: torch.device, workers: list[int], args
+) -> dict[str, EpochTiming | None]:
     """The four arms of one (model, size, batch) configuration; None where an arm ran out of memory."""
     print(f"-- {arch} {size} px batch {batch} --")
     counts = splits.train.class_counts(splits.num_classes)
@@ -227,19 +267,47 @@ def run_config(arch: str, size: int, batch: int, splits, paths, device: torch.de
         y = torch.randint(0, splits.num_classes, (batch,), device=device)
         return repeated((x, y), steps)
 
-    arms = {"ceiling": (fast, True, ceiling_batches),
-            "study": (fast, True, lambda: study_batches(splits.train, batch_size=batch, device=device, mean=mean, std=std,
-                                                         flips=True, channels_last=True, seed=args.seed))}
+    arms = {
+        "ceiling": (fast, True, ceiling_batches),
+        "study": (
+            fast,
+            True,
+            lambda: study_batches(
+                splits.train,
+                batch_size=batch,
+                device=device,
+                mean=mean,
+                std=std,
+                flips=True,
+                channels_last=True,
+                seed=args.seed,
+            ),
+        ),
+    }
     for w in workers:
-        arms[f"seed w{w}"] = (lab, False, lambda w=w: to_device(
-            lab_loader(splits.train, paths, size=size, batch_size=batch, workers=w, mean=mean, std=std, seed=args.seed), device))
+        arms[f"seed w{w}"] = (
+            lab,
+            False,
+            lambda w=w: to_device(
+                lab_loader(
+                    splits.train, paths, size=size, batch_size=batch, workers=w, mean=mean, std=std, seed=args.seed
+                ),
+                device,
+            ),
+        )
     out: dict[str, EpochTiming | None] = {}
     for name, (runtime, benchmark, make) in arms.items():
         torch.backends.cudnn.benchmark = benchmark
         trainee = None
         try:
-            trainee = make_trainee(arch, device, channels_last=runtime.channels_last, seed=args.seed, class_counts=counts,
-                                   scales_loss=runtime.scales_loss)
+            trainee = make_trainee(
+                arch,
+                device,
+                channels_last=runtime.channels_last,
+                seed=args.seed,
+                class_counts=counts,
+                scales_loss=runtime.scales_loss,
+            )
             # No per-step synchronisation: this is the loop as it runs in a study, host and GPU overlapping.
             out[name] = timed_epoch(trainee, make(), runtime, warmup=args.warmup, sync_steps=False)
             cold = f"  COLD shapes timed: {list(out[name].cold_shapes)}" if out[name].cold_shapes else ""
@@ -254,8 +322,12 @@ def run_config(arch: str, size: int, batch: int, splits, paths, device: torch.de
             release(device)
     torch.backends.cudnn.benchmark = False
     seed0 = out.get("seed w0")
-    rows = [[name, t.images, t.seconds, t.rate, percent(t.wait_share), times(_ratio(t, seed0))] if t else [name, "OOM", "", "", "", ""]
-            for name, t in out.items()]
+    rows = [
+        [name, t.images, t.seconds, t.rate, percent(t.wait_share), times(_ratio(t, seed0))]
+        if t
+        else [name, "OOM", "", "", "", ""]
+        for name, t in out.items()
+    ]
     print(table(["arm", "images", "epoch s", "img/s", "host wait", "vs seed w0"], rows))
     print()
     return out

@@ -42,10 +42,13 @@ from pathlib import Path
 
 import torch
 
+from objectives.data import find_dataset, load_splits
+from objectives.train import Runtime
+
 from common import (
     DEFAULT_WORK,
-    add_threads_arg,
     EpochTiming,
+    add_threads_arg,
     csv_ints,
     csv_strs,
     lab_loader,
@@ -63,8 +66,6 @@ from common import (
     times,
     to_device,
 )
-from objectives.data import find_dataset, load_splits
-from objectives.train import Runtime
 
 VAL_FRACTION = 0.2
 GOAL_512 = 5.0
@@ -89,13 +90,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="128:resnet18,512:convnet", help="SIZE:ARCH,... (default: %(default)s)")
     parser.add_argument("--images", type=int, default=256, help="training images per epoch (default %(default)s)")
-    parser.add_argument("--source-size", type=int, default=768, help="px of the generated JPEG files (default %(default)s)")
+    parser.add_argument(
+        "--source-size", type=int, default=768, help="px of the generated JPEG files (default %(default)s)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", default="0,2", help="DataLoader num_workers of the baseline, comma-separated (default %(default)s)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed batches before each timed epoch (default %(default)s)")
+    parser.add_argument(
+        "--workers", default="0,2", help="DataLoader num_workers of the baseline, comma-separated (default %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed batches before each timed epoch (default %(default)s)"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="timed epochs per arm, best kept (default %(default)s)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for the JPEG files, reused across runs (default %(default)s)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=DEFAULT_WORK,
+        help="folder for the JPEG files, reused across runs (default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     add_threads_arg(parser)
     args = parser.parse_args()
@@ -131,8 +143,11 @@ def main() -> None:
         base0 = result.get("baseline w0")
         fair = max((t for k, t in result.items() if k.startswith("baseline")), key=lambda t: t.rate)
         study = result["study"]
-        print(f"{setup.name}: study {study.rate:.1f} img/s, baseline w0 {base0.rate:.1f} img/s, best baseline {fair.rate:.1f} img/s; "
-              f"data wait: study {percent(study.wait_share)}, baseline w0 {percent(base0.wait_share)}")
+        print(
+            f"{setup.name}: study {study.rate:.1f} img/s, baseline w0 {base0.rate:.1f} img/s, best baseline "
+            f"{fair.rate:.1f} img/s; "
+            f"data wait: study {percent(study.wait_share)}, baseline w0 {percent(base0.wait_share)}"
+        )
     for setup, result in summary:
         base0 = result["baseline w0"]
         fair = max((t for k, t in result.items() if k.startswith("baseline")), key=lambda t: t.rate)
@@ -145,22 +160,34 @@ def main() -> None:
             got = ratio(study.rate, base0.rate)
             print(f"goal >= {GOAL_512:g}x at {setup.name}: {'met' if got >= GOAL_512 else 'missed'} ({times(got)})")
         else:
-            print(f"goal 'input pipeline not the bottleneck' at {setup.name}: study data wait {percent(study.wait_share)} of step time")
+            print(
+                f"goal 'input pipeline not the bottleneck' at {setup.name}: study data wait "
+                f"{percent(study.wait_share)} of step time"
+            )
 
 
-def run_setup(setup: Setup, files, device: torch.device, workers: list[int], args) -> tuple[Setup, dict[str, EpochTiming]]:
+def run_setup(
+    setup: Setup, files, device: torch.device, workers: list[int], args
+) -> tuple[Setup, dict[str, EpochTiming]]:
     print(f"-- {setup.name} --")
     scratch = Path(tempfile.mkdtemp(prefix="cache-", dir=args.work))
     try:
         started = time.perf_counter()
-        splits = load_splits(files, image_size=setup.size, val_fraction=VAL_FRACTION, split_seed=args.seed, cache_dir=scratch)
+        splits = load_splits(
+            files, image_size=setup.size, val_fraction=VAL_FRACTION, split_seed=args.seed, cache_dir=scratch
+        )
         built = time.perf_counter() - started
         started = time.perf_counter()
-        splits = load_splits(files, image_size=setup.size, val_fraction=VAL_FRACTION, split_seed=args.seed, cache_dir=scratch)
+        splits = load_splits(
+            files, image_size=setup.size, val_fraction=VAL_FRACTION, split_seed=args.seed, cache_dir=scratch
+        )
         reopened = time.perf_counter() - started
         decoded = len(files.train.paths) + len(files.test.paths)
-        print(f"decode cache build (one time): {built:.2f} s for {decoded} images ({decoded / built:.0f} img/s, "
-              f"thread pool), channel statistics included; reopening it (statistics read from the cache too): {reopened:.3f} s")
+        print(
+            f"decode cache build (one time): {built:.2f} s for {decoded} images ({decoded / built:.0f} img/s, "
+            "thread pool), channel statistics included; reopening it (statistics read from the cache too): "
+            f"{reopened:.3f} s"
+        )
         result = measure(setup, splits, files.train.paths, device, workers, args)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -184,9 +211,22 @@ def measure(setup: Setup, splits, paths, device: torch.device, workers: list[int
     mean, std = tuple(splits.mean), tuple(splits.std)
     arms = {}
     for w in workers:
-        arms[f"baseline w{w}"] = plain, lambda w=w: to_device(
-            lab_loader(splits.train, paths, size=setup.size, batch_size=args.batch_size, workers=w, mean=mean, std=std, seed=args.seed),
-            device)
+        arms[f"baseline w{w}"] = (
+            plain,
+            lambda w=w: to_device(
+                lab_loader(
+                    splits.train,
+                    paths,
+                    size=setup.size,
+                    batch_size=args.batch_size,
+                    workers=w,
+                    mean=mean,
+                    std=std,
+                    seed=args.seed,
+                ),
+                device,
+            ),
+        )
     for name, runtime in (("study input", plain), ("study", own)):
         arms[name] = runtime, lambda runtime=runtime: study_batches(
             splits.train, batch_size=args.batch_size, device=device, mean=mean, std=std, flips=True,
@@ -196,7 +236,9 @@ def measure(setup: Setup, splits, paths, device: torch.device, workers: list[int
     best: dict[str, EpochTiming] = {}
     for _ in range(args.repeats):
         for name, (runtime, make) in arms.items():
-            trainee = make_trainee(setup.arch, device, channels_last=runtime.channels_last, seed=args.seed, class_counts=counts)
+            trainee = make_trainee(
+                setup.arch, device, channels_last=runtime.channels_last, seed=args.seed, class_counts=counts
+            )
             timing = timed_epoch(trainee, make(), runtime, warmup=args.warmup, sync_steps=True)
             if name not in best or timing.rate > best[name].rate:
                 best[name] = timing

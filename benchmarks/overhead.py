@@ -3,7 +3,7 @@ versus off, same seeds, same trials.
 
 A small ``dr_focal`` study (synthetic-fundus JPEG files, ResNet18 from scratch, lr and loss
 sampled, no pruner so that both arms train the very same trials) runs through the real runner,
-``study.runner.run_study``, alternately with ``trial_pages`` off and on (after one unmeasured run
+``study.run.session.run_study``, alternately with ``trial_pages`` off and on (after one unmeasured run
 that fills the decode cache and imports everything). The wall time of a study is from its first
 trial's start to ``run_study``'s return, which includes waiting for the background thread to draw
 the last trial's figures: work moved off the trial still counts. The overhead is the paired ratio
@@ -26,6 +26,14 @@ import warnings
 from pathlib import Path
 
 import optuna
+
+from objectives.errors import InputError
+from study import registry, storage
+from study.run.options import RunOptions
+from study.run.output import Output
+from study.run.session import run_study
+from study.trial_pages import TrialPages
+
 from common import (
     DEFAULT_WORK,
     add_threads_arg,
@@ -36,11 +44,6 @@ from common import (
     synthetic_jpegs,
     table,
 )
-
-from objectives.errors import InputError
-from study import registry, storage
-from study.runner import Output, RunOptions, run_study
-from study.trial_pages import TrialPages
 
 GOAL = 0.02
 

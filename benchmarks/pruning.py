@@ -3,7 +3,7 @@
 The same study (the ``dr_focal`` search space from ``study.registry``, pinned to ResNet18 from
 scratch with cross entropy so that only the learning rate is sampled, over 1e-4..1e-1 log, where
 it decides between learning nothing and learning well) is run through the real runner
-(``study.runner.run_study``) once per pruner: ``none``, ``median`` (``MedianPruner`` with
+(``study.run.session.run_study``) once per pruner: ``none``, ``median`` (``MedianPruner`` with
 ``n_startup_trials`` / ``n_warmup_steps`` from the TOML's ``startup_trials`` / ``warmup_epochs``,
 overridable here) and ``hyperband``, and that for several study seeds. The protocol keeps the
 study's proportions: 15 epochs per trial as ``dr_focal``, a warm-up of at most a third of them
@@ -37,11 +37,24 @@ from pathlib import Path
 
 import optuna
 import torch
-
-from common import DEFAULT_WORK, add_threads_arg, set_threads, csv_strs, percent, pick_device, print_header, synthetic_jpegs, table
 from optuna.trial import TrialState
+
 from study import registry
-from study.runner import Output, RunOptions, run_study
+from study.run.options import RunOptions
+from study.run.output import Output
+from study.run.session import run_study
+
+from common import (
+    DEFAULT_WORK,
+    add_threads_arg,
+    csv_strs,
+    percent,
+    pick_device,
+    print_header,
+    set_threads,
+    synthetic_jpegs,
+    table,
+)
 
 STUDY_NAME = "pruning-bench"
 GOAL_SAVED, GOAL_BEST = 0.50, 0.01
@@ -74,7 +87,9 @@ def run_space(space, spec: str):
         raise SystemExit(f"--pruners: {spec!r} is not none, median, median/STARTUP/WARMUP or hyperband")
     if numbers:
         startup, warmup = (int(v) for v in numbers)
-        space = dataclasses.replace(space, study=dataclasses.replace(space.study, startup_trials=startup, warmup_epochs=warmup))
+        space = dataclasses.replace(
+            space, study=dataclasses.replace(space.study, startup_trials=startup, warmup_epochs=warmup)
+        )
     return name, space
 
 
@@ -139,20 +154,36 @@ def main() -> None:
                              "startup trials S and warmup epochs W for that run (default %(default)s)")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=15, help="epochs per trial (default %(default)s, as dr_focal)")
-    parser.add_argument("--seeds", default="0,1,2",
-                        help="study seeds (sampler and trial seeds), each a full set of runs; >= 3 for a mean and range")
-    parser.add_argument("--sampler", default="random", choices=("random", "tpe"),
-                        help="random (default): trial k gets the same lr in every run whatever was pruned, so the runs "
-                             "differ only by the pruner; tpe: what a study uses, its later suggestions follow the pruned history")
-    parser.add_argument("--images", type=int, default=240, help="train images (20%% become validation); test = images / 5")
+    parser.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="study seeds (sampler and trial seeds), each a full set of runs; >= 3 for a mean and range",
+    )
+    parser.add_argument(
+        "--sampler",
+        default="random",
+        choices=("random", "tpe"),
+        help="random (default): trial k gets the same lr in every run whatever was pruned, so the runs "
+        "differ only by the pruner; tpe: what a study uses, its later suggestions follow the pruned history",
+    )
+    parser.add_argument(
+        "--images", type=int, default=240, help="train images (20%% become validation); test = images / 5"
+    )
     parser.add_argument("--image-size", type=int, default=32, help="px (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet50"))
-    parser.add_argument("--startup-trials", type=int, help="MedianPruner n_startup_trials (default: the TOML's startup_trials)")
-    parser.add_argument("--warmup-epochs", type=int,
-                        help="MedianPruner n_warmup_steps in fine-tuning epochs (default: the TOML's, at most a third of --epochs)")
+    parser.add_argument(
+        "--startup-trials", type=int, help="MedianPruner n_startup_trials (default: the TOML's startup_trials)"
+    )
+    parser.add_argument(
+        "--warmup-epochs",
+        type=int,
+        help="MedianPruner n_warmup_steps in fine-tuning epochs (default: the TOML's, at most a third of --epochs)",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="folder for the JPEG files and the runner's logs")
+    parser.add_argument(
+        "--work", type=Path, default=DEFAULT_WORK, help="folder for the JPEG files and the runner's logs"
+    )
     add_threads_arg(parser)
     args = parser.parse_args()
     if args.warmup_epochs is None:  # the study's proportions: warm-up at most a third of the epochs
@@ -167,15 +198,16 @@ def main() -> None:
     device = pick_device(args.device)
     threads = set_threads(args.threads, device)
     print_header(
-        "pruning: one study, run once per pruner and seed through study.runner.run_study",
+        "pruning: one study, run once per pruner and seed through study.run.session.run_study",
         device,
         study=f"dr_focal space, arch={args.arch} pretrained=false loss=ce pinned, lr sampled "
-              f"({space.study.sampler}), target {args.trials} finished trials x {args.epochs} epochs, seeds {seeds}",
+        f"({space.study.sampler}), target {args.trials} finished trials x {args.epochs} epochs, seeds {seeds}",
         torch_threads=threads,
-        data=f"synthetic-fundus JPEG {args.image_size} px, {args.images} train ({args.images // 5} test), batch {args.batch_size}",
+        data=f"synthetic-fundus JPEG {args.image_size} px, {args.images} train ({args.images // 5} test), batch "
+             f"{args.batch_size}",
         pruners=f"{', '.join(pruners)}; median: n_startup_trials={space.study.startup_trials}, "
-                f"n_warmup_steps={space.study.warmup_epochs} (fine-tuning epochs); hyperband: min 1, max {args.epochs} epochs, "
-                "factor 3; a trial's last epoch is never pruned",
+        f"n_warmup_steps={space.study.warmup_epochs} (fine-tuning epochs); hyperband: min 1, max {args.epochs} epochs, "
+        "factor 3; a trial's last epoch is never pruned",
     )
     args.work.mkdir(parents=True, exist_ok=True)
     root, generated = synthetic_jpegs(args.work, args.images, max(args.images // 5, 5), args.image_size, 0)
@@ -202,13 +234,43 @@ def main() -> None:
     rows = []
     for seed, runs in by_seed.items():
         for name, r in runs.items():
-            rows.append([seed, name, f"{r['complete']}/{r['pruned']}/{r['failed']}", r["epochs"], percent(r["saved"]), r["wall"],
-                         percent(r["faster"]), f"{r['best']:.4f}", r["best_trial"], percent(r["diff"])])
-    print(table(["seed", "pruner", "complete/pruned/fail", "epochs", "epochs saved", "wall s", "time saved", "best val kappa",
-                 "best trial", "best vs " + ref_name], rows))
+            rows.append(
+                [
+                    seed,
+                    name,
+                    f"{r['complete']}/{r['pruned']}/{r['failed']}",
+                    r["epochs"],
+                    percent(r["saved"]),
+                    r["wall"],
+                    percent(r["faster"]),
+                    f"{r['best']:.4f}",
+                    r["best_trial"],
+                    percent(r["diff"]),
+                ]
+            )
+    print(
+        table(
+            [
+                "seed",
+                "pruner",
+                "complete/pruned/fail",
+                "epochs",
+                "epochs saved",
+                "wall s",
+                "time saved",
+                "best val kappa",
+                "best trial",
+                "best vs " + ref_name,
+            ],
+            rows,
+        )
+    )
     print()
     first = by_seed[seeds[0]]
-    print(f"seed {seeds[0]}, per trial (same number = same seed and lr with --sampler random); validation kappa per epoch:")
+    print(
+        f"seed {seeds[0]}, per trial (same number = same seed and lr with --sampler random); validation kappa per "
+        "epoch:"
+    )
     n = max(len(r["trials"]) for r in first.values())
     rows = []
     for k in range(n):

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the imports a notebook pays for when it calls a function, n
     import optuna
     import pandas as pd
 
-    from study.analysis import Report
+    from study.report.build import Report
 
 SPLITS = ("val", "test")
 FIRST = ("number", "state", "value")  # the leading columns; then params, then the trial's record
@@ -32,14 +32,13 @@ def open_study(name: str, storage: str | None = None, results: str | Path = "res
     """The Optuna study `name` in `storage` (a storage URL; default: the results folder's SQLite
     file). A missing file or an unknown name raises `InputError` with one line saying which."""
     from objectives.errors import InputError
-    from study import analysis
     from study import storage as storages
 
     url = storage or storages.default_url(Path(results))
     path = storages.sqlite_file(url)
     if path is not None and not path.exists():
         raise InputError(f"no storage at {path}; run a study first (or pass storage=URL)")
-    return analysis.load(name, storages.open_storage(url))
+    return storages.load_study(name, storages.open_storage(url))
 
 
 def load_trials(name: str | optuna.Study, storage: str | None = None, results: str | Path = "results") -> pd.DataFrame:
@@ -84,19 +83,19 @@ def factor_table(study: str | optuna.Study, storage: str | None = None,
                  results: str | Path = "results") -> pd.DataFrame:
     """The report's factor table (`factors.csv`): per level of each sampled parameter, counts and
     the level's best trial. A map of the search, not an ablation (see the report's caption)."""
-    from study import analysis
+    from study.report import frames
 
     study = _study(study, storage, results)
-    return analysis.factor_table(analysis.trial_frame(study), analysis.factors(study), _maximize(study))
+    return frames.factor_table(frames.trial_frame(study), frames.factors(study), _maximize(study))
 
 
 def cell_table(study: str | optuna.Study, storage: str | None = None, results: str | Path = "results") -> pd.DataFrame:
     """The report's cell table (`cells.csv`): the best trial per combination of the study's
     recorded `[report] cells`."""
-    from study import analysis
+    from study.report import frames
 
     study = _study(study, storage, results)
-    return analysis.cell_table(analysis.trial_frame(study), _maximize(study), analysis.recorded_layout(study).cells)
+    return frames.cell_table(frames.trial_frame(study), _maximize(study), frames.recorded_layout(study).cells)
 
 
 def ablation_table(study: str | optuna.Study, storage: str | None = None,
@@ -104,18 +103,18 @@ def ablation_table(study: str | optuna.Study, storage: str | None = None,
     """The report's ablation statistics (`ablation_study.csv`): per variant and metric n, mean,
     std, the paired difference with its 95 % CI, p, Holm-adjusted p and P(better). `study` is the
     ablation study or its parent."""
-    from study import analysis
+    from study.report.ablation import ablation_frame
 
-    return analysis.ablation_frame(_ablation_study(study, storage, results))
+    return ablation_frame(_ablation_study(study, storage, results))
 
 
 def importance_table(study: str | optuna.Study, storage: str | None = None,
                      results: str | Path = "results") -> tuple[pd.DataFrame, str]:
     """The report's importances and the sentence that qualifies them (empty frame and the reason
     when the study has too few complete trials)."""
-    from study import analysis
+    from study.report.importance import importance_table as table
 
-    return analysis.importance_table(_study(study, storage, results))
+    return table(_study(study, storage, results))
 
 
 def write_report(study: str | optuna.Study, out: str | Path | None = None,
@@ -124,12 +123,12 @@ def write_report(study: str | optuna.Study, out: str | Path | None = None,
                  ablation: str | optuna.Study | None = None) -> Report:
     """What `study report` writes (tables, figures, report.md) for a study object, into `out`
     (default `results/<study name>`); `ablation` adds its table."""
-    from study import analysis
+    from study.report.build import build_report
 
     study = _study(study, storage, results)
     folder = Path(out) if out is not None else Path(results) / study.study_name
     paired = _study(ablation, storage, results) if ablation is not None else None
-    return analysis.build_report(study, folder, list(formats), "python", paired)
+    return build_report(study, folder, list(formats), "python", paired)
 
 
 def _study(study: str | optuna.Study, storage: str | None, results: str | Path) -> optuna.Study:
@@ -139,7 +138,7 @@ def _study(study: str | optuna.Study, storage: str | None, results: str | Path) 
 def _ablation_study(name: str | optuna.Study, storage: str | None, results: str | Path) -> optuna.Study:
     """The ablation study `name`, or the default-named ablation of the parent study `name`."""
     from objectives.errors import InputError
-    from study.analysis import ABLATION_SUFFIX
+    from study.records import ABLATION_SUFFIX
 
     study = name
     if isinstance(name, str):

@@ -11,7 +11,8 @@ from typing import Any
 from objectives import contract
 from objectives.errors import InputError
 from study.schema1 import SCHEMA1_OBJECTIVES
-from study.space import DEFAULT_OBJECTIVE, SearchSpace, load_space, load_space_text
+from study.space import DEFAULT_OBJECTIVE, SearchSpace
+from study.space_file import load_space, load_space_text
 
 
 def named_studies() -> dict[str, Path]:
@@ -37,18 +38,22 @@ def recorded_space(study: Any) -> SearchSpace | None:
     """The search space an Optuna study ran with, from the TOML text it recorded (user attr
     ``space_text``) with its recorded settings and pins: the same space on any machine, whatever
     happened to the file since. None for a study made before studies recorded their TOML."""
-    text = study.user_attrs.get("space_text")
-    if not text:
+    from study.records import StudyRecord
+
+    record = StudyRecord.from_study(study)
+    if not record.space_text:
         return None
-    path = Path(study.user_attrs.get("space_file") or f"{study.study_name}.toml")
-    return with_recorded_settings(load_space_text(text, path), study)
+    path = Path(record.space_file or f"{study.study_name}.toml")
+    return with_recorded_settings(load_space_text(record.space_text, path), study)
 
 
 def with_recorded_settings(space: SearchSpace, study: Any) -> SearchSpace:
     """`space` with the study's recorded [fixed] values (as run: `--set`, [embedded]) and pins."""
-    fixed = study.user_attrs.get("fixed", {})
-    space = space.with_settings(**{k: v for k, v in fixed.items() if k in space.fixed})
-    for name, value in study.user_attrs.get("pinned", {}).items():
+    from study.records import StudyRecord
+
+    record = StudyRecord.from_study(study)
+    space = space.with_settings(**{k: v for k, v in record.fixed.items() if k in space.fixed})
+    for name, value in record.pinned.items():
         space = space.pin(name, value)
     return space
 

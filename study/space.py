@@ -1,4 +1,5 @@
-"""Search-space files: read ``search_spaces/*.toml``, validate, pin, and suggest typed configs.
+"""Search spaces: a parsed ``search_spaces/*.toml`` (read by `study.space_file`), pinned, and the
+typed configs it suggests.
 
 A study is one TOML file. ``schema = 2`` at the top names the format this module writes about; a
 file without it is schema 1, the format before it (read as `study.schema1` describes).
@@ -32,9 +33,7 @@ import optuna
 
 from objectives import contract
 from objectives.errors import InputError
-from study import report_layout
 from study.report_layout import ReportLayout
-from study.schema1 import SCHEMA1_OBJECTIVES
 
 SCHEMA = 2  # the format of the shipped files; a file without `schema` is schema 1
 SCHEMAS = (1, 2)
@@ -42,11 +41,12 @@ DEFAULT_OBJECTIVE = "image_classifier"
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("maximize", "minimize")
-STUDY_KEYS = {"objective", "direction", "metric", "sampler", "pruner", "trials", "seed", "startup_trials", "warmup_epochs",
-              "sampler_startup_trials", "description"}
-RANGE_KEYS = {"low", "high", "log", "step", "when"}
-CHOICE_KEYS = {"choices", "when"}
-EMBEDDED_STUDY_KEYS = {"trials", "startup_trials", "warmup_epochs", "sampler_startup_trials"}  # [study] settings [embedded] may change
+EMBEDDED_STUDY_KEYS = {
+    "trials",
+    "startup_trials",
+    "warmup_epochs",
+    "sampler_startup_trials",
+}  # [study] settings [embedded] may change
 # What a study's settings mean (splits by group, cross-entropy validation loss, class weights with mean
 # 1, the pretrained weights' normalisation, FT-only pruning steps): a study made under an earlier
 # recipe gets another fingerprint, so `run` never adds trials of the new meaning to it.
@@ -250,7 +250,9 @@ class SearchSpace:
         for name in sorted(self.names() | set(self.pinned)):
             if name not in hints:
                 fields = ", ".join(sorted(hints))
-                raise SpaceError(f"{self.path}: {name}: not a setting of objective {self.study.objective} (its settings: {fields})")
+                raise SpaceError(
+                    f"{self.path}: {name}: not a setting of objective {self.study.objective} (its settings: {fields})"
+                )
             for value in self.possible_values(name) or _range_samples(self.param(name)):
                 if not _has_type(value, hints[name]):
                     raise SpaceError(f"{self.path}: {name}: {value!r} is not of type {_type_name(hints[name])}")
@@ -286,151 +288,14 @@ def build_config(config_cls: type, values: Mapping[str, Any]) -> Any:
     """The frozen config of one trial from flat settings; ints widen to float settings, nothing
     else is coerced."""
     hints = {name: s.hint for name, s in contract.settings(config_cls).items()}
-    kwargs = {k: float(v) if hints.get(k) is float and isinstance(v, int) and not isinstance(v, bool) else v for k, v in values.items()}
+    kwargs = {
+        k: float(v) if hints.get(k) is float and isinstance(v, int) and not isinstance(v, bool) else v
+        for k, v in values.items()
+    }
     try:
         return contract.build_config(config_cls, kwargs)
     except (TypeError, ValueError) as exc:
         raise SpaceError(f"invalid {config_cls.__module__} config: {exc}") from None
-
-
-def load_space(path: Path, name: str | None = None) -> SearchSpace:
-    """Parse and validate one search-space file (schema 1 or 2)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpaceError(f"{path}: no such search-space file") from None
-    except UnicodeDecodeError as exc:
-        raise SpaceError(f"{path}: not valid TOML ({exc})") from None
-    return load_space_text(text, path, name)
-
-
-def load_space_text(text: str, path: Path, name: str | None = None) -> SearchSpace:
-    """Parse and validate a search space from its TOML text; `path` names it in messages (and
-    is the file it came from, or the one a stored study recorded)."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpaceError(f"{path}: not valid TOML ({exc})") from None
-    where = str(path)
-    schema = doc.pop("schema", 1)
-    if type(schema) is not int or schema not in SCHEMAS:
-        raise SpaceError(f"{where}: schema = {schema!r} is unknown; this version reads schema "
-                         f"{' or '.join(map(str, SCHEMAS))}")
-    tables = {"study", "fixed", "space", "embedded", *(("report",) if schema >= 2 else ())}
-    if schema == 1 and "report" in doc:
-        raise SpaceError(f"{where}: [report] needs schema = 2 at the top of the file")
-    _only(doc, tables, where, "top-level table")
-    study_doc = _table(doc, "study", where)
-    _only(study_doc, STUDY_KEYS, where, "[study] key")
-    if schema == 1 and "objective" not in study_doc:
-        raise SpaceError(f"{where}: [study] needs objective = \"<module in objectives/>\"")
-    legacy = SCHEMA1_OBJECTIVES.get(study_doc.get("objective")) if schema == 1 else None
-    if schema >= 2 and study_doc.get("objective") in SCHEMA1_OBJECTIVES:
-        old = study_doc["objective"]
-        raise SpaceError(f"{where}: [study].objective = {old!r} is a schema-1 objective; with schema = {schema} write "
-                         f"objective = \"{DEFAULT_OBJECTIVE}\" and {old}'s settings (see search_spaces/{old}.toml)")
-    try:
-        study = StudySettings(**study_doc)
-    except TypeError as exc:
-        raise SpaceError(f"{where}: [study]: {exc}") from None
-    if not isinstance(study.objective, str) or not study.objective:
-        raise SpaceError(f"{where}: [study].objective must be a module name, got {study.objective!r}")
-    for key, allowed in (("direction", DIRECTIONS), ("sampler", SAMPLERS), ("pruner", PRUNERS)):
-        if getattr(study, key) not in allowed:
-            raise SpaceError(f"{where}: [study].{key} = {getattr(study, key)!r}; expected one of {', '.join(allowed)}")
-    for key in ("trials", "seed", "startup_trials", "warmup_epochs", "sampler_startup_trials"):
-        value = getattr(study, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise SpaceError(f"{where}: [study].{key} must be a non-negative integer, got {value!r}")
-    fixed = _table(doc, "fixed", where)
-    space_doc = _table(doc, "space", where)
-    params: list[Param] = []
-    for pname, spec in space_doc.items():
-        if pname in fixed:
-            raise SpaceError(f"{where}: {pname}: both in [fixed] and [space]")
-        params.append(_parse_param(pname, spec, where, fixed, params))
-    embedded = _table(doc, "embedded", where)
-    for key in EMBEDDED_STUDY_KEYS & embedded.keys():
-        value = embedded[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise SpaceError(f"{where}: [embedded].{key} must be a non-negative integer, got {value!r}")
-    for key in embedded:
-        if key not in EMBEDDED_DATA_KEYS and key not in fixed and key not in space_doc:
-            raise SpaceError(f"{where}: [embedded].{key}: neither a dataset setting ({', '.join(sorted(EMBEDDED_DATA_KEYS))}) "
-                             f"nor in [fixed] or [space]")
-        param = next((p for p in params if p.name == key), None)
-        if param is not None and not param.admits(embedded[key], {**fixed, **embedded}):
-            raise SpaceError(f"{where}: [embedded].{key} = {embedded[key]!r}: outside the declared [space] values")
-    report = ReportLayout()
-    if "report" in doc:
-        values = {**{name: (value,) for name, value in fixed.items()}, **{p.name: p.choices for p in params}}
-        try:
-            report = report_layout.parse(_table(doc, "report", where), values)
-        except ValueError as exc:
-            raise SpaceError(f"{where}: [report]{exc}") from None
-    if legacy is not None:
-        embedded = {"dataset": legacy.embedded_dataset, **embedded}
-    return SearchSpace(
-        name=name or path.stem,
-        path=path,
-        study=study,
-        fixed=MappingProxyType(dict(fixed)),
-        params=tuple(params),
-        embedded=MappingProxyType(dict(embedded)),
-        schema=schema,
-        defaults=legacy.settings if legacy is not None else MappingProxyType({}),
-        report=report,
-        text=text,
-    )
-
-
-def _parse_param(name: str, spec: Any, where: str, fixed: Mapping[str, Any], earlier: list[Param]) -> Param:
-    at = f"{where}: [space].{name}"
-    if not isinstance(spec, dict):
-        raise SpaceError(f"{at}: expected a table like {{choices = [...]}} or {{low = .., high = ..}}")
-    when = spec.get("when", {})
-    if not isinstance(when, dict):
-        raise SpaceError(f"{at}: when must be a table like {{other = value}}")
-    known = {p.name: p for p in earlier}
-    for other, value in when.items():
-        if other not in known and other not in fixed:
-            raise SpaceError(f"{at}: when names unknown parameter {other!r} (it must come earlier in the file)")
-        if other in known and known[other].choices is not None and value not in known[other].choices:
-            raise SpaceError(f"{at}: when {other} = {value!r}, but {other} takes only {list(known[other].choices)}")
-    conditions = tuple(when.items())
-    if "choices" in spec:
-        _only(spec, CHOICE_KEYS, at, "key")
-        choices = spec["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise SpaceError(f"{at}: choices must be a non-empty list")
-        return Param(name, choices=tuple(choices), when=conditions)
-    _only(spec, RANGE_KEYS, at, "key")
-    if "low" not in spec or "high" not in spec:
-        raise SpaceError(f"{at}: needs choices, or both low and high")
-    low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
-    context = {**fixed, **{p.name: p.choices[0] for p in earlier if p.choices}}
-    for bound in (low, high):
-        if isinstance(bound, str):
-            match = _BOUND.match(bound)
-            if not match or match.group(1) not in fixed:
-                raise SpaceError(f"{at}: bound {bound!r} must be a number or '<fixed setting> +/- <int>'")
-        elif isinstance(bound, bool) or not isinstance(bound, (int, float)):
-            raise SpaceError(f"{at}: bound {bound!r} is not a number")
-    if not isinstance(log, bool):
-        raise SpaceError(f"{at}: log must be true or false")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
-        raise SpaceError(f"{at}: step must be a positive number")
-    param = Param(name, low=low, high=high, log=log, step=step, when=conditions)
-    lo, hi = param.bounds(context)
-    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)):
-        raise SpaceError(f"{at}: bounds must resolve to numbers")
-    if lo > hi:
-        raise SpaceError(f"{at}: low {lo} > high {hi}")
-    if log and lo <= 0:
-        raise SpaceError(f"{at}: a log range needs low > 0, got {lo}")
-    if log and step is not None:
-        raise SpaceError(f"{at}: log and step cannot be combined")
-    return param
 
 
 def _resolve_bound(bound: int | float | str | None, values: Mapping[str, Any]) -> int | float:
@@ -441,19 +306,6 @@ def _resolve_bound(bound: int | float | str | None, values: Mapping[str, Any]) -
     base = values[match.group(1)]
     offset = int(match.group(3) or 0)
     return base - offset if match.group(2) == "-" else base + offset
-
-
-def _table(doc: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = doc.get(key, {})
-    if not isinstance(value, dict):
-        raise SpaceError(f"{where}: [{key}] must be a table")
-    return value
-
-
-def _only(table: Mapping[str, Any], allowed: set[str], where: str, what: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise SpaceError(f"{where}: unknown {what} {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
 
 
 def _range_samples(param: Param | None) -> tuple[Any, ...]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import importlib.util
 import sys
 import warnings
+from pathlib import Path
 
 import optuna
 import sqlalchemy.exc
@@ -49,7 +48,11 @@ def with_driver(url: str) -> str:
     except sqlalchemy.exc.ArgumentError:
         return url
     for plain, default_module, ours in (("postgresql", "psycopg2", "psycopg"), ("mysql", "MySQLdb", "pymysql")):
-        if parsed.drivername == plain and importlib.util.find_spec(default_module) is None and importlib.util.find_spec(ours):
+        if (
+            parsed.drivername == plain
+            and importlib.util.find_spec(default_module) is None
+            and importlib.util.find_spec(ours)
+        ):
             return parsed.set(drivername=f"{plain}+{ours}").render_as_string(hide_password=False)
     return url
 
@@ -69,10 +72,14 @@ def check_url(url: str) -> str:
         parsed = make_url(with_driver(url))
         dialect = parsed.get_dialect()
     except sqlalchemy.exc.ArgumentError:
-        raise InputError(f"--storage {mask(url)}: not a storage URL (e.g. sqlite:///results/optuna.db, postgresql://user@host/db)") from None
+        raise InputError(
+            f"--storage {mask(url)}: not a storage URL (e.g. sqlite:///results/optuna.db, postgresql://user@host/db)"
+        ) from None
     except sqlalchemy.exc.NoSuchModuleError:
-        raise InputError(f"--storage {mask(url)}: unknown database scheme {make_url(url).drivername!r} "
-                         f"(use sqlite:// or postgresql://)") from None
+        raise InputError(
+            f"--storage {mask(url)}: unknown database scheme {make_url(url).drivername!r} "
+            f"(use sqlite:// or postgresql://)"
+        ) from None
     try:
         dialect.import_dbapi()
     except ImportError as exc:
@@ -103,7 +110,8 @@ class RetryAndNote(RetryHeartbeatStaleTrialCallback):
             text = trial_pages.heartbeat_note(trial, study.user_attrs.get("metric", "value"), retried)
             trial_pages.save_note(study, self.storage, trial.number, text)
         except Exception as exc:  # noqa: BLE001 - a note must not stop the retry bookkeeping
-            print(f"study: warning: trial {trial.number}'s dashboard note: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"study: warning: trial {trial.number}'s dashboard note: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
 
 
 def open_storage(url: str, *, heartbeat: int = HEARTBEAT_SECONDS) -> RDBStorage:
@@ -131,3 +139,18 @@ def open_storage(url: str, *, heartbeat: int = HEARTBEAT_SECONDS) -> RDBStorage:
     except (sqlalchemy.exc.SQLAlchemyError, OSError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise InputError(f"--storage {mask(url)}: cannot open storage ({reason})") from None
+
+
+def study_names(store: optuna.storages.BaseStorage | str) -> list[str]:
+    """The names of the studies in a storage, in the storage's order."""
+    return [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+
+
+def load_study(name: str, store: optuna.storages.BaseStorage) -> optuna.Study:
+    """The study `name`, or a one-line InputError naming the studies the storage has."""
+    try:
+        return optuna.load_study(study_name=name, storage=store)
+    except KeyError:
+        raise InputError(
+            f"no study {name!r} in the storage (it has: {', '.join(study_names(store)) or 'none'})"
+        ) from None

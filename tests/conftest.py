@@ -38,7 +38,7 @@ def write_dr_lab(root: Path, train_labels: list[int], test_labels: list[int], si
         for name, label in zip(names, labels):
             class_image(label, size, rng).save(root / f"{name}.jpeg", quality=92)
         (root / f"{split}_img.csv").write_text("image\n" + "".join(f"{n}\n" for n in names))
-        (root / f"{split}_label.csv").write_text("level\n" + "".join(f"{l}\n" for l in labels))
+        (root / f"{split}_label.csv").write_text("level\n" + "".join(f"{label}\n" for label in labels))
     return root
 
 
@@ -58,8 +58,9 @@ def dr_dir(tmp_path: Path) -> Path:
 def torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TORCH_HOME whose hub cache holds a resnet18 checkpoint made here (random weights, the
     real file name and format), so the pretrained path runs without a network."""
-    from objectives.models import weights_file
     from torchvision.models import resnet18
+
+    from objectives.models import weights_file
 
     home = tmp_path_factory.mktemp("torch_home")
     previous = os.environ.get("TORCH_HOME")
@@ -93,7 +94,16 @@ def run_cli(*args: str, cwd: Path, torch_home: Path | None = None, timeout: floa
     )
 
 
-def tiny_space(path: Path, *, train_images: int = 100, test_images: int = 40, epochs: int = 2, image_size: int = 32, trials: int = 3, extra: str = "") -> Path:
+def tiny_space(
+    path: Path,
+    *,
+    train_images: int = 100,
+    test_images: int = 40,
+    epochs: int = 2,
+    image_size: int = 32,
+    trials: int = 3,
+    extra: str = "",
+) -> Path:
     """dr_focal.toml with an embedded section small enough for a test."""
     text = (ROOT / "search_spaces" / "dr_focal.toml").read_text()
     head = text.split("[embedded]")[0]
@@ -139,8 +149,9 @@ def made(tmp_path_factory: pytest.TempPathFactory, torch_home: Path) -> tuple[Pa
     """One real study `abl` (7 finished trials over both archs and pretraining, plus one FAIL
     trial) made by `run` on tiny DR-layout data: (folder with results/, data folder, TORCH_HOME).
     Session-scoped: every test of `report` and `ablate` reads it instead of training its own."""
-    from objectives.models import weights_file
     from torchvision.models import resnet50
+
+    from objectives.models import weights_file
 
     os.environ["TORCH_HOME"] = str(torch_home)
     try:

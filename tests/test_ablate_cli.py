@@ -12,8 +12,9 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats as scipy_stats
 
+from study.report.ablation import ABLATION_COLUMNS
+
 from conftest import run_cli, storage_of
-from study.analysis import ABLATION_COLUMNS
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +46,9 @@ def test_ablate_trains_every_variant_on_the_same_fresh_seeds(ablated):
     assert len(seeds) == 3 and not set(seeds) & parent_seeds(parent)
     variants = study.user_attrs["variants"]
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert sorted((t.params["variant"], t.params["seed"]) for t in finished) == sorted((v, s) for v in variants for s in seeds)
+    assert sorted((t.params["variant"], t.params["seed"]) for t in finished) == sorted(
+        (v, s) for v in variants for s in seeds
+    )
     for t in finished:  # seed s draws initialisation, batches and the validation split of every variant
         assert t.user_attrs["config"]["seed"] == t.user_attrs["config"]["split_seed"] == t.params["seed"]
         assert len(t.user_attrs["curves"]["epoch"]) == 2  # never pruned
@@ -84,7 +87,11 @@ def test_ablation_csv_equals_the_storage(ablated):
     assert base.delta == 0 and pd.isna(base.p) and pd.isna(base.ci_low) and pd.isna(base.p_improve)
     for variant in [v for v in study.user_attrs["variants"] if v != "baseline"]:
         for metric in ("test_kappa", "val_kappa"):
-            row, values, reference = rows.loc[(variant, metric)], per_seed(variant, metric), per_seed("baseline", metric)
+            row, values, reference = (
+                rows.loc[(variant, metric)],
+                per_seed(variant, metric),
+                per_seed("baseline", metric),
+            )
             seeds = sorted(values)
             a, b = np.array([values[s] for s in seeds]), np.array([reference[s] for s in seeds])
             assert row["mean"] == pytest.approx(a.mean()) and row.delta == pytest.approx((a - b).mean())
@@ -97,7 +104,9 @@ def test_ablation_csv_equals_the_storage(ablated):
     md = (root / "results" / "abl" / "ablation_study.md").read_text()
     assert "paired by seed" in md and "Holm" in md and "No parameter was retuned" in md
     assert re.search(r"^\| baseline +\| +3 \|", md, re.MULTILINE)
-    assert "ablation_study.csv" not in md and "## Ablation study" in (root / "results" / "abl" / "report.md").read_text()
+    assert (
+        "ablation_study.csv" not in md and "## Ablation study" in (root / "results" / "abl" / "report.md").read_text()
+    )
     if shutil.which("pdflatex"):
         doc = root / "ablation_doc.tex"
         doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}"
@@ -111,12 +120,22 @@ def test_refusals_are_one_line_and_write_nothing(made):
     root, _, torch_home = made
     legacy = optuna.create_study(study_name="abl.legacy", storage=storage_of(root))
     legacy.set_user_attr("seeds", 3)  # an ablation of the old ablate: seeds 0..2, no seed list
-    legacy.add_trial(optuna.trial.create_trial(params={"variant": "baseline", "seed": 0}, value=0.5, distributions={
-        "variant": optuna.distributions.CategoricalDistribution(["baseline"]), "seed": optuna.distributions.IntDistribution(0, 2)}))
+    legacy.add_trial(
+        optuna.trial.create_trial(
+            params={"variant": "baseline", "seed": 0},
+            value=0.5,
+            distributions={
+                "variant": optuna.distributions.CategoricalDistribution(["baseline"]),
+                "seed": optuna.distributions.IntDistribution(0, 2),
+            },
+        )
+    )
 
     def snapshot():
         summaries = optuna.get_all_study_summaries(storage_of(root), include_best_trial=False)
-        return sorted((s.study_name, s.n_trials) for s in summaries), sorted(p.name for p in (root / "results").iterdir())
+        return sorted((s.study_name, s.n_trials) for s in summaries), sorted(
+            p.name for p in (root / "results").iterdir()
+        )
 
     before = snapshot()
     for args, fragment in (
@@ -155,10 +174,14 @@ def test_factorial_with_retune_then_report_of_a_named_ablation(made, tmp_path):
     report = run_cli("report", "abl", "--ablation", "abl.retuned", "--out", str(tmp_path / "rep"), cwd=root)
     assert report.returncode == 0, report.stderr
     table = pd.read_csv(tmp_path / "rep" / "ablation_study.csv")
-    other = next(level for level in ("ce", "focal") if level != study.user_attrs["levels"][study.user_attrs["baseline"]]["loss"])
+    other = next(
+        level for level in ("ce", "focal") if level != study.user_attrs["levels"][study.user_attrs["baseline"]]["loss"]
+    )
     effect = table[(table.variant == f"main:loss={other}") & (table.metric == "test_kappa")].iloc[0]
-    cells = {v: {t.params["seed"]: t.user_attrs["test_metrics"]["kappa"] for t in study.trials if t.params["variant"] == v}
-             for v in study.user_attrs["variants"]}
+    cells = {
+        v: {t.params["seed"]: t.user_attrs["test_metrics"]["kappa"] for t in study.trials if t.params["variant"] == v}
+        for v in study.user_attrs["variants"]
+    }
     arm = next(v for v, levels in study.user_attrs["levels"].items() if levels["loss"] == other)
     diffs = [cells[arm][s] - cells[study.user_attrs["baseline"]][s] for s in study.user_attrs["seeds"]]
     assert effect.n == 3 and effect.delta == pytest.approx(np.mean(diffs))

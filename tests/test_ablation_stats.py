@@ -2,20 +2,25 @@
 studies with known answers (no training)."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState, create_trial
+from optuna.trial import create_trial
 from scipy import stats as scipy_stats
 
-from conftest import ANALYSIS_SPACE
 from objectives.errors import InputError
-from study import ablate, analysis, figures, runner, stats, tables
-from study.space import load_space
+from study import ablate, figures, tables, variants
+from study.records import ABLATION_VERSION
+from study.report import ablation as ablation_report
+from study.report import build, importance, stats
+from study.run.options import RunOptions
+from study.run.output import Output
+from study.space_file import load_space
+
+from conftest import ANALYSIS_SPACE
 
 # the shared study's space, with focal_alpha too (coupled with focal_gamma when the loss changes)
 SPACE = ANALYSIS_SPACE + 'focal_alpha = { choices = ["none", "inverse_frequency"], when = { loss = "focal" } }\n'
@@ -46,7 +51,9 @@ def test_paired_pairs_by_seed_and_matches_scipy():
     assert result.p == pytest.approx(expected.pvalue)
     assert result.p_improve == 1.0
     # unpaired Welch on all of each arm's seeds would give another answer: the pairing matters
-    assert result.p != pytest.approx(scipy_stats.ttest_ind(list(variant.values()), list(baseline.values()), equal_var=False).pvalue)
+    assert result.p != pytest.approx(
+        scipy_stats.ttest_ind(list(variant.values()), list(baseline.values()), equal_var=False).pvalue
+    )
 
 
 def test_p_improve_counts_ties_as_half_and_respects_the_direction():
@@ -58,7 +65,11 @@ def test_p_improve_counts_ties_as_half_and_respects_the_direction():
 
 def test_summary_and_degenerate_pairs():
     summary = stats.summarize({1: 0.2, 2: 0.4, 3: math.nan, 4: 0.9})
-    assert (summary.n, summary.mean, summary.std) == (3, pytest.approx(0.5), pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1)))
+    assert (summary.n, summary.mean, summary.std) == (
+        3,
+        pytest.approx(0.5),
+        pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1)),
+    )
     same = stats.paired({1: 0.3, 2: 0.5}, {1: 0.3, 2: 0.5}, maximize=True)
     assert (same.delta, same.ci_low, same.ci_high, same.p, same.p_improve) == (0.0, 0.0, 0.0, 1.0, 0.5)
     alone = stats.paired({1: 0.3}, {1: 0.2, 2: 0.5}, maximize=True)
@@ -80,8 +91,16 @@ def two_by_two(seeds, *, drop=None):
 def test_factorial_main_effects_and_interaction_per_seed_then_paired():
     seeds = [1001, 1002, 1003, 1004]
     cells = two_by_two(seeds, drop=(("r50", "ce"), 1004))  # a failed cell: seed 1004 leaves every effect
-    effects = {e.name: e for e in stats.factorial_effects(
-        cells, ["arch", "loss"], {"arch": ["r18", "r50"], "loss": ["focal", "ce"]}, {"arch": "r18", "loss": "focal"}, maximize=True)}
+    effects = {
+        e.name: e
+        for e in stats.factorial_effects(
+            cells,
+            ["arch", "loss"],
+            {"arch": ["r18", "r50"], "loss": ["focal", "ce"]},
+            {"arch": "r18", "loss": "focal"},
+            maximize=True,
+        )
+    }
     assert set(effects) == {"main:arch=r50", "main:loss=ce", "interaction:arch x loss"}
     used = seeds[:3]
     y = {cell: np.array([values[s] for s in used]) for cell, values in cells.items()}
@@ -98,7 +117,10 @@ def test_factorial_main_effects_and_interaction_per_seed_then_paired():
     marginal = (y[("r50", "focal")] + y[("r50", "ce")]) / 2
     assert effects["main:arch=r50"].summary.mean == pytest.approx(marginal.mean())
     assert effects["main:arch=r50"].contrast.p_improve == 1.0
-    assert math.isnan(effects["interaction:arch x loss"].contrast.p_improve) and effects["interaction:arch x loss"].summary is None
+    assert (
+        math.isnan(effects["interaction:arch x loss"].contrast.p_improve)
+        and effects["interaction:arch x loss"].summary is None
+    )
 
 
 # ---------------------------------------------------------------- seeds, labels, retune candidates
@@ -107,10 +129,15 @@ def test_factorial_main_effects_and_interaction_per_seed_then_paired():
 def parent_study(rows, *, direction="maximize"):
     """An in-memory parent: each row (params, value, config seed) as a complete trial."""
     study = optuna.create_study(direction=direction)
-    dists = {"arch": CategoricalDistribution(["resnet18", "resnet50"]), "pretrained": CategoricalDistribution([True, False]),
-             "fe_epochs": IntDistribution(0, 1), "lr": FloatDistribution(1e-3, 5e-2, log=True),
-             "loss": CategoricalDistribution(["ce", "focal"]), "focal_gamma": FloatDistribution(0.0, 3.0),
-             "focal_alpha": CategoricalDistribution(["none", "inverse_frequency"])}
+    dists = {
+        "arch": CategoricalDistribution(["resnet18", "resnet50"]),
+        "pretrained": CategoricalDistribution([True, False]),
+        "fe_epochs": IntDistribution(0, 1),
+        "lr": FloatDistribution(1e-3, 5e-2, log=True),
+        "loss": CategoricalDistribution(["ce", "focal"]),
+        "focal_gamma": FloatDistribution(0.0, 3.0),
+        "focal_alpha": CategoricalDistribution(["none", "inverse_frequency"]),
+    }
     for params, value, seed in rows:
         study.add_trial(create_trial(params=params, distributions={k: dists[k] for k in params}, value=value,
                                      user_attrs={"config": {**params, "seed": seed, "split_seed": 0}}))
@@ -123,50 +150,68 @@ def space(tmp_path):
     return load_space(tmp_path / "tiny.toml")
 
 
-BEST = {"arch": "resnet18", "pretrained": True, "fe_epochs": 1, "lr": 0.01, "loss": "focal", "focal_gamma": 2.1, "focal_alpha": "none"}
+BEST = {
+    "arch": "resnet18",
+    "pretrained": True,
+    "fe_epochs": 1,
+    "lr": 0.01,
+    "loss": "focal",
+    "focal_gamma": 2.1,
+    "focal_alpha": "none",
+}
 
 
 def test_labels_name_every_coupled_change(space):
     ce = {"arch": "resnet50", "pretrained": False, "lr": 0.003, "loss": "ce"}
     parent = parent_study([(BEST, 0.8, 3), (ce, 0.5, 4)])
-    names = [v.name for v in ablate.variants(space, parent, None)]
-    assert names == ["baseline", "arch=resnet50", "pretrained=False (fe_epochs 1 -> unused)", "fe_epochs=0",
-                     "loss=ce (focal_gamma 2.1 -> unused, focal_alpha none -> unused)", "focal_gamma=0", "focal_alpha=inverse_frequency"]
+    names = [v.name for v in variants.variants(space, parent, None)]
+    assert names == [
+        "baseline",
+        "arch=resnet50",
+        "pretrained=False (fe_epochs 1 -> unused)",
+        "fe_epochs=0",
+        "loss=ce (focal_gamma 2.1 -> unused, focal_alpha none -> unused)",
+        "focal_gamma=0",
+        "focal_alpha=inverse_frequency",
+    ]
     # the other way round, newly active parameters take the best trial's value that had them
     flipped = parent_study([(ce, 0.9, 3), (BEST, 0.5, 4)])
-    names = [v.name for v in ablate.variants(space, flipped, None)]
+    names = [v.name for v in variants.variants(space, flipped, None)]
     assert "loss=focal (focal_gamma unused -> 2.1, focal_alpha unused -> none)" in names
     assert "pretrained=True (fe_epochs unused -> 1)" in names
 
 
 def test_factorial_cells_start_with_the_best_trials_levels(space):
     parent = parent_study([({**BEST, "arch": "resnet50"}, 0.8, 3)])
-    cells = ablate.variants(space, parent, ["arch", "loss"])
+    cells = variants.variants(space, parent, ["arch", "loss"])
     assert cells[0].levels == {"arch": "resnet50", "loss": "focal"} and cells[0].name == "arch=resnet50,loss=focal"
-    assert [c.name for c in cells[1:]] == ["arch=resnet18,loss=ce (focal_gamma 2.1 -> unused, focal_alpha none -> unused)",
-                                           "arch=resnet18,loss=focal", "arch=resnet50,loss=ce (focal_gamma 2.1 -> unused, focal_alpha none -> unused)"]
+    assert [c.name for c in cells[1:]] == [
+        "arch=resnet18,loss=ce (focal_gamma 2.1 -> unused, focal_alpha none -> unused)",
+        "arch=resnet18,loss=focal",
+        "arch=resnet50,loss=ce (focal_gamma 2.1 -> unused, focal_alpha none -> unused)",
+    ]
     with pytest.raises(InputError, match="leaves a factor inactive"):
-        ablate.variants(space, parent, ["loss", "focal_alpha"])
+        variants.variants(space, parent, ["loss", "focal_alpha"])
 
 
 def test_fresh_seeds_avoid_every_seed_the_parent_used(space):
     parent = parent_study([(BEST, 0.8, 1000), ({**BEST, "lr": 0.02}, 0.7, 1002)])
-    used = ablate.parent_seeds(parent, study_seed=3)
+    used = variants.parent_seeds(parent, study_seed=3)
     assert {1000, 1002, 0, 3, 4} <= used  # recorded seeds, the split seed, study seed + trial number
-    seeds = ablate.fresh_seeds(5, used, ablate.EVAL_SEED_START)
+    seeds = variants.fresh_seeds(5, used, variants.EVAL_SEED_START)
     assert seeds == [1001, 1003, 1004, 1005, 1006] and not set(seeds) & used
-    tuning = ablate.fresh_seeds(3, used | set(seeds), ablate.TUNE_SEED_START)
+    tuning = variants.fresh_seeds(3, used | set(seeds), variants.TUNE_SEED_START)
     assert not set(tuning) & (used | set(seeds))
 
 
 def test_retune_candidates_and_refusals(space):
-    assert ablate.candidates(space.param("lr"), space.fixed, 3) == pytest.approx([1e-3, 7.071e-3, 5e-2])  # log-spaced
-    assert ablate.candidates(space.param("fe_epochs"), space.fixed, 8) == [0, 1]  # 0..epochs-1 has only 2 values
-    assert ablate.candidates(space.param("focal_gamma"), space.fixed, 3) == [0.0, 1.5, 3.0]
+    assert variants.candidates(space.param("lr"), space.fixed, 3) == pytest.approx([1e-3, 7.071e-3, 5e-2])  # log-spaced
+    assert variants.candidates(space.param("fe_epochs"), space.fixed, 8) == [0, 1]  # 0..epochs-1 has only 2 values
+    assert variants.candidates(space.param("focal_gamma"), space.fixed, 3) == [0.0, 1.5, 3.0]
     with pytest.raises(InputError, match="--retune nope: not a sampled parameter .*lr"):
-        ablate.retune_param(space, "nope")
+        variants.retune_param(space, "nope")
     with pytest.raises(InputError, match="--retune loss: categorical"):
-        ablate.retune_param(space, "loss")
+        variants.retune_param(space, "loss")
     with pytest.raises(InputError, match="at least 3 seeds"):
         ablate.AblationOptions(seeds=2)
 
@@ -194,9 +239,9 @@ def study_names(url):
 def test_bad_ablation_input_writes_nothing(tmp_path, options, message):
     url = stored_parent(tmp_path)
     before = study_names(url)
-    opts = runner.RunOptions(space=None, results_dir=tmp_path / "results", storage_url=url)
+    opts = RunOptions(results_dir=tmp_path / "results", storage_url=url)
     with pytest.raises(InputError, match=message):
-        ablate.run_ablation("tiny", options, opts, runner.Output())
+        ablate.run_ablation("tiny", options, opts, Output())
     assert study_names(url) == before and not (tmp_path / "results").exists()
 
 
@@ -204,11 +249,18 @@ def test_an_ablation_study_from_before_fresh_seeds_is_refused(tmp_path):
     url = stored_parent(tmp_path)
     old = optuna.create_study(study_name="tiny.ablation", storage=url)
     old.set_user_attr("seeds", 3)  # as the old ablate recorded it: a count, seeds 0..2
-    old.add_trial(create_trial(params={"variant": "baseline", "seed": 0}, value=0.5,
-                               distributions={"variant": CategoricalDistribution(["baseline"]), "seed": IntDistribution(0, 2)}))
-    opts = runner.RunOptions(space=None, results_dir=tmp_path / "results", storage_url=url)
-    with pytest.raises(InputError, match=r"older ablate .*optuna delete-study --study-name 'tiny.ablation' .*--study-name") as info:
-        ablate.run_ablation("tiny", ablate.AblationOptions(), opts, runner.Output())
+    old.add_trial(
+        create_trial(
+            params={"variant": "baseline", "seed": 0},
+            value=0.5,
+            distributions={"variant": CategoricalDistribution(["baseline"]), "seed": IntDistribution(0, 2)},
+        )
+    )
+    opts = RunOptions(results_dir=tmp_path / "results", storage_url=url)
+    with pytest.raises(
+        InputError, match=r"older ablate .*optuna delete-study --study-name 'tiny.ablation' .*--study-name"
+    ) as info:
+        ablate.run_ablation("tiny", ablate.AblationOptions(), opts, Output())
     assert "\n" not in str(info.value)
     assert len(optuna.load_study(study_name="tiny.ablation", storage=url).trials) == 1
 
@@ -221,31 +273,63 @@ def ablation_study(values, *, mode="one-at-a-time", levels=None, factors=(), ret
     study = optuna.create_study(direction=direction)
     names = list(values)
     seeds = sorted({s for per_seed in values.values() for s in per_seed})
-    attrs = {"parent": "p", "mode": mode, "factors": list(factors), "baseline": names[0], "variants": {n: {"lr": 0.01} for n in names},
-             "levels": levels or {n: {} for n in names}, "seeds": seeds, "retune": retune, "metric": "kappa",
-             "ablation_version": analysis.ABLATION_VERSION}
+    attrs = {
+        "parent": "p",
+        "mode": mode,
+        "factors": list(factors),
+        "baseline": names[0],
+        "variants": {n: {"lr": 0.01} for n in names},
+        "levels": levels or {n: {} for n in names},
+        "seeds": seeds,
+        "retune": retune,
+        "metric": "kappa",
+        "ablation_version": ABLATION_VERSION,
+    }
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     dists = {"variant": CategoricalDistribution(names), "seed": CategoricalDistribution(seeds)}
     for name, per_seed in values.items():
         for seed, (val, kappa) in per_seed.items():
-            study.add_trial(create_trial(params={"variant": name, "seed": seed}, distributions=dists, value=val, user_attrs={
-                "test_metrics": {"kappa": kappa, "accuracy": kappa / 2, "balanced_accuracy": kappa / 3, "macro_f1": kappa / 4}}))
+            study.add_trial(
+                create_trial(
+                    params={"variant": name, "seed": seed},
+                    distributions=dists,
+                    value=val,
+                    user_attrs={
+                        "test_metrics": {
+                            "kappa": kappa,
+                            "accuracy": kappa / 2,
+                            "balanced_accuracy": kappa / 3,
+                            "macro_f1": kappa / 4,
+                        }
+                    },
+                )
+            )
     return study
 
 
 VALUES = {
     "baseline": {1001: (0.60, 0.50), 1002: (0.62, 0.55), 1003: (0.58, 0.52), 1004: (0.61, 0.54)},
-    "loss=ce (focal_gamma 2 -> unused)": {1001: (0.50, 0.30), 1002: (0.52, 0.31), 1003: (0.49, 0.33)},  # seed 1004 failed
+    "loss=ce (focal_gamma 2 -> unused)": {
+        1001: (0.50, 0.30),
+        1002: (0.52, 0.31),
+        1003: (0.49, 0.33),
+    },  # seed 1004 failed
     "arch=resnet50": {1001: (0.61, 0.51), 1002: (0.61, 0.56), 1003: (0.59, 0.50), 1004: (0.62, 0.54)},
 }
 
 
 def test_ablation_frame_contract_and_numbers(tmp_path):
     study = ablation_study(VALUES)
-    table, display, caption = analysis.ablation_table(study)
-    assert tuple(table.columns) == analysis.ABLATION_COLUMNS
-    assert list(table.metric.unique()) == ["test_kappa", "test_accuracy", "test_balanced_accuracy", "test_macro_f1", "val_kappa"]
+    table, display, caption = ablation_report.ablation_table(study)
+    assert tuple(table.columns) == ablation_report.ABLATION_COLUMNS
+    assert list(table.metric.unique()) == [
+        "test_kappa",
+        "test_accuracy",
+        "test_balanced_accuracy",
+        "test_macro_f1",
+        "val_kappa",
+    ]
     assert len(table) == 3 * 5 and list(table.variant.unique()) == list(VALUES)
 
     tables.write(table, display, tmp_path / "ablation_study", ["csv"], caption)
@@ -281,22 +365,30 @@ def test_factorial_ablation_frame_has_cells_and_effects():
     order = [("r18", "focal"), ("r18", "ce"), ("r50", "focal"), ("r50", "ce")]
     values = {names[c]: {s: (v, v) for s, v in cells[c].items()} for c in order}
     levels = {names[c]: {"arch": c[0], "loss": c[1]} for c in order}
-    table = analysis.ablation_frame(ablation_study(values, mode="factorial", levels=levels, factors=("arch", "loss")))
+    table = ablation_report.ablation_frame(
+        ablation_study(values, mode="factorial", levels=levels, factors=("arch", "loss"))
+    )
     kappa = table[table.metric == "test_kappa"].set_index("variant")
     assert list(kappa.index) == [*values, "main:arch=r50", "main:loss=ce", "interaction:arch x loss"]
     assert kappa.loc[list(values), "delta"].isna().all()  # cells are described, not tested against the first one
     effects = stats.factorial_effects(cells, ["arch", "loss"], {"arch": ["r18", "r50"], "loss": ["focal", "ce"]},
                                       {"arch": "r18", "loss": "focal"}, maximize=True)
     assert kappa.loc["main:arch=r50", "delta"] == pytest.approx(effects[0].contrast.delta)
-    assert list(kappa.loc[[e.name for e in effects], "p_holm"]) == pytest.approx(stats.holm([e.contrast.p for e in effects]))
+    assert list(kappa.loc[[e.name for e in effects], "p_holm"]) == pytest.approx(
+        stats.holm([e.contrast.p for e in effects])
+    )
 
 
 def test_report_refuses_to_tabulate_an_old_ablation(tmp_path):
     parent = parent_study([(BEST, 0.8, 3)])
     old = optuna.create_study()
     old.set_user_attr("seeds", 3)
-    old.add_trial(create_trial(params={"variant": "baseline"}, distributions={"variant": CategoricalDistribution(["baseline"])}, value=0.5))
-    report = analysis.build_report(parent, tmp_path, ["csv"], "memory", old)
+    old.add_trial(
+        create_trial(
+            params={"variant": "baseline"}, distributions={"variant": CategoricalDistribution(["baseline"])}, value=0.5
+        )
+    )
+    report = build.build_report(parent, tmp_path, ["csv"], "memory", old)
     assert "older `ablate`" in report.markdown.read_text() and not (tmp_path / "ablation_study.csv").exists()
 
 
@@ -322,26 +414,30 @@ def importance_study(n, *, seed=0):
 
 
 def test_importances_need_20_trials_and_never_show_a_missing_value_as_0(tmp_path):
-    frame, note = analysis.importance_table(importance_study(19))
+    frame, note = importance.importance_table(importance_study(19))
     assert frame.empty and "at least 20 complete trials" in note and "has 19" in note
 
     study = importance_study(40)
     template = study.trials[2]  # a cross-entropy trial: every unconditional parameter, plus `rare`, active only here
     study.add_trial(create_trial(params={**template.params, "rare": 1}, value=-1.0,
                                  distributions={**template.distributions, "rare": IntDistribution(0, 3)}))
-    frame, note = analysis.importance_table(study)
+    frame, note = importance.importance_table(study)
     rows = frame.set_index("parameter")
     assert rows.loc["lr", "trials"] == 41 and rows.loc["lr", "fanova_std"] > 0  # a spread over the forests' seeds
     assert rows.loc["lr", "fanova_mean"] == pytest.approx(rows.loc[["lr", "loss", "arch"], "fanova_mean"].max())
-    assert rows.loc["focal_gamma", "trials"] == 20 and rows.loc["focal_gamma", "fanova_mean"] > 0  # over the focal trials only
+    assert (
+        rows.loc["focal_gamma", "trials"] == 20 and rows.loc["focal_gamma", "fanova_mean"] > 0
+    )  # over the focal trials only
     assert "where it is active" in rows.loc["focal_gamma", "note"]
     assert np.isnan(rows.loc["fe_epochs", "fanova_mean"]) and rows.loc["fe_epochs", "trials"] == 8
     assert rows.loc["rare", "note"].startswith("n/a (conditional)")
-    assert "Optuna warned:" in note and "`rare`" in note  # PED-ANOVA's warning about rare's one-trial regime, not swallowed
-    shown = analysis._importance_display(frame).set_index("parameter")
+    assert (
+        "Optuna warned:" in note and "`rare`" in note
+    )  # PED-ANOVA's warning about rare's one-trial regime, not swallowed
+    shown = importance._importance_display(frame).set_index("parameter")
     assert shown.loc["fe_epochs", "fANOVA (mean ± std, 5 seeds)"] == "n/a (conditional)"
     assert list(frame.parameter.iloc[-2:]) == ["fe_epochs", "rare"]  # sorted last, not as 0
-    assert analysis._importance_figure(frame, tmp_path / "importance.png").stat().st_size > 0
+    assert importance._importance_figure(frame, tmp_path / "importance.png").stat().st_size > 0
 
 
 def test_confusion_rows_carry_their_n(tmp_path):

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, run_cli, storage_of
 from study.figures import normalize_rows
+
+from conftest import ROOT, run_cli, storage_of
 
 pytestmark = pytest.mark.slow  # every test here reads the study `made` trains
 
@@ -27,7 +28,16 @@ def test_report_writes_tables_and_figures_matching_the_storage(made):
     assert result.returncode == 0, result.stderr
     out = root / "results" / "abl"
     assert result.stdout.strip() == str(Path("results") / "abl" / "report.md")
-    for name in ("factors.md", "factors.csv", "factors.tex", "cells.csv", "curves.png", "history.png", "confusion_best.png", "report.md"):
+    for name in (
+        "factors.md",
+        "factors.csv",
+        "factors.tex",
+        "cells.csv",
+        "curves.png",
+        "history.png",
+        "confusion_best.png",
+        "report.md",
+    ):
         assert (out / name).is_file(), name
     assert not list(out.glob("ablation.*"))  # "ablation" names only ablate's table
     assert len(list(out.glob("confusion_*.png"))) >= 3  # best + arch x pretrained cells
@@ -46,7 +56,9 @@ def test_report_writes_tables_and_figures_matching_the_storage(made):
     assert table[table.factor == "focal_gamma"].n.sum() == sum(
         1 for t in study.trials if "focal_gamma" in t.params and t.state == TrialState.COMPLETE)
     caption = (out / "factors.md").read_text().split("\n")[0]
-    assert "not an ablation" in caption and "adaptively" in caption and "confounded" in caption and "survivors" in caption
+    assert (
+        "not an ablation" in caption and "adaptively" in caption and "confounded" in caption and "survivors" in caption
+    )
     cells = pd.read_csv(out / "cells.csv")
     assert cells.n.sum() == sum(t.state == TrialState.COMPLETE for t in study.trials)
 
@@ -72,13 +84,22 @@ def test_tex_tables_compile(made):
     doc = root / "doc.tex"  # every table the report wrote, in one minimal document
     doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}"
                    + "".join(f"\\input{{results/abl/{p.name}}}" for p in written) + "\\end{document}\n")
-    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=root, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout[-2000:]
 
 
 def test_report_bad_inputs(made, tmp_path):
     root, _, _ = made
-    for args, fragment in ((("report", "nope"), "no study 'nope'"), (("report", "abl", "--format", "docx"), "--format docx")):
+    for args, fragment in (
+        (("report", "nope"), "no study 'nope'"),
+        (("report", "abl", "--format", "docx"), "--format docx"),
+    ):
         result = run_cli(*args, cwd=root)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr
     optuna.create_study(study_name="empty", storage=storage_of(root), load_if_exists=True)
@@ -90,10 +111,34 @@ def test_report_bad_inputs(made, tmp_path):
 
 def test_report_of_a_one_trial_study(made, tmp_path):
     root, data, torch_home = made
-    result = run_cli("run", "dr_focal", "--data", str(data), "--trials", "1", "--set", "arch=resnet18", "--set", "epochs=1",
-                     "--set", "image_size=32", "--storage", f"sqlite:///{tmp_path / 'one.db'}", cwd=tmp_path, torch_home=torch_home)
+    result = run_cli(
+        "run",
+        "dr_focal",
+        "--data",
+        str(data),
+        "--trials",
+        "1",
+        "--set",
+        "arch=resnet18",
+        "--set",
+        "epochs=1",
+        "--set",
+        "image_size=32",
+        "--storage",
+        f"sqlite:///{tmp_path / 'one.db'}",
+        cwd=tmp_path,
+        torch_home=torch_home,
+    )
     assert result.returncode == 0, result.stderr
-    report = run_cli("report", "dr_focal", "--storage", f"sqlite:///{tmp_path / 'one.db'}", "--out", str(tmp_path / "rep"), cwd=tmp_path)
+    report = run_cli(
+        "report",
+        "dr_focal",
+        "--storage",
+        f"sqlite:///{tmp_path / 'one.db'}",
+        "--out",
+        str(tmp_path / "rep"),
+        cwd=tmp_path,
+    )
     assert report.returncode == 0, report.stderr
     assert "need at least 20 complete trials" in (tmp_path / "rep" / "report.md").read_text()
 
@@ -116,16 +161,32 @@ def test_dashboard_serves_study_trials_and_artifacts_in_chromium(made, tmp_path)
     assert run_cli("report", "abl", cwd=root).returncode == 0  # also saves the dashboard note
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "study", "dashboard", "abl", "--port", str(port)], cwd=root, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "study", "dashboard", "abl", "--port", str(port)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         first = server.stdout.readline()
         assert first.startswith(f"dashboard: http://127.0.0.1:{port}/dashboard/studies/"), first
         study_url = first.split()[1]
         options = webdriver.ChromeOptions()
         options.binary_location = shutil.which("chromium")
-        for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chrome'}"):
+        for arg in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1400,1000",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+        ):
             options.add_argument(arg)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -136,23 +197,34 @@ def test_dashboard_serves_study_trials_and_artifacts_in_chromium(made, tmp_path)
         driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
         try:
             driver.get(f"{study_url}/note")  # the study's note page shows what `report` saved
-            WebDriverWait(driver, 90).until(lambda d: "Settings and best trial" in d.find_element(By.TAG_NAME, "body").text)
+            WebDriverWait(driver, 90).until(
+                lambda d: "Settings and best trial" in d.find_element(By.TAG_NAME, "body").text
+            )
             study = optuna.load_study(study_name="abl", storage=storage_of(root))
             best = study.best_trial
             driver.get(f"{study_url}/trials?numbers={best.number}")
-            WebDriverWait(driver, 90).until(lambda d: f"confusion_trial{best.number}.png" in d.find_element(By.TAG_NAME, "body").text)
+            WebDriverWait(driver, 90).until(
+                lambda d: f"confusion_trial{best.number}.png" in d.find_element(By.TAG_NAME, "body").text
+            )
             # the trial's note (Markdown, rendered): outcome, best epoch, the metrics table, the config
-            WebDriverWait(driver, 60).until(lambda d: "best epoch (on validation kappa)" in d.find_element(By.TAG_NAME, "body").text)
+            WebDriverWait(driver, 60).until(
+                lambda d: "best epoch (on validation kappa)" in d.find_element(By.TAG_NAME, "body").text
+            )
             body = driver.find_element(By.TAG_NAME, "body").text
             assert "abl" in body and f"Trial {best.number}" in body and "Complete" in body
             assert f"Trial {best.number}: complete" in body and "Sampled:" in body
             kappa = f"{best.user_attrs['test_metrics']['kappa']:.3f}"
             rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "table tr")]
             assert any(r.startswith("test") and kappa in r for r in rows), rows
-            sources = [img.get_attribute("src") for img in driver.find_elements(By.TAG_NAME, "img") if "/artifacts/" in (img.get_attribute("src") or "")]
+            sources = [
+                img.get_attribute("src")
+                for img in driver.find_elements(By.TAG_NAME, "img")
+                if "/artifacts/" in (img.get_attribute("src") or "")
+            ]
             assert len(sources) >= 2
             driver.save_screenshot(str(tmp_path / "dashboard.png"))
-            if os.environ.get("STUDY_DOCS_SCREENSHOT"):  # refreshing the README's picture: STUDY_DOCS_SCREENSHOT=docs/dashboard.png
+            # refreshing the README's picture: STUDY_DOCS_SCREENSHOT=docs/dashboard.png
+            if os.environ.get("STUDY_DOCS_SCREENSHOT"):
                 shutil.copy(tmp_path / "dashboard.png", ROOT / os.environ["STUDY_DOCS_SCREENSHOT"])
         finally:
             driver.quit()

@@ -9,7 +9,6 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from conftest import run_cli
 from objectives import digits, image_classifier, train
 from objectives.contract import DataSource, TrialContext
 from objectives.losses import FocalLoss, OneHotL1Loss
@@ -17,6 +16,8 @@ from objectives.models import build_model
 from objectives.train import Runtime
 from study import registry
 from study.space import build_config
+
+from conftest import run_cli
 from test_layouts import CIFAR_NAMES, write_cifar
 
 
@@ -29,8 +30,17 @@ def test_space_is_the_labs_recipe_and_embedded_pins_the_convnet():
     space.check_config(image_classifier.Config)
     base = build_config(image_classifier.Config, {**space.fixed, **space.pinned})
     train_ = base.train
-    assert (train_.epochs, train_.batch_size, train_.momentum, train_.step_size, train_.step_gamma, train_.crop_padding) == (30, 128, 0.9, 5, 0.5, 4)
-    assert train_.hflip and not train_.vflip and not train_.pretrained and base.data.norm_mean == (0.4914, 0.4822, 0.4465)
+    assert (
+        train_.epochs,
+        train_.batch_size,
+        train_.momentum,
+        train_.step_size,
+        train_.step_gamma,
+        train_.crop_padding,
+    ) == (30, 128, 0.9, 5, 0.5, 4)
+    assert (
+        train_.hflip and not train_.vflip and not train_.pretrained and base.data.norm_mean == (0.4914, 0.4822, 0.4465)
+    )
     assert (base.data.image_size, base.data.val_fraction, base.data.num_classes) == (32, 0.1, 0)
     assert space.study.metric == "accuracy"
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -56,9 +66,20 @@ def test_resnet18_32_keeps_32px_resolution_into_layer1():
 @pytest.fixture(scope="module")
 def digit_splits(tmp_path_factory: pytest.TempPathFactory):
     root = digits.export(tmp_path_factory.mktemp("digits") / "d", 600, 150, seed=0)
-    config = build_config(image_classifier.Config, {**registry.resolve("cifar_loss").fixed, "arch": "convnet", "epochs": 2,
-                                                    "batch_size": 32, "hflip": False, "lr": 0.05, "val_fraction": 0.2,
-                                                    "norm_mean": [], "norm_std": []})
+    config = build_config(
+        image_classifier.Config,
+        {
+            **registry.resolve("cifar_loss").fixed,
+            "arch": "convnet",
+            "epochs": 2,
+            "batch_size": 32,
+            "hflip": False,
+            "lr": 0.05,
+            "val_fraction": 0.2,
+            "norm_mean": [],
+            "norm_std": [],
+        },
+    )
     return image_classifier.load_data(config.data, DataSource(root)), config
 
 
@@ -73,9 +94,13 @@ def test_every_loss_trains_through_the_one_loop(digit_splits, monkeypatch, loss,
         return real_epoch(model, loss_fn, *args, **kwargs)
 
     monkeypatch.setattr(train, "_train_epoch", spy)
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, loss=loss, focal_gamma=2.0 if loss == "focal" else 0.0))
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, loss=loss, focal_gamma=2.0 if loss == "focal" else 0.0)
+    )
     rows = []
-    result = image_classifier.run(config, splits, TrialContext(Runtime(), lambda e, row: rows.append(row), "accuracy", True))
+    result = image_classifier.run(
+        config, splits, TrialContext(Runtime(), lambda e, row: rows.append(row), "accuracy", True)
+    )
     assert calls == [kind, kind]  # the shared epoch function, once per epoch, with this loss
     assert [r["epoch"] for r in rows] == [1, 2] and len(result.curves["train_loss"]) == 2
     assert sum(map(sum, result.val.confusion)) == len(splits.val)
@@ -83,8 +108,11 @@ def test_every_loss_trains_through_the_one_loop(digit_splits, monkeypatch, loss,
         assert result.val.metrics["accuracy"] > 0.3
 
 
+@pytest.mark.slow
 def test_run_cifar_loss_on_embedded_digits_learns(tmp_path: Path):
-    result = run_cli("run", "cifar_loss", "--trials", "2", "--set", "epochs=2", "--set", "loss=ce", "--set", "lr=0.05", cwd=tmp_path)
+    result = run_cli(
+        "run", "cifar_loss", "--trials", "2", "--set", "epochs=2", "--set", "loss=ce", "--set", "lr=0.05", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "data: embedded dataset digits" in result.stdout
     root = next((tmp_path / "results" / "data").glob("digits-*"))
@@ -102,6 +130,7 @@ def test_run_cifar_loss_on_embedded_digits_learns(tmp_path: Path):
         assert len(trial.user_attrs["val_confusion"]) == 10
 
 
+@pytest.mark.slow
 def test_run_cifar_loss_on_cifar_batches_names_the_classes(tmp_path: Path):
     write_cifar(tmp_path / "data", per_batch=40)
     result = run_cli("run", "cifar_loss", "--data", str(tmp_path / "data"), "--trials", "1", "--set", "epochs=1",
@@ -112,4 +141,8 @@ def test_run_cifar_loss_on_cifar_batches_names_the_classes(tmp_path: Path):
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["class_names"] == CIFAR_NAMES
     assert sum(map(sum, trial.user_attrs["test_confusion"])) == 40
     wrong = run_cli("run", "dr_focal", "--data", str(tmp_path / "data"), "--set", "pretrained=false", cwd=tmp_path)
-    assert wrong.returncode == 2 and "the data has 10 classes" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
+    assert (
+        wrong.returncode == 2
+        and "the data has 10 classes" in wrong.stderr
+        and len(wrong.stderr.strip().splitlines()) == 1
+    )

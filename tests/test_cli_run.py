@@ -9,7 +9,18 @@ from optuna.trial import TrialState
 
 from conftest import run_cli, tiny_space
 
-PER_TRIAL_ATTRS = {"config", "curves", "best_epoch", "val_metrics", "val_confusion", "test_metrics", "test_confusion", "class_names"}
+pytestmark = pytest.mark.slow
+
+PER_TRIAL_ATTRS = {
+    "config",
+    "curves",
+    "best_epoch",
+    "val_metrics",
+    "val_confusion",
+    "test_metrics",
+    "test_confusion",
+    "class_names",
+}
 
 
 def load(results: Path, name: str) -> optuna.Study:
@@ -17,8 +28,24 @@ def load(results: Path, name: str) -> optuna.Study:
 
 
 def test_run_dr_focal_on_data_then_resume_and_list(tmp_path: Path, dr_dir: Path, torch_home: Path):
-    args = ("run", "dr_focal", "--data", str(dr_dir), "--trials", "3", "--set", "image_size=32",
-            "--set", "epochs=2", "--set", "arch=resnet18", "--set", "batch_size=16", "--results", str(tmp_path / "results"))
+    args = (
+        "run",
+        "dr_focal",
+        "--data",
+        str(dr_dir),
+        "--trials",
+        "3",
+        "--set",
+        "image_size=32",
+        "--set",
+        "epochs=2",
+        "--set",
+        "arch=resnet18",
+        "--set",
+        "batch_size=16",
+        "--results",
+        str(tmp_path / "results"),
+    )
     first = run_cli(*args, cwd=tmp_path, torch_home=torch_home)
     assert first.returncode == 0, first.stderr
     study = load(tmp_path / "results", "dr_focal")
@@ -165,7 +192,9 @@ def test_bad_data_and_weights_stop_before_the_study_exists(tmp_path: Path, dr_di
                    "has 60 rows but train_label.csv has 30")
     empty = tmp_path / "empty"
     empty.mkdir()
-    one_line_error(run_cli("run", "dr_focal", "--data", str(empty), "--set", "pretrained=false", cwd=tmp_path), "no known layout")
+    one_line_error(
+        run_cli("run", "dr_focal", "--data", str(empty), "--set", "pretrained=false", cwd=tmp_path), "no known layout"
+    )
     assert not (tmp_path / "results" / "optuna.db").exists()
 
 
@@ -175,15 +204,26 @@ def test_bad_data_and_weights_stop_before_the_study_exists(tmp_path: Path, dr_di
     ("^(train_000)\\d$", "matches only 10 of 80 image names; e.g. 'train_0010' does not match"),
 ])
 def test_bad_group_by_is_one_line_and_writes_nothing(tmp_path: Path, dr_dir: Path, group_by: str, fragment: str):
-    result = run_cli("run", "dr_focal", "--data", str(dr_dir), "--set", "pretrained=false", "--set", f"group_by='{group_by}'",
-                     cwd=tmp_path)
+    result = run_cli(
+        "run",
+        "dr_focal",
+        "--data",
+        str(dr_dir),
+        "--set",
+        "pretrained=false",
+        "--set",
+        f"group_by='{group_by}'",
+        cwd=tmp_path,
+    )
     one_line_error(result, fragment)
     assert not (tmp_path / "results" / "optuna.db").exists()
 
 
 def test_missing_pretrained_weights_on_real_data_name_the_file(tmp_path: Path, dr_dir: Path, empty_torch_home: Path):
     result = run_cli("run", "dr_focal", "--data", str(dr_dir), cwd=tmp_path, torch_home=empty_torch_home)
-    one_line_error(result, "resnet18-f37072fd.pth", str(empty_torch_home / "hub" / "checkpoints"), "resnet50-0676ba61.pth")
+    one_line_error(
+        result, "resnet18-f37072fd.pth", str(empty_torch_home / "hub" / "checkpoints"), "resnet50-0676ba61.pth"
+    )
     assert not (tmp_path / "results" / "optuna.db").exists()
 
 
@@ -192,8 +232,13 @@ def test_corrupt_jpeg_and_bad_label_via_cli(tmp_path: Path, dr_dir: Path, torch_
     one_line_error(run_cli("run", "dr_focal", "--data", str(dr_dir), "--set", "arch=resnet18", "--set", "image_size=32",
                            cwd=tmp_path, torch_home=torch_home), "test_0003.jpeg: unreadable or corrupt image")
     (dr_dir / "test_label.csv").write_text("level\n" + "5\n" * 20)
-    one_line_error(run_cli("run", "dr_focal", "--data", str(dr_dir), "--set", "arch=resnet18", cwd=tmp_path, torch_home=torch_home),
-                   "label 5", "outside 0..4")
+    one_line_error(
+        run_cli(
+            "run", "dr_focal", "--data", str(dr_dir), "--set", "arch=resnet18", cwd=tmp_path, torch_home=torch_home
+        ),
+        "label 5",
+        "outside 0..4",
+    )
     assert not (tmp_path / "results" / "optuna.db").exists()
 
 
@@ -215,21 +260,3 @@ def test_cuda_requested_without_cuda(tmp_path: Path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     one_line_error(run_cli("run", "dr_focal", "--device", "cuda", cwd=tmp_path), "--device cuda: no CUDA device")
-
-
-def test_no_pruning_during_the_frozen_backbone_phase(tmp_path: Path):
-    """A trial far below the median is kept while in FE and pruned at its first FT epoch."""
-    from study.runner import _Reporter
-
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", direction="maximize",
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
-    leader = study.ask()
-    for epoch in (1, 2, 3):
-        leader.report(0.9, step=epoch)
-    study.tell(leader, 0.9)
-    reporter = _Reporter(study.ask(), "kappa", fe_epochs=2, epochs=4)
-    reporter(1, {"epoch": 1, "phase": "fe", "val_kappa": 0.1})
-    reporter(2, {"epoch": 2, "phase": "fe", "val_kappa": 0.1})
-    with pytest.raises(optuna.TrialPruned):
-        reporter(3, {"epoch": 3, "phase": "ft", "val_kappa": 0.1})
-    assert reporter.curves["phase"] == ["fe", "fe", "ft"]

@@ -8,11 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, class_image, dr_labels
-from objectives.data import (Augment, DeviceBatches, ImageSet, channel_stats, decode_all, decode_image, find_dataset,
-                             load_splits)
+from objectives.data import (
+    Augment,
+    DeviceBatches,
+    ImageSet,
+    channel_stats,
+    decode_all,
+    decode_image,
+    find_dataset,
+    load_splits,
+)
 from objectives.data.splits import stratified_split
 from objectives.errors import InputError
+
+from conftest import ROOT, class_image, dr_labels
 
 
 def test_dr_lab_layout_reads_jpegs(dr_dir: Path):
@@ -75,6 +84,7 @@ def test_cache_equals_direct_decode_and_is_rebuilt_when_a_file_changes(dr_dir: P
     assert not np.array_equal(rebuilt[3], direct[3])
 
 
+@pytest.mark.slow
 def test_two_processes_building_the_same_cache_end_with_one_valid_cache(dr_dir: Path, tmp_path: Path):
     cache = tmp_path / "cache"
     script = (
@@ -83,7 +93,12 @@ def test_two_processes_building_the_same_cache_end_with_one_valid_cache(dr_dir: 
         "a = decode_all(f.train.paths, 32, cache_dir=Path(sys.argv[2])); print(int(a.sum()))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(dr_dir), str(cache)], stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(dr_dir), str(cache)], stdout=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(2)
+    ]
     sums = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     files = find_dataset(dr_dir, num_classes=5)
@@ -158,10 +173,22 @@ def test_device_batches_normalise_and_flips_keep_labels():
     "break_it, message",
     [
         (lambda d: (d / "train_0005.jpeg").unlink(), "1 train image(s) missing, e.g. train_0005.jpeg"),
-        (lambda d: (d / "test_0001.jpeg").write_bytes(b"not a jpeg at all"), "test_0001.jpeg: unreadable or corrupt image"),
-        (lambda d: (d / "train_0002.jpeg").write_bytes((d / "train_0002.jpeg").read_bytes()[:300]), "train_0002.jpeg: unreadable or corrupt image"),
-        (lambda d: (d / "train_label.csv").write_text("level\n" + "0\n" * 59 + "7\n"), "train label 7 of train_0059.jpeg is outside 0..4"),
-        (lambda d: (d / "test_label.csv").write_text("level\n" + "0\n" * 19), "test_img.csv has 20 rows but test_label.csv has 19"),
+        (
+            lambda d: (d / "test_0001.jpeg").write_bytes(b"not a jpeg at all"),
+            "test_0001.jpeg: unreadable or corrupt image",
+        ),
+        (
+            lambda d: (d / "train_0002.jpeg").write_bytes((d / "train_0002.jpeg").read_bytes()[:300]),
+            "train_0002.jpeg: unreadable or corrupt image",
+        ),
+        (
+            lambda d: (d / "train_label.csv").write_text("level\n" + "0\n" * 59 + "7\n"),
+            "train label 7 of train_0059.jpeg is outside 0..4",
+        ),
+        (
+            lambda d: (d / "test_label.csv").write_text("level\n" + "0\n" * 19),
+            "test_img.csv has 20 rows but test_label.csv has 19",
+        ),
         (lambda d: (d / "test_label.csv").write_text("level\n" + "x\n" * 20), "label 'x' is not an integer"),
         (lambda d: (d / "test_img.csv").unlink(), "DR lab layout incomplete, missing test_img.csv"),
     ],
@@ -198,7 +225,8 @@ def test_a_damaged_decode_cache_is_rebuilt_with_one_warning(dr_dir: Path, tmp_pa
     again = np.array(decode_all(files.train.paths, 32, cache_dir=cache))
     err = capfd.readouterr().err.strip().splitlines()
     assert np.array_equal(again, direct)
-    assert len(err) == 1 and err[0].startswith("study: warning: ") and str(target) in err[0] and "decoding the images again" in err[0]
+    assert len(err) == 1 and err[0].startswith("study: warning: ") and str(target) in err[0]
+    assert "decoding the images again" in err[0]
     decode_all(files.train.paths, 32, cache_dir=cache)  # rebuilt: read back silently
     assert capfd.readouterr().err == "" and [p.name for p in cache.glob("*.npy")] == [target.name]
 

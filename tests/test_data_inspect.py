@@ -4,13 +4,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from objectives.data.inspect import inspect_dataset, render
+from objectives.progress import no_bar
 
 from conftest import dr_labels, run_cli
-from objectives.progress import no_bar
-from objectives.data.inspect import inspect_dataset, render
 from test_layouts import write_cifar, write_imagefolder
 
 
+@pytest.mark.slow
 def test_clean_dr_folder_shows_class_shares_sizes_and_stats(tmp_path: Path, dr_dir: Path):
     result = run_cli("data", "inspect", str(dr_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -24,6 +27,7 @@ def test_clean_dr_folder_shows_class_shares_sizes_and_stats(tmp_path: Path, dr_d
     assert "train channel mean (R G B, 0..1):" in out
 
 
+@pytest.mark.slow
 def test_every_planted_problem_is_found_and_exit_2(tmp_path: Path, dr_dir: Path):
     (dr_dir / "train_0005.jpeg").unlink()  # missing
     (dr_dir / "test_0001.jpeg").write_bytes(b"not a jpeg at all")  # corrupt

@@ -30,10 +30,17 @@ from objectives.data import Augment, DeviceBatches, ImageSet, Splits
 from objectives.losses import build_loss
 from objectives.models import HEAD, build_model
 from objectives.train import Diverged, FitConfig, Runtime, autocast_dtype, fit
-from study import runner
-from study.cli import build_parser
-from study.space import load_space
-from study.trial_pages import TrialPages
+from study.exits import CUDA_ERROR_EXIT, CudaContextLost
+from study.run import data as run_data
+from study.run import workers
+from study.run.failures import failure_reason
+from study.run.options import RunOptions
+from study.run.output import Output
+from study.run.prepare import Prepared
+from study.run.samplers import make_pruner
+from study.run.session import Session
+from study.run.trainer import SearchObjective
+from study.space_file import load_space
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,26 +81,32 @@ def tiny_splits(size: int = 16, train: int = 24, seed: int = 0) -> Splits:
     ("0,1,0", 4, []),  # a repeated entry hides every GPU
 ])
 def test_visible_gpus_read_cuda_visible_devices_as_cuda_does(value, count, gpus):
-    assert runner.visible_gpus(value, count) == gpus
+    assert workers.visible_gpus(value, count) == gpus
 
 
 def test_worker_i_gets_entry_i_mod_n():
-    assert runner.worker_gpus(5, ["2", "3"]) == ["2", "3", "2", "3", "2"]
-    assert runner.worker_gpus(2, ["MIG-a", "MIG-b", "MIG-c"]) == ["MIG-a", "MIG-b"]
-    assert runner.worker_gpus(3, []) == []
+    assert workers.worker_gpus(5, ["2", "3"]) == ["2", "3", "2", "3", "2"]
+    assert workers.worker_gpus(2, ["MIG-a", "MIG-b", "MIG-c"]) == ["MIG-a", "MIG-b"]
+    assert workers.worker_gpus(3, []) == []
 
 
-def test_a_worker_is_told_its_gpu_and_the_parents_device():
-    args = ["run", "dr_focal", "--device", "auto", "--workers", "2"]
-    command, env = runner.worker_process(1, torch.device("cuda"), ["GPU-a", "GPU-b"], 8, args, {"CUDA_VISIBLE_DEVICES": "GPU-a,GPU-b", "HOME": "/h"})
-    assert command[:3] == [sys.executable, "-m", "study"]
-    parsed = build_parser().parse_args(command[3:])
-    assert parsed.device == "cuda" and parsed.worker_index == 1 and parsed.workers == 2
-    assert env == {"CUDA_VISIBLE_DEVICES": "GPU-b", "HOME": "/h", "STUDY_THREADS": "8"}
-    command, env = runner.worker_process(0, CPU, [], 1, args, {"CUDA_VISIBLE_DEVICES": "0"})
-    assert build_parser().parse_args(command[3:]).device == "cpu" and env["CUDA_VISIBLE_DEVICES"] == "0"
+def test_a_worker_is_told_its_gpu_and_the_parents_device(tmp_path: Path):
+    """Workers start from the run's options as JSON (never this process's command line): the
+    device the parent chose, each worker's GPU and its share of the threads travel in them."""
+    space = load_space(ROOT / "search_spaces" / "dr_focal.toml", "dr_focal").pin("epochs", 3)
+    opts = RunOptions(space=space, device="auto", workers=2, results_dir=tmp_path / "results")
+    shared = workers.worker_options(opts, torch.device("cuda"), ["GPU-a", "GPU-b"], cpu_count=16)
+    assert shared.device == "cuda" and shared.worker_gpus == ("GPU-a", "GPU-b") and shared.threads == 8
+    back = RunOptions.from_json(shared.to_json())
+    assert back == shared  # the space too: read from its file, with the run's pins
+    assert back.space.pinned == {"epochs": 3} and back.space.fixed["epochs"] == 3
+    command = workers.worker_command(tmp_path / "options.json", 1)
+    assert command == [sys.executable, "-m", "study.run.worker", str(tmp_path / "options.json"), "--index", "1"]
+    cpu = workers.worker_options(opts, CPU, [], cpu_count=1)
+    assert cpu.device == "cpu" and cpu.worker_gpus == () and cpu.threads == 1
 
 
+@pytest.mark.slow
 def test_a_worker_that_stops_on_a_cuda_error_is_replaced_a_bounded_number_of_times():
     """Worker 0 stops on a CUDA error twice, then finishes; worker 1 always does; worker 2 fails
     otherwise (never restarted). Real processes."""
@@ -101,15 +114,17 @@ def test_a_worker_that_stops_on_a_cuda_error_is_replaced_a_bounded_number_of_tim
 
     def start(index: int) -> subprocess.Popen:
         starts.append(index)
-        code = {0: runner.CUDA_ERROR_EXIT if starts.count(0) <= 2 else 0, 1: runner.CUDA_ERROR_EXIT, 2: 1}[index]
+        code = {0: CUDA_ERROR_EXIT if starts.count(0) <= 2 else 0, 1: CUDA_ERROR_EXIT, 2: 1}[index]
         return subprocess.Popen([sys.executable, "-c", f"raise SystemExit({code})"])
 
     out = io.StringIO()
-    codes = runner.supervise(3, start, runner.Output(out, io.StringIO()), max_restarts=3, poll_s=0.05)
-    assert codes == [0, runner.CUDA_ERROR_EXIT, 1]
+    codes = workers.supervise(3, start, Output(out, io.StringIO()), max_restarts=3, poll_s=0.05)
+    assert codes == [0, CUDA_ERROR_EXIT, 1]
     assert (starts.count(0), starts.count(1), starts.count(2)) == (3, 4, 1)
     lines = out.getvalue().splitlines()
-    assert len(lines) == 5 and all("stopped on a CUDA error; starting a fresh worker in its place" in line for line in lines)
+    assert len(lines) == 5 and all(
+        "stopped on a CUDA error; starting a fresh worker in its place" in line for line in lines
+    )
     assert sum("worker 1 " in line for line in lines) == 3 and lines[-1].endswith("(restart 3 of 3)")
 
 
@@ -123,26 +138,39 @@ def _accelerator_error(message: str, code: int) -> torch.AcceleratorError:
     return exc
 
 
-@pytest.mark.parametrize("exc, reason", [
-    (Diverged("training loss is nan"), "nan_loss"),
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "cuda_oom"),
-    (_accelerator_error("CUDA error: out of memory", 2), "cuda_oom"),
-    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), "cuda_oom"),
-    (RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED"), "cuda_oom"),
-    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), "cuda_oom"),
-    (RuntimeError("CUDA driver error: out of memory"), "cuda_oom"),
-    (_accelerator_error("CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously reported", 710), "cuda_error"),
-    (_accelerator_error("CUDA error: an illegal memory access was encountered", 700), "cuda_error"),
-    (_accelerator_error("CUDA error: unspecified launch failure", 719), "cuda_error"),
-    (RuntimeError("CUDA error: misaligned address"), "cuda_error"),  # a sticky error seen through another check
-    (_accelerator_error("CUDA error: invalid argument", 1), "AcceleratorError: CUDA error: invalid argument"),
-    (RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"), "RuntimeError: cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"),
-    (RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes"),
-     "RuntimeError: DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes"),  # host memory: not the GPU's
-    (ValueError("bad value\nsecond line"), "ValueError: bad value"),
-])
+@pytest.mark.parametrize(
+    "exc, reason",
+    [
+        (Diverged("training loss is nan"), "nan_loss"),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "cuda_oom"),
+        (_accelerator_error("CUDA error: out of memory", 2), "cuda_oom"),
+        (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), "cuda_oom"),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED"), "cuda_oom"),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), "cuda_oom"),
+        (RuntimeError("CUDA driver error: out of memory"), "cuda_oom"),
+        (
+            _accelerator_error(
+                "CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously reported", 710
+            ),
+            "cuda_error",
+        ),
+        (_accelerator_error("CUDA error: an illegal memory access was encountered", 700), "cuda_error"),
+        (_accelerator_error("CUDA error: unspecified launch failure", 719), "cuda_error"),
+        (RuntimeError("CUDA error: misaligned address"), "cuda_error"),  # a sticky error seen through another check
+        (_accelerator_error("CUDA error: invalid argument", 1), "AcceleratorError: CUDA error: invalid argument"),
+        (
+            RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"),
+            "RuntimeError: cuDNN error: CUDNN_STATUS_NOT_SUPPORTED",
+        ),
+        (
+            RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes"),
+            "RuntimeError: DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes",
+        ),  # host memory: not the GPU's
+        (ValueError("bad value\nsecond line"), "ValueError: bad value"),
+    ],
+)
 def test_failure_reasons(exc, reason):
-    assert runner.failure_reason(exc) == reason
+    assert failure_reason(exc) == reason
 
 
 # ---------------------------------------------------------------- metrics without host syncs
@@ -243,7 +271,11 @@ def test_crops_and_both_flips_in_one_gather_keep_their_probabilities(pad):
     images = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
     subset = ImageSet(images, np.arange(n), np.arange(n))
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    plain = {int(y): x for xb, yb in DeviceBatches(subset, batch_size=32, device=CPU, mean=mean, std=std) for x, y in zip(xb, yb)}
+    plain = {
+        int(y): x
+        for xb, yb in DeviceBatches(subset, batch_size=32, device=CPU, mean=mean, std=std)
+        for x, y in zip(xb, yb)
+    }
     augmented = DeviceBatches(subset, batch_size=32, device=CPU, mean=mean, std=std, shuffle=True,
                               augment=Augment(hflip=True, vflip=True, crop_padding=pad), seed=5)
     state = augmented.generator.get_state()
@@ -252,7 +284,9 @@ def test_crops_and_both_flips_in_one_gather_keep_their_probabilities(pad):
     offsets = set()
     for xb, yb in first:
         for x, y in zip(xb, yb):
-            found = [key for key, v in _variants(plain[int(y)], pad, (0.0 - 0.5) / 0.25).items() if torch.allclose(x, v)]
+            found = [
+                key for key, v in _variants(plain[int(y)], pad, (0.0 - 0.5) / 0.25).items() if torch.allclose(x, v)
+            ]
             assert found, "every image is a crop and/or flip of its own image"
             offsets.add(found[0][:2])
             cases[found[0][2:]] = cases.get(found[0][2:], 0) + 1
@@ -323,7 +357,15 @@ def run(config: Config, splits: Splits, context: TrialContext):
     MODELS.append(weakref.ref(model))
     cfg = FitConfig(epochs=config.epochs, fe_epochs=config.fe_epochs, lr=config.lr, momentum=0.0, weight_decay=0.0,
                     batch_size=config.batch_size, metric=context.metric, maximize=context.maximize, seed=config.seed)
-    return fit(model, build_loss("ce", class_counts=[1, 1, 1]), splits, cfg, context.runtime, context.report, context.checkpoint)
+    return fit(
+        model,
+        build_loss("ce", class_counts=[1, 1, 1]),
+        splits,
+        cfg,
+        context.runtime,
+        context.report,
+        context.checkpoint,
+    )
 
 
 def _fail_on_second_call(error):
@@ -368,21 +410,30 @@ def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str
     reference counting. Returns what the runner printed."""
     path = tmp_path / "space.toml"
     path.write_text(space)
-    prep = runner.Prepared(space=load_space(path), module=sys.modules[__name__], source=DataSource(root=tmp_path), dataset="tiny",
-                           device=runtime.device, study_name="memory", storage_url="inmemory", target=3, results_dir=tmp_path,
-                           checkpoint_every=0.0)
-    trainer = runner.TrialTrainer(prep, runner.load_data(prep, runner.Output(io.StringIO(), io.StringIO())), runtime,
-                                  TrialPages(runner.artifact_store(tmp_path)))
+    prep = Prepared(
+        space=load_space(path),
+        module=sys.modules[__name__],
+        source=DataSource(root=tmp_path),
+        dataset="tiny",
+        device=runtime.device,
+        study_name="memory",
+        storage_url="inmemory",
+        target=3,
+        results_dir=tmp_path,
+        checkpoint_every=0.0,
+    )
+    quiet = Output(io.StringIO(), io.StringIO())
+    out = io.StringIO()
+    session = Session(prep, run_data.load_data(prep, quiet), Output(out, io.StringIO()), runtime=runtime)
     MODELS.clear()
     ALIVE_AT_START.clear()
     FRAMES_AT_START.clear()
     MEMORY_AT_START.clear()
-    out = io.StringIO()
     gc.collect()
     gc.disable()
     try:
-        runner.optimize(study, prep, runner.Output(out, io.StringIO()), runner._Objective(prep, trainer),
-                        optuna.samplers.RandomSampler(seed=0), None)
+        session.optimize(study, SearchObjective(study, prep, session.trainer), target=prep.target,
+                         sampler=optuna.samplers.RandomSampler(seed=0), pruner=make_pruner(prep.space))
     finally:
         alive = [ref() is not None for ref in MODELS]
         gc.enable()
@@ -390,16 +441,34 @@ def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str
     return out.getvalue()
 
 
-@pytest.mark.parametrize("runtime", [
-    Runtime(), Runtime(compile=True, compile_backend="eager"),
-    pytest.param(Runtime.for_device(torch.device("cuda")) if torch.cuda.is_available() else None, marks=cuda, id="cuda"),
-])
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        Runtime(),
+        Runtime(compile=True, compile_backend="eager"),
+        pytest.param(
+            Runtime.for_device(torch.device("cuda")) if torch.cuda.is_available() else None, marks=cuda, id="cuda"
+        ),
+    ],
+)
 def test_complete_pruned_and_failed_trials_leave_no_live_model(tmp_path: Path, runtime: Runtime):
     """On CUDA also: every trial starts with the GPU memory the second one started with (the
     first leaves cuBLAS/cuDNN workspaces behind, which later trials reuse)."""
-    study = enqueued([{"predict": 0, "fail": ""}, {"predict": 1, "fail": ""}, {"predict": 0, "fail": "boom"}, {"predict": 0, "fail": ""}])
+    study = enqueued(
+        [
+            {"predict": 0, "fail": ""},
+            {"predict": 1, "fail": ""},
+            {"predict": 0, "fail": "boom"},
+            {"predict": 0, "fail": ""},
+        ]
+    )
     run_trials(tmp_path, study, runtime)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE]
+    assert [t.state for t in study.trials] == [
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+    ]
     assert study.trials[2].user_attrs["fail_reason"] == "RuntimeError: boom"
     assert len(MODELS) == 4 and ALIVE_AT_START == [0, 0, 0, 0]
     assert MEMORY_AT_START[1:] == [MEMORY_AT_START[1]] * 3
@@ -407,14 +476,17 @@ def test_complete_pruned_and_failed_trials_leave_no_live_model(tmp_path: Path, r
 
 def test_a_sticky_cuda_error_is_recorded_and_ends_the_process(tmp_path: Path):
     study = enqueued([{"predict": 0, "fail": ""}, {"predict": 0, "fail": "cuda"}, {"predict": 0, "fail": ""}])
-    with pytest.raises(runner.CudaContextLost) as err:
+    with pytest.raises(CudaContextLost) as err:
         run_trials(tmp_path, study, Runtime())
-    assert err.value.code == runner.CUDA_ERROR_EXIT
+    assert err.value.code == CUDA_ERROR_EXIT
     message = str(err.value)
     assert "\n" not in message and "trial 1 failed with cuda_error" in message and "illegal memory access" in message
     assert "run the same command again" in message
     assert [(t.state, t.user_attrs.get("fail_reason")) for t in study.trials] == [
-        (TrialState.COMPLETE, None), (TrialState.FAIL, "cuda_error"), (TrialState.WAITING, None)]  # none started after it
+        (TrialState.COMPLETE, None),
+        (TrialState.FAIL, "cuda_error"),
+        (TrialState.WAITING, None),
+    ]  # none started after it
     assert len(MODELS) == 2 and ALIVE_AT_START == [0, 0]
 
 
@@ -439,6 +511,7 @@ batch_size = { choices = [4, 8] }
 GRAPHS_PER_TRIAL = 4  # per phase (FE, FT): one for training, one for evaluation (any batch size but 1)
 
 
+@pytest.mark.slow  # compiles two ResNets
 def test_compile_builds_a_bounded_number_of_graphs_per_trial_and_never_hits_the_recompile_limit(tmp_path: Path):
     """ResNet18, ResNet50, then ResNet18 at another batch size, each with FE and FT phases and
     evaluations that end in a partial batch (8 rows in batches of 3): 4 graphs each. ResNet18
@@ -446,10 +519,18 @@ def test_compile_builds_a_bounded_number_of_graphs_per_trial_and_never_hits_the_
     trial's first new graph would be that function's 9th, past dynamo's recompile limit (8):
     dynamo would run it eagerly from then on (here, raise and fail the trial)."""
     counter = CompileCounterWithBackend("eager")
-    study = enqueued([{"arch": "resnet18", "batch_size": 8}, {"arch": "resnet50", "batch_size": 8}, {"arch": "resnet18", "batch_size": 4}])
+    study = enqueued(
+        [
+            {"arch": "resnet18", "batch_size": 8},
+            {"arch": "resnet50", "batch_size": 8},
+            {"arch": "resnet18", "batch_size": 4},
+        ]
+    )
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         run_trials(tmp_path, study, Runtime(compile=True, compile_backend=counter, eval_batch_size=3), space=ARCH_SPACE)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3, [t.user_attrs.get("fail_reason") for t in study.trials]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3, [
+        t.user_attrs.get("fail_reason") for t in study.trials
+    ]
     per_trial = np.diff([*FRAMES_AT_START, counter.frame_count]).tolist()
     assert per_trial == [GRAPHS_PER_TRIAL] * 3
 
@@ -463,8 +544,9 @@ def bench():
     folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
     sys.path.insert(0, folder)
     try:
-        import common
         import gpu_throughput
+
+        import common
 
         yield common, gpu_throughput
     finally:
@@ -479,7 +561,9 @@ def test_the_gpu_benchmark_warms_up_every_shape_it_times(bench, tmp_path: Path):
     trainee = common.make_trainee("convnet", CPU, channels_last=True)
     runtime = Runtime(channels_last=True)
     args = dict(batch_size=4, device=CPU, mean=splits.mean, std=splits.std, flips=True, channels_last=True, seed=0)
-    timing = common.timed_epoch(trainee, common.study_batches(splits.train, **args), runtime, warmup=1, sync_steps=False)
+    timing = common.timed_epoch(
+        trainee, common.study_batches(splits.train, **args), runtime, warmup=1, sync_steps=False
+    )
     assert (timing.images, timing.steps, timing.cold_shapes) == (8, 2, ())
     ragged = common.study_batches(splits.train, **args, drop_last=False)
     assert common.timed_epoch(trainee, ragged, runtime, warmup=1, sync_steps=False).cold_shapes == ((2, 3, 16, 16),)
@@ -489,7 +573,9 @@ def test_the_gpu_benchmark_warms_up_every_shape_it_times(bench, tmp_path: Path):
         Image.fromarray(image).save(paths[-1])
     loader = common.to_device(common.lab_loader(splits.train, paths, size=16, batch_size=4, workers=0, mean=splits.mean,
                                                 std=splits.std, seed=0), CPU)
-    timing = common.timed_epoch(common.make_trainee("convnet", CPU, channels_last=False), loader, Runtime(), warmup=1, sync_steps=False)
+    timing = common.timed_epoch(
+        common.make_trainee("convnet", CPU, channels_last=False), loader, Runtime(), warmup=1, sync_steps=False
+    )
     assert (timing.images, timing.cold_shapes) == (8, ())
 
 
@@ -500,17 +586,35 @@ def test_the_gpu_benchmark_states_its_goals(bench):
         return common.EpochTiming(images=1000, steps=10, seconds=1000 / rate, wait=0.0)
 
     results = [
-        (("resnet18", 224, 128), {"ceiling": timing(10000), "study": timing(9500), "seed w0": timing(1000), "seed w8": timing(3500)}),
-        (("resnet50", 224, 32), {"ceiling": timing(3000), "study": timing(2900), "seed w0": timing(500), "seed w8": timing(900)}),
-        (("resnet50", 224, 128), {"ceiling": timing(3500), "study": timing(3100), "seed w0": None, "seed w8": timing(1000)}),
+        (
+            ("resnet18", 224, 128),
+            {"ceiling": timing(10000), "study": timing(9500), "seed w0": timing(1000), "seed w8": timing(3500)},
+        ),
+        (
+            ("resnet50", 224, 32),
+            {"ceiling": timing(3000), "study": timing(2900), "seed w0": timing(500), "seed w8": timing(900)},
+        ),
+        (
+            ("resnet50", 224, 128),
+            {"ceiling": timing(3500), "study": timing(3100), "seed w0": None, "seed w8": timing(1000)},
+        ),
     ]
     fair, ceiling, resnet50 = gpu_throughput.goal_lines(results, "cuda: NVIDIA H100 80GB HBM3, 79 GiB")
-    assert fair == "goal study >= 3x the fair seed loop: missed in 1 of 3 configurations (lowest 2.71x, resnet18 224px b128)"
-    assert ceiling == "goal study >= 90% of the model-only ceiling: missed in 1 of 3 configurations (lowest 88.6%, resnet50 224px b128)"
+    assert (
+        fair
+        == "goal study >= 3x the fair seed loop: missed in 1 of 3 configurations (lowest 2.71x, resnet18 224px b128)"
+    )
+    assert (
+        ceiling
+        == "goal study >= 90% of the model-only ceiling: missed in 1 of 3 configurations (lowest 88.6%, resnet50 "
+           "224px b128)"
+    )
     assert resnet50 == "goal ResNet50 at 224 px >= 3,000 img/s: met (3,100 img/s, resnet50 224px b128)"
     elsewhere = gpu_throughput.goal_lines(results, "cuda: NVIDIA A100-SXM4-40GB, 39 GiB")[2]
     assert elsewhere.endswith("(the goal is stated for an H100; this is cuda: NVIDIA A100-SXM4-40GB)")
-    assert gpu_throughput.goal_lines(results[:1], "cuda: NVIDIA H100")[2].endswith("not measured (no resnet50 224 px configuration ran)")
+    assert gpu_throughput.goal_lines(results[:1], "cuda: NVIDIA H100")[2].endswith(
+        "not measured (no resnet50 224 px configuration ran)"
+    )
 
 
 # ---------------------------------------------------------------- on a real GPU (skipped without one)
@@ -524,8 +628,16 @@ def test_on_cuda_batches_equal_the_cpus_and_neither_they_nor_the_confusion_matri
     images = np.random.default_rng(0).integers(0, 256, size=(n, 16, 16, 3), dtype=np.uint8)
     subset = ImageSet(images, np.arange(n) % 3, np.arange(n))
     for augment in (Augment(hflip=True, vflip=True), Augment(hflip=True, crop_padding=2), Augment()):
-        kwargs = dict(batch_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, shuffle=True, augment=augment, channels_last=True,
-                      seed=3, drop_last=True)
+        kwargs = dict(
+            batch_size=16,
+            mean=(0.5,) * 3,
+            std=(0.25,) * 3,
+            shuffle=True,
+            augment=augment,
+            channels_last=True,
+            seed=3,
+            drop_last=True,
+        )
         on_cpu = list(DeviceBatches(subset, device=CPU, **kwargs))
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
@@ -554,7 +666,7 @@ def test_on_cuda_a_device_side_assert_is_a_cuda_error_and_an_allocation_failure_
     """In a child process, since a device-side assert breaks its CUDA context for good."""
     script = "\n".join([
         "import torch",
-        "from study.runner import failure_reason",
+        "from study.run.failures import failure_reason",
         "try:",
         "    torch.empty(1 << 50, dtype=torch.uint8, device='cuda')",  # a petabyte
         "except Exception as exc:",

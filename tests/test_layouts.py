@@ -9,10 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import class_image
-from objectives.data import (Augment, DeviceBatches, ImageSet, decode_image, detect_layout, find_dataset, load_splits,
-                             resize_all)
+from objectives.data import (
+    Augment,
+    DeviceBatches,
+    ImageSet,
+    decode_image,
+    detect_layout,
+    find_dataset,
+    load_splits,
+    resize_all,
+)
 from objectives.errors import InputError
+
+from conftest import class_image
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

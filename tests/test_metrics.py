@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, cohen_kappa_score, f1_score,
-                             recall_score)
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, cohen_kappa_score, f1_score, recall_score
 from sklearn.metrics import confusion_matrix as sk_confusion
 
 from objectives.metrics import confusion_matrix, quadratic_kappa, summarize

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+
 from conftest import dr_labels, run_cli, storage_of, write_dr_lab
 
 pytestmark = pytest.mark.slow

@@ -12,10 +12,12 @@ from optuna.trial import create_trial
 
 from objectives import contract, image_classifier
 from objectives.errors import InputError
-from study import analysis, registry
+from study import registry
+from study.report import frames
 from study.report_layout import ReportLayout
 from study.schema1 import SCHEMA1_OBJECTIVES
-from study.space import SpaceError, build_config, config_defaults, load_space
+from study.space import SpaceError, build_config, config_defaults
+from study.space_file import load_space
 
 # The shipped studies as schema-1 files (search_spaces/*.toml before schema 2, without [embedded]).
 SCHEMA1 = {
@@ -118,7 +120,9 @@ def test_settings_are_checked_once_for_every_study():
         build_config(image_classifier.Config, {"arch": "convnet", "pretrained": True})
     with pytest.raises(SpaceError, match="unknown setting.*dropout"):
         build_config(image_classifier.Config, {"dropout": 0.1})
-    config = build_config(image_classifier.Config, {"image_size": 32, "norm_mean": [0.5] * 3, "norm_std": [0.2] * 3, "lr": 1})
+    config = build_config(
+        image_classifier.Config, {"image_size": 32, "norm_mean": [0.5] * 3, "norm_std": [0.2] * 3, "lr": 1}
+    )
     assert config.data.norm_mean == (0.5,) * 3 and config.train.lr == 1.0 and isinstance(config.train.lr, float)
     assert hash(config.data) == hash(build_config(image_classifier.Config, {"image_size": 32, "norm_mean": [0.5] * 3,
                                                                            "norm_std": [0.2] * 3}).data)
@@ -153,17 +157,26 @@ def test_schema2_defaults_to_the_image_classifier(tmp_path: Path):
     assert stated.fingerprint() == space.fingerprint()
 
 
-@pytest.mark.parametrize("text, message", [
-    (GOOD.replace("schema = 2", "schema = 3"), "schema = 3 is unknown; this version reads schema 1 or 2"),
-    (GOOD.replace("schema = 2", 'schema = "2"'), "schema = '2' is unknown"),
-    (GOOD.replace("schema = 2", "") + "[report]\ncells = []\n", "[report] needs schema = 2"),
-    (GOOD.replace("[study]", '[study]\nobjective = "dr_focal"'), "'dr_focal' is a schema-1 objective"),
-    (GOOD + "[report]\ncells = [\"arch\", \"optimizer\"]\n", "[report].cells: 'optimizer' is not a setting in [fixed] or [space]"),
-    (GOOD + "[report]\nfigures = [\"arch\", \"arch\"]\n", "[report].figures must be a list of distinct setting names"),
-    (GOOD + "[report]\ncolumns = [\"arch\"]\n", "[report]: unknown key 'columns'"),
-    (GOOD + "[report]\nlabels = { arch = { vgg = \"v\" } }\n", "[report].labels.arch: 'vgg' is not a value of arch"),
-    (GOOD + "[report]\nlabels = { arch = { convnet = \"small/net\" } }\n", "[report].labels.arch.convnet: 'small/net' must be"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (GOOD.replace("schema = 2", "schema = 3"), "schema = 3 is unknown; this version reads schema 1 or 2"),
+        (GOOD.replace("schema = 2", 'schema = "2"'), "schema = '2' is unknown"),
+        (GOOD.replace("schema = 2", "") + "[report]\ncells = []\n", "[report] needs schema = 2"),
+        (GOOD.replace("[study]", '[study]\nobjective = "dr_focal"'), "'dr_focal' is a schema-1 objective"),
+        (
+            GOOD + '[report]\ncells = ["arch", "optimizer"]\n',
+            "[report].cells: 'optimizer' is not a setting in [fixed] or [space]",
+        ),
+        (GOOD + '[report]\nfigures = ["arch", "arch"]\n', "[report].figures must be a list of distinct setting names"),
+        (GOOD + '[report]\ncolumns = ["arch"]\n', "[report]: unknown key 'columns'"),
+        (GOOD + '[report]\nlabels = { arch = { vgg = "v" } }\n', "[report].labels.arch: 'vgg' is not a value of arch"),
+        (
+            GOOD + '[report]\nlabels = { arch = { convnet = "small/net" } }\n',
+            "[report].labels.arch.convnet: 'small/net' must be",
+        ),
+    ],
+)
 def test_bad_schema_and_report_are_one_line_errors_naming_the_file(tmp_path: Path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(SpaceError) as err:
@@ -181,11 +194,16 @@ def test_an_objective_module_of_ones_own(tmp_path: Path, monkeypatch):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "__init__.py").write_text("")
     (tmp_path / "mine" / "partial.py").write_text("Config = None\n")
-    (tmp_path / "mine" / "classifier.py").write_text("from objectives.image_classifier import EMBEDDED_DATASET, Config, load_data, run\n")
+    (tmp_path / "mine" / "classifier.py").write_text(
+        "from objectives.image_classifier import EMBEDDED_DATASET, Config, load_data, run\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    for objective, message in (("mine.nothere", "no module mine.nothere"), ("nothere", "no module objectives.nothere"),
-                               ("mine.partial", "mine.partial is not an objective module: it lacks EMBEDDED_DATASET, load_data, run"),
-                               ("synthetic", "objectives.synthetic is not an objective module")):
+    for objective, message in (
+        ("mine.nothere", "no module mine.nothere"),
+        ("nothere", "no module objectives.nothere"),
+        ("mine.partial", "mine.partial is not an objective module: it lacks EMBEDDED_DATASET, load_data, run"),
+        ("synthetic", "objectives.synthetic is not an objective module"),
+    ):
         path = write(tmp_path, GOOD.replace("[study]", f'[study]\nobjective = "{objective}"'))
         with pytest.raises(InputError) as err:
             registry.objective_module(load_space(path))
@@ -195,14 +213,19 @@ def test_an_objective_module_of_ones_own(tmp_path: Path, monkeypatch):
 
 
 def trial(number, value, **config):
-    return create_trial(params={"arch": config["arch"]}, distributions={"arch": CategoricalDistribution(["convnet", "resnet18"])},
-                        value=value, user_attrs={"config": config, "test_confusion": [[1, 0], [0, 1]], "class_names": ["a", "b"]})
+    return create_trial(
+        params={"arch": config["arch"]},
+        distributions={"arch": CategoricalDistribution(["convnet", "resnet18"])},
+        value=value,
+        user_attrs={"config": config, "test_confusion": [[1, 0], [0, 1]], "class_names": ["a", "b"]},
+    )
 
 
 def layout_study(report=None):
     study = optuna.create_study(direction="maximize")
-    for i, (arch, pretrained, loss) in enumerate([("convnet", False, "ce"), ("resnet18", True, "ce"), ("resnet18", False, "focal"),
-                                                  ("resnet18", True, "focal")]):
+    for i, (arch, pretrained, loss) in enumerate(
+        [("convnet", False, "ce"), ("resnet18", True, "ce"), ("resnet18", False, "focal"), ("resnet18", True, "focal")]
+    ):
         study.add_trial(trial(i, 0.1 * i, arch=arch, pretrained=pretrained, loss=loss))
     if report is not None:
         study.set_user_attr("report", report)
@@ -211,15 +234,26 @@ def layout_study(report=None):
 
 def test_report_cells_and_figures_come_from_the_recorded_layout_or_the_dr_defaults():
     old = layout_study()  # a study made before studies recorded [report]
-    frame = analysis.trial_frame(old)
-    assert set(analysis.best_trials_per_cell(old, frame, True)) == {"best", "convnet_scratch", "resnet18_pretrained", "resnet18_scratch"}
-    assert {"arch", "pretrained", "loss"} <= set(analysis.cell_table(frame, True).columns)
+    frame = frames.trial_frame(old)
+    assert set(frames.best_trials_per_cell(old, frame, True)) == {
+        "best",
+        "convnet_scratch",
+        "resnet18_pretrained",
+        "resnet18_scratch",
+    }
+    assert {"arch", "pretrained", "loss"} <= set(frames.cell_table(frame, True).columns)
     layout = ReportLayout(cells=("loss",), figures=("loss", "pretrained"), labels={"loss": {"focal": "fl"}})
     new = layout_study(layout.record())
-    assert analysis.recorded_layout(new) == ReportLayout.from_record(layout.record())
-    picked = analysis.best_trials_per_cell(new, analysis.trial_frame(new), True)
+    assert frames.recorded_layout(new) == ReportLayout.from_record(layout.record())
+    picked = frames.best_trials_per_cell(new, frames.trial_frame(new), True)
     assert set(picked) == {"best", "ce_False", "ce_True", "fl_False", "fl_True"}
-    cells = analysis.cell_table(analysis.trial_frame(new), True, analysis.recorded_layout(new).cells)
+    cells = frames.cell_table(frames.trial_frame(new), True, frames.recorded_layout(new).cells)
     assert list(cells.loss) == ["ce", "focal"] and "arch" not in cells
-    assert ReportLayout().label("pretrained", True) == "pretrained" and ReportLayout().label("arch", "convnet") == "convnet"
-    assert ReportLayout().label("pretrained", np.False_) == "scratch" and ReportLayout().label("pretrained", "True") == "pretrained"
+    assert (
+        ReportLayout().label("pretrained", True) == "pretrained"
+        and ReportLayout().label("arch", "convnet") == "convnet"
+    )
+    assert (
+        ReportLayout().label("pretrained", np.False_) == "scratch"
+        and ReportLayout().label("pretrained", "True") == "pretrained"
+    )

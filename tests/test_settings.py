@@ -10,13 +10,17 @@ import torch
 import torch.nn.functional as F
 from optuna.trial import TrialState
 
-from objectives.image_classifier import Config
 from objectives.data import DeviceBatches, find_dataset, load_splits
+from objectives.image_classifier import Config
 from objectives.models import build_model
 from objectives.train import Runtime, evaluate
-from study import registry, space as space_module
-from study.runner import _sampler, pretrained_normalisation, sampler_settings, trial_seed
-from study.space import build_config, config_defaults, load_space
+from study import registry
+from study import space as space_module
+from study.run.prepare import pretrained_normalisation
+from study.run.samplers import make_sampler, sampler_settings
+from study.run.trainer import trial_seed
+from study.space import build_config, config_defaults
+from study.space_file import load_space
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
@@ -24,12 +28,16 @@ IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 def test_pretrained_arm_and_scratch_arm_both_get_the_weights_normalisation():
     space = registry.resolve("dr_focal")
     resolved = pretrained_normalisation(space)
-    assert resolved.fixed["norm_mean"] == pytest.approx(IMAGENET[0]) and resolved.fixed["norm_std"] == pytest.approx(IMAGENET[1])
+    assert resolved.fixed["norm_mean"] == pytest.approx(IMAGENET[0]) and resolved.fixed["norm_std"] == pytest.approx(
+        IMAGENET[1]
+    )
     for pretrained in (True, False):  # both arms of the factor: it changes one thing
         config = build_config(Config, {**resolved.fixed, "pretrained": pretrained, "fe_epochs": 0})
         assert config.data.norm_mean == pytest.approx(tuple(IMAGENET[0]))
         assert config.data != build_config(Config, {**space.fixed}).data  # the data part keys the decoded data
-    assert pretrained_normalisation(space.pin("pretrained", False)).fixed["norm_mean"] == []  # no weights: the data's own
+    assert (
+        pretrained_normalisation(space.pin("pretrained", False)).fixed["norm_mean"] == []
+    )  # no weights: the data's own
     own = space.pin("norm_mean", [0.5, 0.5, 0.5]).pin("norm_std", [0.2, 0.2, 0.2])
     assert pretrained_normalisation(own).fixed["norm_mean"] == [0.5, 0.5, 0.5]  # explicit settings win
     defaults = config_defaults(Config)
@@ -42,7 +50,7 @@ def test_tpe_models_conditional_parameters_jointly_after_its_startup_trials():
     assert settings == {"class": "TPESampler", "seed": 0, "multivariate": True, "group": True, "constant_liar": True,
                         "n_startup_trials": space.embedded["sampler_startup_trials"]}
     assert space.embedded["sampler_startup_trials"] < space.study.trials  # the demo is not random search
-    sampler = _sampler(space, 0)
+    sampler = make_sampler(space, 0)
     assert isinstance(sampler, optuna.samplers.TPESampler)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     for _ in range(space.study.sampler_startup_trials + 3):
@@ -52,7 +60,13 @@ def test_tpe_models_conditional_parameters_jointly_after_its_startup_trials():
     study.ask()
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))[0]
     # group=True: TPE models fe_epochs and focal_* within their conditions, not independently
-    assert set(sampler.infer_relative_search_space(study, running)) >= {"lr", "loss", "fe_epochs", "focal_gamma", "focal_alpha"}
+    assert set(sampler.infer_relative_search_space(study, running)) >= {
+        "lr",
+        "loss",
+        "fe_epochs",
+        "focal_gamma",
+        "focal_alpha",
+    }
 
 
 def test_a_retried_trial_keeps_the_seed_of_the_trial_it_resumes():
@@ -62,19 +76,23 @@ def test_a_retried_trial_keeps_the_seed_of_the_trial_it_resumes():
     study.tell(first, state=TrialState.FAIL)
     study.enqueue_trial({}, user_attrs={"resume_of": first.number})
     retry = study.ask()
-    assert trial_seed(retry, base=0) == 41
+    assert trial_seed(study, retry, base=0) == 41
     fresh = study.ask()
-    assert trial_seed(fresh, base=100) == 100 + fresh.number
+    assert trial_seed(study, fresh, base=100) == 100 + fresh.number
 
 
 def test_validation_loss_is_cross_entropy_whatever_the_training_loss(dr_dir: Path):
-    splits = load_splits(find_dataset(dr_dir, num_classes=5), image_size=32, val_fraction=0.25, split_seed=0, cache_dir=None)
+    splits = load_splits(
+        find_dataset(dr_dir, num_classes=5), image_size=32, val_fraction=0.25, split_seed=0, cache_dir=None
+    )
     model = build_model("convnet", 5, pretrained=False, seed=0).eval()
     runtime = Runtime()
     got = evaluate(model, splits.val, splits, runtime)
     logits, targets = [], []
     with torch.no_grad():
-        for x, y in DeviceBatches(splits.val, batch_size=7, device=torch.device("cpu"), mean=splits.mean, std=splits.std):
+        for x, y in DeviceBatches(
+            splits.val, batch_size=7, device=torch.device("cpu"), mean=splits.mean, std=splits.std
+        ):
             logits.append(model(x))
             targets.append(y)
     expected = F.cross_entropy(torch.cat(logits), torch.cat(targets)).item()

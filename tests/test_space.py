@@ -7,7 +7,8 @@ import pytest
 
 from objectives.image_classifier import Config
 from study import registry
-from study.space import SpaceError, build_config, load_space, parse_value
+from study.space import SpaceError, build_config, parse_value
+from study.space_file import load_space
 
 
 def sample(space, n=30, seed=0):
@@ -93,15 +94,24 @@ loss = { choices = ["ce", "focal"] }
     [
         ("[study\nobjective=1", "not valid TOML"),
         (GOOD.replace("[fixed]", "[fixd]"), "unknown top-level table 'fixd'"),
-        (GOOD.replace('objective = "dr_focal"', 'objective = "dr_focal"\nsampeler = "tpe"'), "unknown [study] key 'sampeler'"),
+        (
+            GOOD.replace('objective = "dr_focal"', 'objective = "dr_focal"\nsampeler = "tpe"'),
+            "unknown [study] key 'sampeler'",
+        ),
         (GOOD.replace("low = 1e-3, high = 1e-1", "low = 1e-1, high = 1e-3"), "lr: low 0.1 > high 0.001"),
-        (GOOD + 'gamma = { low = 0.0, high = 1.0, when = { los = "focal" } }\n', "gamma: when names unknown parameter 'los'"),
+        (
+            GOOD + 'gamma = { low = 0.0, high = 1.0, when = { los = "focal" } }\n',
+            "gamma: when names unknown parameter 'los'",
+        ),
         (GOOD + 'gamma = { low = 0.0, high = 1.0, when = { loss = "facal" } }\n', "gamma: when loss = 'facal'"),
         (GOOD + "x = { low = 0, hgh = 1 }\n", "x: unknown key 'hgh'"),
         (GOOD + "x = { choices = [] }\n", "x: choices must be a non-empty list"),
         (GOOD + 'x = { low = 0, high = "epoch - 1" }\n', "bound 'epoch - 1'"),
         (GOOD + "x = { low = 0.0, high = 1.0, log = true }\n", "log range needs low > 0"),
-        (GOOD.replace('objective = "dr_focal"', 'objective = "dr_focal"\nsampler = "bayes"'), "[study].sampler = 'bayes'"),
+        (
+            GOOD.replace('objective = "dr_focal"', 'objective = "dr_focal"\nsampler = "bayes"'),
+            "[study].sampler = 'bayes'",
+        ),
         (GOOD + '[embedded]\nwarmup_epochs = "two"\n', "[embedded].warmup_epochs must be a non-negative integer"),
     ],
 )

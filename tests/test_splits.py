@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import class_image, write_dr_lab
 from objectives.data import find_dataset, load_splits
-from objectives.errors import InputError
-from objectives.data.splits import group_ids, grouped_split
 from objectives.data.inspect import inspect_dataset
+from objectives.data.splits import group_ids, grouped_split
+from objectives.errors import InputError
 from objectives.progress import no_bar
+
+from conftest import class_image, write_dr_lab
 from test_layouts import write_cifar
 
 GRADE_MIX = [0.73, 0.07, 0.15, 0.025, 0.025]
@@ -101,7 +102,9 @@ def _group_labels(manifest) -> dict[str, list[int]]:
 def test_the_test_split_does_not_move_with_the_validation_seed(kaggle_pairs: Path):
     files = find_dataset(kaggle_pairs, num_classes=5)
     a = load_splits(files, image_size=12, val_fraction=0.2, split_seed=0, cache_dir=None).manifest
-    b = load_splits(find_dataset(kaggle_pairs, num_classes=5), image_size=12, val_fraction=0.2, split_seed=1, cache_dir=None).manifest
+    b = load_splits(
+        find_dataset(kaggle_pairs, num_classes=5), image_size=12, val_fraction=0.2, split_seed=1, cache_dir=None
+    ).manifest
     test_a = [i for i, s in zip(a.image, a.split) if s == "test"]
     test_b = [i for i, s in zip(b.image, b.split) if s == "test"]
     assert test_a == test_b
@@ -110,11 +113,17 @@ def test_the_test_split_does_not_move_with_the_validation_seed(kaggle_pairs: Pat
 
 
 def test_manifest_names_files_relative_to_the_data_folder_and_cifar_rows(kaggle_pairs: Path, tmp_path: Path):
-    splits = load_splits(find_dataset(kaggle_pairs, num_classes=5), image_size=12, val_fraction=0.2, split_seed=0, cache_dir=None)
+    splits = load_splits(
+        find_dataset(kaggle_pairs, num_classes=5), image_size=12, val_fraction=0.2, split_seed=0, cache_dir=None
+    )
     text = splits.manifest.csv_text().splitlines()
     assert text[0] == "image,split,group,label"
     first = text[1].split(",")
-    assert first[0].startswith("train/") and first[0].endswith(".jpeg") and first[2] == first[0][len("train/"):].split("_")[0]
+    assert (
+        first[0].startswith("train/")
+        and first[0].endswith(".jpeg")
+        and first[2] == first[0][len("train/") :].split("_")[0]
+    )
     assert len(text) == 1 + 600
     cifar = find_dataset(write_cifar(tmp_path))
     manifest = load_splits(cifar, image_size=32, val_fraction=0.1, split_seed=0, cache_dir=None).manifest

@@ -2,9 +2,10 @@
 
 import pytest
 
-from conftest import run_cli
 from objectives.errors import InputError
 from study import storage
+
+from conftest import run_cli
 
 
 @pytest.mark.parametrize("url, fragment", [
@@ -28,4 +29,6 @@ def test_missing_driver_via_the_cli_is_one_line_exit_2(tmp_path):
     result = run_cli("run", "dr_focal", "--storage", "mysql://study:s3cret@127.0.0.1/db", cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr and "'.[mysql]'" in lines[0] and "s3cret" not in lines[0]
+    assert (
+        len(lines) == 1 and "Traceback" not in result.stderr and "'.[mysql]'" in lines[0] and "s3cret" not in lines[0]
+    )

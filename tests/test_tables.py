@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import analysis, tables
+from study import tables
+from study.records import METRICS
+from study.report.frames import page_view
 
 
 def _levels() -> pd.DataFrame:
@@ -21,7 +23,7 @@ def _levels() -> pd.DataFrame:
         row = {"arch": arch, "pretrained": pretrained, "loss": loss, "n": 4 + i, "pruned": i, "failed": 1 - i,
                "best": 0.61234 - i / 10, "mean": 0.5, "std": np.nan if i else 0.03013, "best_trial": 7 + i}
         for split in ("val", "test"):
-            row.update({f"{split}_{m}": 0.4286 + i / 100 for m in analysis.REPORTED})
+            row.update({f"{split}_{m}": 0.4286 + i / 100 for m in METRICS})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -35,16 +37,16 @@ def test_metrics_have_one_precision_and_missing_is_a_dash():
 
 
 def test_cell_view_leads_with_the_test_metric_in_7_columns():
-    view = analysis._display(_levels(), "kappa")
+    view = page_view(_levels(), "kappa")
     assert list(view.columns) == ["arch", "pretrained", "loss", "n (pr., f.)", "test kappa", "best val (#)",
                                   "val mean ± std"]
     assert view.iloc[0].tolist() == ["resnet18", "True", "ce", "4 (0, 1)", "0.429", "0.612 (#7)", "0.500 ± 0.030"]
     assert view.iloc[1]["val mean ± std"] == "0.500"  # n = 1 has no std
-    assert list(analysis._display(_levels(), "accuracy").columns)[4] == "test acc"  # an accuracy study: test accuracy
+    assert list(page_view(_levels(), "accuracy").columns)[4] == "test acc"  # an accuracy study: test accuracy
 
 
 def test_markdown_right_aligns_numbers_only():
-    view = analysis._display(_levels(), "kappa")
+    view = page_view(_levels(), "kappa")
     header, rule, first, _ = tables.markdown(view).splitlines()
     cells = [c.strip() for c in rule.strip("|").split("|")]
     assert cells[:3] == [":" + "-" * (len(c) - 1) for c in cells[:3]]  # text columns: left
@@ -54,7 +56,7 @@ def test_markdown_right_aligns_numbers_only():
 
 def test_write_keeps_every_column_in_the_csv_and_captions_the_page(tmp_path: Path):
     frame = _levels()
-    view = analysis._display(frame, "kappa")
+    view = page_view(frame, "kappa")
     written = tables.write(frame, view, tmp_path / "cells", tables.FORMATS, "Best 50% & more")
     assert [p.suffix for p in written] == [".md", ".csv", ".tex"]
     back = pd.read_csv(tmp_path / "cells.csv")
@@ -71,7 +73,7 @@ def test_the_latex_compiles_with_only_booktabs_and_fits_the_page(tmp_path: Path)
         pytest.skip("pdflatex is not installed (.ci/run installs texlive-latex-base and -recommended)")
     frame = _levels()
     caption = "Δ kappa ≥ 0 -> 50% of {cells} & x_y ~ ^"
-    tables.write(frame, analysis._display(frame, "kappa"), tmp_path / "cells", ["tex"], caption)
+    tables.write(frame, page_view(frame, "kappa"), tmp_path / "cells", ["tex"], caption)
     (tmp_path / "doc.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}"
                                       "\\input{cells.tex}\\end{document}\n")
     result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,

@@ -11,7 +11,9 @@ from objectives.train import Checkpointing, Diverged, FitConfig, Runtime, fit
 
 @pytest.fixture
 def splits(dr_dir: Path):
-    return load_splits(find_dataset(dr_dir, num_classes=5), image_size=32, val_fraction=0.25, split_seed=0, cache_dir=None)
+    return load_splits(
+        find_dataset(dr_dir, num_classes=5), image_size=32, val_fraction=0.25, split_seed=0, cache_dir=None
+    )
 
 
 def backbone_state(model):
@@ -65,7 +67,14 @@ def test_fe_phase_freezes_backbone_bit_identical_then_ft_moves_it(splits, torch_
 def test_fit_picks_best_epoch_on_validation_and_evaluates_test(splits):
     seen = []
     cfg = FitConfig(epochs=3, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16, metric="accuracy")
-    result = fit(build_model("resnet18", 5, pretrained=False), build_loss("ce", class_counts=[1] * 5), splits, cfg, Runtime(), lambda e, row: seen.append(e))
+    result = fit(
+        build_model("resnet18", 5, pretrained=False),
+        build_loss("ce", class_counts=[1] * 5),
+        splits,
+        cfg,
+        Runtime(),
+        lambda e, row: seen.append(e),
+    )
     assert seen == [1, 2, 3]
     best = max(range(3), key=lambda i: (result.curves["val_accuracy"][i], -i))
     assert result.best_epoch == best + 1
@@ -77,7 +86,14 @@ def test_fit_picks_best_epoch_on_validation_and_evaluates_test(splits):
 def test_nan_loss_raises_diverged(splits):
     cfg = FitConfig(epochs=2, fe_epochs=0, lr=1e30, momentum=0.9, weight_decay=0.0, batch_size=16)
     with pytest.raises(Diverged) as err:
-        fit(build_model("resnet18", 5, pretrained=False), build_loss("ce", class_counts=[1] * 5), splits, cfg, Runtime(), lambda e, r: None)
+        fit(
+            build_model("resnet18", 5, pretrained=False),
+            build_loss("ce", class_counts=[1] * 5),
+            splits,
+            cfg,
+            Runtime(),
+            lambda e, r: None,
+        )
     assert err.value.reason == "nan_loss"
 
 
@@ -98,8 +114,15 @@ def test_checkpoints_follow_their_time_interval(splits, every_s, saves):
     """Every epoch with interval 0 (what the resume tests use); none within a long interval."""
     saved = []
     cfg = FitConfig(epochs=3, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16)
-    fit(build_model("convnet", 5, pretrained=False, seed=0), build_loss("ce", class_counts=[1] * 5), splits, cfg, Runtime(),
-        lambda e, r: None, Checkpointing(save=lambda state: saved.append(state["epoch"]), every_s=every_s))
+    fit(
+        build_model("convnet", 5, pretrained=False, seed=0),
+        build_loss("ce", class_counts=[1] * 5),
+        splits,
+        cfg,
+        Runtime(),
+        lambda e, r: None,
+        Checkpointing(save=lambda state: saved.append(state["epoch"]), every_s=every_s),
+    )
     assert saved == saves
 
 
@@ -109,7 +132,11 @@ def test_compiled_model_trains_like_the_eager_one(splits):
     for compiled in (False, True):
         cfg = FitConfig(epochs=2, fe_epochs=1, lr=0.01, momentum=0.9, weight_decay=0.0, batch_size=16)
         model = build_model("convnet", 5, pretrained=False, seed=0)
-        results.append(fit(model, build_loss("ce", class_counts=[1] * 5), splits, cfg, Runtime(compile=compiled), lambda e, r: None))
+        results.append(
+            fit(
+                model, build_loss("ce", class_counts=[1] * 5), splits, cfg, Runtime(compile=compiled), lambda e, r: None
+            )
+        )
     assert results[1].curves["phase"] == ["fe", "ft"]
     assert results[1].curves["train_loss"] == pytest.approx(results[0].curves["train_loss"], rel=1e-3)
     assert results[1].test.confusion == results[0].test.confusion

@@ -11,9 +11,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, run_cli
 from study import storage as storage_module
 from study import trial_pages
+
+from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
 
 SPACE = """
 [study]
@@ -66,14 +69,26 @@ def check_exact(study: optuna.Study, target: int) -> None:
     assert len(set(numbers)) == len(numbers)
 
 
-def test_four_local_workers_share_one_sqlite_file_exactly(tmp_path: Path, dr_dir: Path):
-    result = run_cli("run", str(space_file(tmp_path)), "--data", str(dr_dir), "--trials", "6", "--workers", "4", cwd=tmp_path)
+def check_target(study: optuna.Study, target: int, workers: int) -> None:
+    """At least `target` finished trials, at most `workers` - 1 more (workers that asked at the same
+    moment), none failed or left running: no trial exists only for bookkeeping."""
+    assert target <= len(finished(study)) <= target + workers - 1
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+    assert not [t for t in study.trials if t.user_attrs.get("fail_reason") == "surplus"]
+
+
+def test_four_local_workers_share_one_sqlite_file(tmp_path: Path, dr_dir: Path):
+    result = run_cli(
+        "run", str(space_file(tmp_path)), "--data", str(dr_dir), "--trials", "6", "--workers", "4", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "database is locked" not in result.stderr + result.stdout
     assert "started 4 workers" in result.stdout
     study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path / 'results' / 'optuna.db'}")
-    check_exact(study, 6)
-    assert len({t.params["lr"] for t in finished(study)}) == 6  # workers do not replay each other's suggestions
+    check_target(study, 6, workers=4)
+    assert len({t.params["lr"] for t in finished(study)}) == len(
+        finished(study)
+    )  # workers do not replay each other's suggestions
 
 
 def test_workers_on_postgresql(tmp_path: Path, dr_dir: Path):
@@ -84,7 +99,7 @@ def test_workers_on_postgresql(tmp_path: Path, dr_dir: Path):
     result = run_cli("run", str(space_file(tmp_path)), "--data", str(dr_dir), "--trials", "9", "--workers", "3",
                      "--storage", url, "--study-name", name, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    check_exact(optuna.load_study(study_name=name, storage=url), 9)
+    check_target(optuna.load_study(study_name=name, storage=url), 9, workers=3)
     password = url.split("//", 1)[1].split("@")[0].partition(":")[2]
     if password:
         assert password not in result.stdout + result.stderr
@@ -134,7 +149,8 @@ def test_a_damaged_checkpoint_restarts_its_trial_from_epoch_1_with_one_warning(t
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     warnings = [line for line in again.stderr.splitlines() if "is damaged" in line]
-    assert len(warnings) == 1 and "checkpoints/w/trial0.pt is damaged" in warnings[0] and "restarts from epoch 1" in warnings[0]
+    assert len(warnings) == 1 and "checkpoints/w/trial0.pt is damaged" in warnings[0]
+    assert "restarts from epoch 1" in warnings[0]
     assert "Traceback" not in again.stderr
     study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path / 'results' / 'optuna.db'}")
     check_exact(study, 2)
@@ -169,7 +185,8 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_from_checkpoint(
     # the worker that failed the dead trial wrote its dashboard note; the retry has its own page
     store = storage_module.open_storage(storage)
     dead_note = trial_pages.read_note(study, store, 0)
-    assert dead_note.startswith("## Trial 0: fail") and "stopped sending heartbeats" in dead_note and "resumes from its checkpoint" in dead_note
+    assert dead_note.startswith("## Trial 0: fail") and "stopped sending heartbeats" in dead_note
+    assert "resumes from its checkpoint" in dead_note
     assert f"## Trial {retry.number}: complete" in trial_pages.read_note(study, store, retry.number)
 
 
@@ -191,5 +208,7 @@ def test_unreachable_postgres_and_password_masked(tmp_path: Path, dr_dir: Path):
 def test_results_folder_that_cannot_be_written(tmp_path: Path, dr_dir: Path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = run_cli("run", str(space_file(tmp_path)), "--data", str(dr_dir), "--results", str(blocker / "results"), cwd=tmp_path)
+    result = run_cli(
+        "run", str(space_file(tmp_path)), "--data", str(dr_dir), "--results", str(blocker / "results"), cwd=tmp_path
+    )
     one_line(result, "cannot write there")

@@ -90,7 +90,9 @@ def paired(arm: PerSeed, reference: PerSeed, *, maximize: bool, improve: bool = 
         warnings.simplefilter("ignore", RuntimeWarning)
         result = stats.ttest_rel(a, b)
         interval = result.confidence_interval(CONFIDENCE)
-    return Contrast(len(seeds), float(diffs.mean()), float(interval.low), float(interval.high), float(result.pvalue), share)
+    return Contrast(
+        len(seeds), float(diffs.mean()), float(interval.low), float(interval.high), float(result.pvalue), share
+    )
 
 
 def p_improve(arm: Sequence[float] | np.ndarray, reference: Sequence[float] | np.ndarray, *, maximize: bool) -> float:

@@ -1,0 +1,43 @@
+"""`python -m study <command>`: run and list studies, report and ablate them, check data.
+
+One module per command, each with `add_arguments(parser)` and `run(args) -> int`. Every bad input
+ends as one line on stderr (``study: error: ...``) and exit code 2, without a traceback and before
+anything is written; Ctrl-C exits 130, SIGTERM 143 (`study.exits`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import optuna
+
+from study.cli import ablate, dashboard, data, listing, report, run
+from study.cli.common import Parser
+from study.exits import exit_code
+
+COMMANDS = {  # name -> (module, help)
+    "run": (run, "run or resume a named study"),
+    "data": (data, "check a dataset folder before a run"),
+    "list": (listing, "named studies and their state in the storage"),
+    "report": (report, "ablation tables, importances, confusion matrices, curves"),
+    "ablate": (ablate, "re-train the best configuration with factors changed, over fresh paired seeds"),
+    "dashboard": (dashboard, "optuna-dashboard on the storage, with trial figures"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="study", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for name, (module, help) in COMMANDS.items():
+        module.add_arguments(commands.add_parser(name, help=help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def command() -> int:
+        args = build_parser().parse_args(argv)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        return COMMANDS[args.command][0].run(args)
+
+    return exit_code(command)

@@ -1,0 +1,91 @@
+"""What the commands share: the parser whose errors are one line, the flags several commands take
+(defined once here), and argparse validators (`type=` functions) for their values."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from objectives.errors import InputError
+from study import storage
+from study.exits import UsageError
+
+T = TypeVar("T", int, float)
+LAYOUTS = "dr_lab, kaggle, cifar10 or imagefolder"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit 2 (argparse prints the whole usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(self.prog, message)
+
+
+def validated(parse: Callable[[str], T], check: Callable[[T], None]) -> Callable[[str], T]:
+    """An argparse `type`: `parse` the text, then `check` the value, whose InputError is the one-line
+    message as it is (raised as an ArgumentError without an argument, argparse prints it unprefixed;
+    a value `parse` cannot read stays argparse's ``invalid int value``)."""
+
+    def convert(text: str) -> T:
+        value = parse(text)
+        try:
+            check(value)
+        except InputError as exc:
+            raise argparse.ArgumentError(None, str(exc)) from None
+        return value
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def at_least(low: T, flag: str, parse: Callable[[str], T] = int) -> Callable[[str], T]:
+    """An argparse `type`: a number >= `low`, else ``FLAG VALUE: must be >= LOW``."""
+
+    def check(value: T) -> None:
+        if value < low:
+            raise InputError(f"{flag} {value}: must be >= {low}")
+
+    return validated(parse, check)
+
+
+def existing_dir(text: str) -> Path:
+    """An argparse `type`: a folder that exists."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentError(None, f"--data {path}: no such directory")
+    return path
+
+
+def add_data(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--data", type=existing_dir, help=help)
+
+
+def add_layout(parser: argparse.ArgumentParser, what: str = "--data") -> None:
+    parser.add_argument("--layout", help=f"force the layout of {what}: {LAYOUTS} (default: detected)")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def add_storage(parser: argparse.ArgumentParser) -> None:
+    """--storage and --results, which every command takes."""
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RESULTS/optuna.db)")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="output folder (default: ./results)")
+
+
+def check_layout(args: argparse.Namespace) -> None:
+    if args.layout is not None and args.data is None:
+        raise InputError("--layout needs --data")
+
+
+def storage_url(args: argparse.Namespace, *, must_exist: bool = False) -> str:
+    """The storage the command reads: --storage, or the SQLite file under --results (which, for a
+    command that only reads, must exist)."""
+    url = args.storage or storage.default_url(args.results)
+    path = storage.sqlite_file(url)
+    if must_exist and path is not None and not path.exists():
+        raise InputError(f"no storage at {path}; run a study first")
+    return url

@@ -1,0 +1,91 @@
+"""How a command ends: one line on stderr and an exit code per error type, SIGTERM as Ctrl-C.
+
+Shared by `python -m study` and the worker processes it starts (`study.run.worker`), so a worker
+ends exactly as the command would. Bad input is `objectives.errors.InputError` (exit 2); the other
+errors that end a command on purpose are `ExitError`s, each with its code.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+
+from objectives.errors import InputError
+
+INPUT_ERROR_EXIT = 2
+INTERRUPTED_EXIT = 130  # 128 + SIGINT
+TERMINATED_EXIT = 143  # 128 + SIGTERM
+CUDA_ERROR_EXIT = 75  # EX_TEMPFAIL: this process cannot go on, a fresh one can resume the study
+
+
+class ExitError(Exception):
+    """An error that ends the command with `code` after one line on stderr."""
+
+    code = 1
+
+    def line(self) -> str:
+        return f"study: error: {self}"
+
+
+class UsageError(ExitError):
+    """A command line argparse (or one of its validators) refused, as argparse words it."""
+
+    code = INPUT_ERROR_EXIT
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+    def line(self) -> str:
+        return f"{self.prog}: error: {self}"
+
+
+class WorkerFailed(ExitError):
+    """A worker process exited with a non-zero code (its own message is above); the command ends
+    with the same code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"a worker exited with code {code}")
+        self.code = code
+
+
+class CudaContextLost(ExitError):
+    """A trial failed with a sticky CUDA error (recorded as `cuda_error`): every later CUDA call of
+    this process would fail too, so it stops; a fresh process resumes the study."""
+
+    code = CUDA_ERROR_EXIT
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"{detail}; this process can no longer use its GPU: run the same command again to resume the study"
+        )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the running trial is recorded as interrupted."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def exit_code(body: Callable[[], int]) -> int:
+    """Run `body` with SIGTERM raising `Terminated`; its return value, or the exit code of the
+    error that ended it, after that error's one line on stderr. Any other exception is a bug and
+    keeps its traceback."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return body()
+    except InputError as exc:
+        print(f"study: error: {exc}", file=sys.stderr)
+        return INPUT_ERROR_EXIT
+    except ExitError as exc:
+        print(exc.line(), file=sys.stderr)
+        return exc.code
+    except Terminated:
+        print("study: terminated (SIGTERM); run again to resume", file=sys.stderr)
+        return TERMINATED_EXIT
+    except KeyboardInterrupt:
+        print("study: interrupted; run again to resume", file=sys.stderr)
+        return INTERRUPTED_EXIT

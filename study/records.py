@@ -1,0 +1,326 @@
+"""Every key a trial or a study stores in the Optuna storage, with its writer and a typed reader.
+
+Writers (the run loop, `ablate`) and readers (`report`, `list`, the notebook API) use only the names
+and classes here, so a key is spelled once. The keys and their meanings are those of every study the
+tool has written: a study made by an earlier version reads back with the same classes (a key it
+lacks reads as empty).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from objectives.metrics import METRIC_NAMES
+from study.report_layout import ReportLayout
+
+METRICS = METRIC_NAMES  # the metrics every split records and the report tabulates (all higher-is-better)
+SPLITS = ("val", "test")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts toward a study's target
+STALE = "stale worker"  # how a FAIL trial without a recorded reason is shown (its worker died)
+
+ABLATION_SUFFIX = ".ablation"  # `ablate NAME` stores its trials as study NAME.ablation
+RETUNE_SUFFIX = ".retune."  # `ablate --retune` searches variant V in study ABLATION.retune.V
+
+# ---------------------------------------------------------------- trial user attrs
+CONFIG = "config"  # the trial's flat config (every setting by name)
+CURVES = "curves"  # per-epoch rows as columns: epoch, phase, train_*, val_* (kept every epoch)
+BEST_EPOCH = "best_epoch"  # the epoch chosen on validation, 1-based
+CLASS_NAMES = "class_names"
+SPLIT_HASH = "split_hash"  # sha256 of the split manifest the trial trained on
+FAIL_REASON = "fail_reason"  # nan_loss, cuda_oom, cuda_error, interrupted, or "Class: first line"
+SECONDS = "seconds"  # wall time of `run` inside the trial
+RESUMED_FROM = "resumed_from"  # {"trial": n, "epoch": e}: the checkpoint this attempt continued
+RESUME_OF = "resume_of"  # set on a re-queued interrupted trial: the number of the one it re-runs
+INTERRUPTED = "interrupted"  # the fail reason of a trial stopped by Ctrl-C / SIGTERM
+
+
+def metrics_key(split: str) -> str:
+    """``val_metrics`` / ``test_metrics``: {"loss": .., <metric>: .., "recall": [..]}."""
+    return f"{split}_metrics"
+
+
+def confusion_key(split: str) -> str:
+    """``val_confusion`` / ``test_confusion``: the count matrix, true class per row."""
+    return f"{split}_confusion"
+
+
+# ---------------------------------------------------------------- study user attrs
+SPACE_HASH = "space_hash"
+SPACE_FILE = "space_file"
+SPACE_TEXT = "space_text"  # the TOML the study ran with: ablate and a resume by name use it, on any machine
+OBJECTIVE = "objective"
+METRIC = "metric"
+DATASET = "dataset"
+FIXED = "fixed"
+PINNED = "pinned"
+SAMPLER = "sampler"
+PRUNER = "pruner"
+REPORT = "report"
+SHARED_TEST_GROUPS = "shared_test_groups"
+# an ablation study's (`ablate`): its plan, written before any trial, then the version marker last
+PARENT, MODE, FACTORS, BASELINE, VARIANTS, LEVELS, SEEDS, RETUNE = (
+    "parent", "mode", "factors", "baseline", "variants", "levels", "seeds", "retune")
+RETUNED = "retuned"  # variant -> its retuned value (None where the parameter is inactive)
+ABLATION_VERSION_KEY = "ablation_version"
+ABLATION_VERSION = 2  # an ablation study with fresh, recorded seeds (older ones reused 0..K-1)
+VARIANT = "variant"  # the ablation grid's params (variant, seed); a retune study's attr `variant`
+SEED = "seed"
+PARAM = "param"  # a retune study's attrs: variant, param and the plan's retune mapping
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What one trial stored, typed; `from_trial` reads any trial the tool ever wrote."""
+
+    number: int
+    state: TrialState
+    value: float | None
+    params: Mapping[str, Any]
+    config: Mapping[str, Any]
+    curves: Mapping[str, list]
+    best_epoch: int | None
+    val_metrics: Mapping[str, Any]
+    test_metrics: Mapping[str, Any]
+    val_confusion: list[list[int]] | None
+    test_confusion: list[list[int]] | None
+    class_names: list[str]
+    fail_reason: str | None
+    seconds: float | None
+    split_hash: str | None
+    resumed_from: Mapping[str, int] | None
+    resume_of: int | None
+    retry_of: int | None  # the latest attempt a heartbeat retry re-runs (Optuna's retry history)
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
+        attrs = trial.user_attrs
+        with warnings.catch_warnings():  # the retry history's reader is "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
+        return cls(
+            number=trial.number, state=trial.state, value=trial.value, params=trial.params,
+            config=attrs.get(CONFIG, {}), curves=attrs.get(CURVES, {}), best_epoch=attrs.get(BEST_EPOCH),
+            val_metrics=attrs.get(metrics_key("val"), {}), test_metrics=attrs.get(metrics_key("test"), {}),
+            val_confusion=attrs.get(confusion_key("val")), test_confusion=attrs.get(confusion_key("test")),
+            class_names=attrs.get(CLASS_NAMES, []), fail_reason=attrs.get(FAIL_REASON), seconds=attrs.get(SECONDS),
+            split_hash=attrs.get(SPLIT_HASH), resumed_from=attrs.get(RESUMED_FROM), resume_of=attrs.get(RESUME_OF),
+            retry_of=history[-1] if history else None,
+        )
+
+    @property
+    def epochs(self) -> int:
+        """Epochs trained (and reported), pruned trials included."""
+        return len(self.curves.get("epoch", []))
+
+    @property
+    def origin(self) -> int | None:
+        """The earlier attempt this trial re-runs: a heartbeat retry's, else a re-queued interrupted one's."""
+        return self.retry_of if self.retry_of is not None else self.resume_of
+
+    def metrics(self, split: str) -> Mapping[str, Any]:
+        return self.val_metrics if split == "val" else self.test_metrics
+
+    def shown_reason(self) -> str:
+        """The failure reason as `list` and `report` show it."""
+        return str(self.fail_reason or STALE)
+
+
+class TrialWriter:
+    """Writes a live trial's user attrs (the keys above) as a trial trains."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def clear_failure(self) -> None:
+        """A retry inherits its failed original's attrs: its own reason starts empty."""
+        if FAIL_REASON in self.trial.user_attrs:
+            self.trial.set_user_attr(FAIL_REASON, None)
+
+    def failed(self, reason: str) -> None:
+        self.trial.set_user_attr(FAIL_REASON, reason)
+
+    def config(self, config: Mapping[str, Any]) -> None:
+        self.trial.set_user_attr(CONFIG, dict(config))
+
+    def data(self, class_names: Sequence[str], split_hash: str | None) -> None:
+        self.trial.set_user_attr(CLASS_NAMES, list(class_names))
+        if split_hash is not None:
+            self.trial.set_user_attr(SPLIT_HASH, split_hash)
+
+    def curves(self, curves: Mapping[str, list]) -> None:
+        self.trial.set_user_attr(CURVES, curves)
+
+    def resumed(self, trial: int, epoch: int) -> None:
+        self.trial.set_user_attr(RESUMED_FROM, {"trial": trial, "epoch": epoch})
+
+    def result(self, seconds: float, curves: Mapping[str, list], best_epoch: int,
+               evaluations: Mapping[str, tuple[float, Mapping[str, Any], list[list[int]]]]) -> None:
+        """The trained trial: its time, curves, best epoch, and per split (loss, metrics, confusion)."""
+        self.trial.set_user_attr(SECONDS, seconds)
+        self.trial.set_user_attr(CURVES, curves)
+        self.trial.set_user_attr(BEST_EPOCH, best_epoch)
+        for split, (loss, metrics, confusion) in evaluations.items():
+            self.trial.set_user_attr(metrics_key(split), {"loss": loss, **metrics})
+            self.trial.set_user_attr(confusion_key(split), confusion)
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """What a search study records when it is created: what defines its trials (`space_hash`),
+    where they came from, how they were sampled and pruned, and how `report` groups them."""
+
+    space_hash: str | None = None
+    space_file: str | None = None
+    space_text: str | None = None
+    objective: str | None = None
+    metric: str = "value"
+    dataset: str | None = None
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    pinned: Mapping[str, Any] = field(default_factory=dict)
+    sampler: Mapping[str, Any] | None = None
+    pruner: Mapping[str, Any] | None = None
+    report: ReportLayout = field(default_factory=ReportLayout)
+    split_hash: str | None = None
+    shared_test_groups: int | None = None
+
+    @classmethod
+    def from_study(cls, study: optuna.Study) -> StudyRecord:
+        attrs = study.user_attrs
+        return cls(
+            space_hash=attrs.get(SPACE_HASH), space_file=attrs.get(SPACE_FILE), space_text=attrs.get(SPACE_TEXT),
+            objective=attrs.get(OBJECTIVE),
+            metric=attrs.get(METRIC, "value"), dataset=attrs.get(DATASET), fixed=attrs.get(FIXED, {}),
+            pinned=attrs.get(PINNED, {}), sampler=attrs.get(SAMPLER), pruner=attrs.get(PRUNER),
+            report=ReportLayout.from_record(attrs.get(REPORT)), split_hash=attrs.get(SPLIT_HASH),
+            shared_test_groups=attrs.get(SHARED_TEST_GROUPS),
+        )
+
+    def write(self, study: optuna.Study) -> None:
+        attrs = {
+            SPACE_HASH: self.space_hash,
+            SPACE_FILE: self.space_file,
+            SPACE_TEXT: self.space_text,
+            OBJECTIVE: self.objective,
+            METRIC: self.metric,
+            DATASET: self.dataset,
+            FIXED: dict(self.fixed),
+            PINNED: dict(self.pinned),
+            SAMPLER: self.sampler,
+            PRUNER: self.pruner,
+            REPORT: self.report.record(),
+        }
+        if self.split_hash is not None:
+            attrs[SPLIT_HASH] = self.split_hash
+            attrs[SHARED_TEST_GROUPS] = self.shared_test_groups
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+
+
+@dataclass(frozen=True)
+class AblationRecord:
+    """An ablation study's plan (`ablate`): parent, mode, variants with their values and levels,
+    the evaluation seeds and the retune grid; `retuned` once the retune phase picked."""
+
+    parent: str | None
+    mode: str
+    factors: list[str]
+    baseline: str
+    variants: Mapping[str, Mapping[str, Any]]
+    levels: Mapping[str, Mapping[str, Any]]
+    seeds: list[int]
+    retune: Mapping[str, Any] | None
+    metric: str
+    objective: str | None = None
+    dataset: str | None = None
+    retuned: Mapping[str, Any] | None = None
+    version: int | None = ABLATION_VERSION
+
+    @classmethod
+    def from_study(cls, study: optuna.Study) -> AblationRecord:
+        """The plan of a current ablation study (`is_current`); a KeyError for another study."""
+        attrs = study.user_attrs
+        return cls(
+            parent=attrs.get(PARENT), mode=attrs.get(MODE, "one-at-a-time"), factors=attrs.get(FACTORS, []),
+            baseline=attrs[BASELINE], variants=attrs[VARIANTS], levels=attrs.get(LEVELS, {}), seeds=attrs[SEEDS],
+            retune=attrs.get(RETUNE), metric=attrs[METRIC], objective=attrs.get(OBJECTIVE), dataset=attrs.get(DATASET),
+            retuned=attrs.get(RETUNED), version=attrs.get(ABLATION_VERSION_KEY),
+        )
+
+    @staticmethod
+    def is_current(study: optuna.Study) -> bool:
+        """Made by this design (fresh recorded seeds); an older ablation lacks the marker."""
+        return study.user_attrs.get(ABLATION_VERSION_KEY) == ABLATION_VERSION
+
+    @property
+    def factorial(self) -> bool:
+        return self.mode == "factorial"
+
+    def plan(self) -> dict[str, Any]:
+        """The attrs as the study stores them, without the version marker and `retuned`."""
+        return {
+            PARENT: self.parent,
+            MODE: self.mode,
+            FACTORS: list(self.factors),
+            BASELINE: self.baseline,
+            VARIANTS: {k: dict(v) for k, v in self.variants.items()},
+            LEVELS: {k: dict(v) for k, v in self.levels.items()},
+            SEEDS: list(self.seeds),
+            RETUNE: self.retune,
+            METRIC: self.metric,
+            OBJECTIVE: self.objective,
+            DATASET: self.dataset,
+        }
+
+    def write(self, study: optuna.Study) -> None:
+        for key, value in self.plan().items():
+            study.set_user_attr(key, value)
+        study.set_user_attr(ABLATION_VERSION_KEY, ABLATION_VERSION)  # last: a study without it holds no trials
+
+    @staticmethod
+    def write_retuned(study: optuna.Study, picked: Mapping[str, Any]) -> None:
+        study.set_user_attr(RETUNED, dict(picked))
+
+
+def write_retune_plan(study: optuna.Study, variant: str, param: str, retune: Mapping[str, Any]) -> None:
+    """A retune study's attrs (once): its variant, the parameter and the plan's retune grid."""
+    if VARIANT not in study.user_attrs:
+        for key, value in {VARIANT: variant, PARAM: param, **retune}.items():
+            study.set_user_attr(key, value)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Trial counts by state, failure reasons and the best trial: what `list`, the run's last
+    lines and the report's settings all show, computed once here."""
+
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+    reasons: list[tuple[str, int]]  # most common first
+    best: TrialRecord | None
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> Summary:
+        trials = study.get_trials(deepcopy=False)
+        counts = Counter(t.state for t in trials)
+        reasons = Counter(TrialRecord.from_trial(t).shown_reason() for t in trials if t.state == TrialState.FAIL)
+        best = TrialRecord.from_trial(study.best_trial) if counts[TrialState.COMPLETE] else None
+        return cls(counts[TrialState.COMPLETE], counts[TrialState.PRUNED], counts[TrialState.FAIL],
+                   counts[TrialState.RUNNING], reasons.most_common(), best)
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))

@@ -1,0 +1,222 @@
+"""The ablation study's table: per variant and metric the mean over seeds, the paired difference to
+the baseline (or the factorial effects) with its interval, p and Holm-adjusted p, and a caption
+that says what the table can and cannot support."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from study import tables
+from study.records import METRICS, SEED, VARIANT, AblationRecord, TrialRecord
+from study.report import stats
+from study.report.frames import HEADLINE, metric_label
+
+ABLATION_COLUMNS = ("variant", "metric", "n", "mean", "std", "delta", "ci_low", "ci_high", "p", "p_holm", "p_improve")
+SIGNIFICANT = 0.05  # the mark in the ablation table: Holm-adjusted p below this
+TEST_METRICS = (HEADLINE, *(m for m in METRICS if m != HEADLINE))  # the order of an ablation table's test rows
+
+
+def ablation_metrics(metric: str) -> list[str]:
+    """The metrics of an ablation table, headline first: the test version of the study's metric
+    (test kappa where that is not a test metric), the other test metrics, then validation."""
+    head = metric if metric in TEST_METRICS else HEADLINE
+    return [f"test_{head}", *(f"test_{m}" for m in TEST_METRICS if m != head), f"val_{metric}"]
+
+
+def ablation_frame(study: optuna.Study) -> pd.DataFrame:
+    """The ablation study as `ABLATION_COLUMNS`, one row per variant and metric.
+
+    One-at-a-time: each variant's n, mean and std over its seeds; its difference to the baseline
+    paired by seed, with the t interval, the paired test's p, the Holm-adjusted p (family: one
+    metric across the non-baseline variants) and p_improve; the baseline's delta is 0 and its
+    contrast columns empty. Factorial: the cells (n, mean, std) and then the main effects and
+    interactions (`stats.factorial_effects`), Holm over those effect rows."""
+    plan = AblationRecord.from_study(study)
+    names = list(plan.variants)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    blocks = []
+    for metric in ablation_metrics(plan.metric):
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE if metric.startswith("val_") else True
+        arms = {
+            name: {int(t.params[SEED]): _ablation_value(t, metric) for t in complete if t.params.get(VARIANT) == name}
+            for name in names
+        }
+        if plan.factorial:
+            rows = [_row(name, metric, stats.summarize(arms[name])) for name in names]
+            factors = plan.factors
+            levels = {f: list(dict.fromkeys(plan.levels[name][f] for name in names)) for f in factors}
+            cells = {tuple(plan.levels[name][f] for f in factors): arms[name] for name in names}
+            effects = stats.factorial_effects(cells, factors, levels, plan.levels[plan.baseline], maximize=maximize)
+            tested = [
+                _row(e.name, metric, e.summary or stats.Summary(e.contrast.n, math.nan, math.nan), e.contrast)
+                for e in effects
+            ]
+        else:
+            base = arms[plan.baseline]
+            rows = [{**_row(plan.baseline, metric, stats.summarize(base)), "delta": 0.0}]
+            tested = [_row(name, metric, stats.summarize(arms[name]), stats.paired(arms[name], base, maximize=maximize))
+                      for name in names if name != plan.baseline]
+        for row, adjusted in zip(tested, stats.holm([row["p"] for row in tested])):
+            row["p_holm"] = adjusted
+        blocks.append(pd.DataFrame(rows + tested, columns=list(ABLATION_COLUMNS)))
+    frame = pd.concat(blocks, ignore_index=True)
+    order = {name: i for i, name in enumerate(dict.fromkeys(frame.variant))}
+    metrics = {m: i for i, m in enumerate(ablation_metrics(plan.metric))}
+    return frame.sort_values(["variant", "metric"], key=lambda c: c.map(order if c.name == "variant" else metrics),
+                             kind="stable").reset_index(drop=True)
+
+
+def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The ablation study's raw rows (`ablation_frame`), the wide table a reader sees (per
+    variant: mean ± std and delta [95 % CI] of the headline metrics, a * where p_holm < 0.05)
+    and a caption that says what the table can and cannot support."""
+    plan = AblationRecord.from_study(study)
+    table = ablation_frame(study)
+    metric = plan.metric
+    headline = ablation_metrics(metric)[0]
+    retune = plan.retune
+    rows = []
+    for name, group in table.groupby("variant", sort=False):
+        # the page: the headline test metric with its paired difference, validation beside it (its
+        # difference is in the CSV, with every other metric: validation chose the baseline)
+        by_metric = group.set_index("metric")
+        test, val = by_metric.loc[headline], by_metric.loc[f"val_{metric}"]
+        share = test["p_improve"]
+        row: dict[str, Any] = {"variant": name, "n": int(test["n"]),
+                               metric_label(headline): tables.mean_std(test["mean"], test["std"]),
+                               "Δ [95% CI]": _delta_text(test, name == plan.baseline and not plan.factorial),
+                               "P(better)": tables.DASH if pd.isna(share) else f"{share:.2f}",
+                               metric_label(f"val_{metric}"): tables.mean_std(val["mean"], val["std"])}
+        if retune:
+            picked = (plan.retuned or {}).get(name, "–")
+            row[f"{retune['param']} (retuned)"] = "inactive" if picked is None else picked
+        rows.append(row)
+    return table, pd.DataFrame(rows), _ablation_caption(study, table, headline)
+
+
+def _ablation_value(trial: FrozenTrial, metric: str) -> float:
+    if metric.startswith("val_"):
+        return float(trial.value)
+    return float(TrialRecord.from_trial(trial).test_metrics.get(metric.removeprefix("test_"), np.nan))
+
+
+def _row(variant: str, metric: str, summary: stats.Summary, contrast: stats.Contrast | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "variant": variant,
+        "metric": metric,
+        "n": summary.n,
+        "mean": summary.mean,
+        "std": summary.std,
+    }
+    if contrast is not None:
+        row.update(
+            delta=contrast.delta,
+            ci_low=contrast.ci_low,
+            ci_high=contrast.ci_high,
+            p=contrast.p,
+            p_improve=contrast.p_improve,
+        )
+    return row
+
+
+def _delta_text(row: pd.Series, baseline: bool) -> str:
+    if baseline:
+        return "reference"
+    if pd.isna(row["delta"]):
+        return tables.DASH
+    mark = "*" if row["p_holm"] < SIGNIFICANT else ""
+    low, high = tables.metric(row["ci_low"], signed=True), tables.metric(row["ci_high"], signed=True)
+    interval = "" if pd.isna(row["ci_low"]) else f" [{low}, {high}]"
+    return f"{tables.metric(row['delta'], signed=True)}{interval}{mark}"
+
+
+def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -> str:
+    plan = AblationRecord.from_study(study)
+    seeds = plan.seeds
+    parent, baseline = plan.parent or "?", plan.baseline
+    metrics = sorted(set(table.metric), key=ablation_metrics(plan.metric).index)
+    common = (
+        f"Every variant ran the same {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}; none used by {parent}); "
+        "seed s sets "
+        "the initialisation, batch order, augmentation and the validation split, never the test set. Mean ± std "
+        f"over seeds; Δ and P(better) are on {metric_label(headline)}. "
+    )
+    if plan.factorial:
+        reference = ", ".join(f"{f}={v}" for f, v in plan.levels[baseline].items())
+        text = (
+            f"Factorial ablation of {parent} over {' x '.join(plan.factors)} (every other parameter at its best "
+            "trial's value). "
+            + common
+            + f"Rows main:f=l: the level's marginal mean over the other factors' cells; Δ = that minus the reference "
+            f"level's ({reference}, the best trial's), computed per seed and then paired across seeds with the 95 % "
+            "t interval. "
+            "Rows interaction:f x g: Δ = y11 - y10 - y01 + y00 per seed (0 = reference level), its mean and 95 % t "
+            "interval. "
+            f"* = Holm-adjusted paired t-test p < {SIGNIFICANT} (family: one metric across the effect rows). Cell "
+            "rows have no test."
+        )
+    else:
+        text = (
+            f"Ablation of {parent}: its best trial's configuration (baseline) with one factor changed at a time; "
+            "parentheses name "
+            f"the parameters that change with it. "
+            + common
+            + f"Δ = variant - baseline, paired by seed (only seeds both "
+            "finished), with the 95 % t interval of the paired differences; * = Holm-adjusted paired t-test p < "
+            f"{SIGNIFICANT} "
+            f"(family: one metric across the {len(plan.variants) - 1} variants). P(better) = share of seeds on which "
+            "the "
+            "variant beats the baseline (ties count one half)."
+        )
+    text += (" Test metrics are the headline: validation chose the baseline, so validation differences are biased in "
+             "its favour (the table shows validation's mean ± std only; the CSV has every metric's difference).")
+    retune = plan.retune
+    if retune:
+        text += (
+            f" {retune['param']} was retuned for every variant, the baseline included, on validation: the same "
+            f"{len(retune['candidates'])} candidates ({', '.join(tables.cell(c) for c in retune['candidates'])}) on "
+            "tuning seeds "
+            "disjoint from the evaluation seeds; the column gives each variant's pick. The other parameters keep "
+            "the baseline's values."
+        )
+    else:
+        shared = {
+            k: v for k, v in plan.variants[baseline].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        text += (" No parameter was retuned: the variants share the baseline's values of the other parameters"
+                 + (f" ({', '.join(f'{k} {tables.cell(v)}' for k, v in shared.items())})" if shared else "")
+                 + ", tuned for the baseline, so a variant may lose for want of its own (see ablate --retune).")
+    missing = _missing_seeds(study, plan)
+    if missing:
+        text += (
+            " Not finished, so not paired: "
+            + "; ".join(f"{name} seed {', '.join(map(str, s))}" for name, s in missing.items())
+            + "."
+        )
+    claim = ("a factor's level, averaged over the other factors' levels here, or two factors' interaction"
+             if plan.factorial else "this change to this configuration")
+    text += (
+        f" Supports: whether {claim} moves {metric_label(headline)} beyond seed-to-seed noise on "
+        "this dataset. Does not support: that a factor does not matter (a wide interval is not evidence of no "
+        "effect), nor "
+        f"effects at other configurations, datasets or budgets. The CSV holds every metric ({', '.join(metrics)}) "
+        "with p, "
+        f"p_holm and p_improve."
+    )
+    return text
+
+
+def _missing_seeds(study: optuna.Study, plan: AblationRecord) -> dict[str, list[int]]:
+    done = {
+        (t.params.get(VARIANT), t.params.get(SEED))
+        for t in study.get_trials(deepcopy=False)
+        if t.state == TrialState.COMPLETE
+    }
+    missing = {name: [s for s in plan.seeds if (name, s) not in done] for name in plan.variants}
+    return {name: seeds for name, seeds in missing.items() if seeds}

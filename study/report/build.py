@@ -1,0 +1,199 @@
+"""`study report`: every table and figure of a study under results/<study>/ and report.md.
+
+Reads only the Optuna storage (trial params, values and the records the run wrote) and never
+re-trains. Each table's caption says what it can support: the factor and cell tables map the
+search; only `ablate`'s study, fresh seeds shared by every variant, supports a claim that one
+change matters.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from objectives.errors import InputError
+from study import figures, tables
+from study.records import METRICS, AblationRecord, StudyRecord, Summary, TrialRecord
+from study.report.ablation import ablation_table
+from study.report.frames import (
+    SHORT,
+    best_trials_per_cell,
+    cell_table,
+    columns_caption,
+    factor_table,
+    factors,
+    page_view,
+    shorten,
+    trial_frame,
+)
+from study.report.importance import FANOVA_SEEDS, _importance_display, _importance_figure, importance_table
+
+
+@dataclass(frozen=True)
+class Report:
+    folder: Path
+    markdown: Path
+    files: tuple[Path, ...]
+    summary: str
+
+
+def build_report(
+    study: optuna.Study, out: Path, formats: Sequence[str], storage_label: str, ablation: optuna.Study | None = None
+) -> Report:
+    """Write every table and figure of `study` under `out` and return what was written."""
+    frame = trial_frame(study)
+    if frame.empty:
+        raise InputError(f"study {study.study_name} has no finished trials yet; run it first")
+    out.mkdir(parents=True, exist_ok=True)
+    record = StudyRecord.from_study(study)
+    metric, layout = record.metric, record.report
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    files: list[Path] = []
+    sections: list[str] = [_settings_section(study, record, storage_label)]
+
+    for stale in out.glob("ablation.*"):  # the factor table's old name: left there, it would read as an ablation
+        if stale.suffix.lstrip(".") in tables.FORMATS:
+            stale.unlink()
+    factor = factor_table(frame, factors(study), maximize)
+    if not factor.empty:
+        caption = (
+            f"Factor levels of {study.study_name}, per level of each sampled parameter: " + columns_caption(metric)
+            + " A map of the search, not an ablation: the sampler chose the levels adaptively (promising ones get more "
+            "trials), each level mixes different values of the other parameters (confounded), pruned trials are "
+            "missing (survivors only) and the best of a larger n is higher by chance. Compare levels with `ablate`, "
+            "not with this table."
+        )
+        files += tables.write(factor, page_view(factor, metric), out / "factors", formats, caption)
+        sections.append(
+            "## Factors (a map of the search, not an ablation)\n\n"
+            + caption
+            + "\n\n"
+            + tables.markdown(page_view(factor, metric))
+        )
+    cells = cell_table(frame, maximize, layout.cells)
+    if not cells.empty:
+        named = " x ".join(k for k in layout.cells if k in cells)
+        caption = (
+            f"Cells of {study.study_name}, per combination of {named} (its [report] cells): " + columns_caption(metric)
+            + " As adaptive and confounded as the factor table; a cell with a larger n has had more chances at a high "
+            "best."
+        )
+        files += tables.write(cells, page_view(cells, metric), out / "cells", formats, caption)
+        sections.append("## Cells\n\n" + caption + "\n\n" + tables.markdown(page_view(cells, metric)))
+
+    importance, note = importance_table(study)
+    if importance.empty:
+        sections.append(f"## Parameter importance\n\n{note}\n")
+    else:
+        caption = (
+            f"Parameter importances for validation {metric} over {int(importance.trials.max())} complete trials: "
+            "fANOVA, mean ± std "
+            f"over {len(FANOVA_SEEDS)} random-forest seeds, and PED-ANOVA. A conditional parameter is evaluated over "
+            "the trials "
+            "where it is active (its share among the parameters of those trials), or n/a when they are too few; "
+            "never 0 "
+            f"for missing. Importances describe this search's trials, not the parameter's effect elsewhere."
+        )
+        shown = _importance_display(importance)
+        files += tables.write(importance, shown, out / "importance", formats, caption)
+        files.append(_importance_figure(importance, out / "importance.png"))
+        sections.append("## Parameter importance\n\n" + caption + (f" {note}" if note else "") + "\n\n"
+                        + tables.markdown(shown) + "\n![importance](importance.png)\n")
+
+    picked = best_trials_per_cell(study, frame, maximize, layout)
+    if picked:
+        section, written = _best_trials_section(picked, metric, out)
+        files += written
+        sections.append(section)
+    files.append(_history_figure(study, out / "history.png"))
+    sections.append("## Optimization history\n\n![history](history.png)\n")
+
+    if ablation is not None:
+        if not AblationRecord.is_current(ablation):
+            sections.append(
+                f"## Ablation study\n\n{ablation.study_name} was made by an older `ablate` (seeds 0..K-1, possibly the "
+                f"parent's own, compared unpaired) and is not reported; delete it and run `ablate` again.\n"
+            )
+        elif not any(t.state == TrialState.COMPLETE for t in ablation.get_trials(deepcopy=False)):
+            sections.append(f"## Ablation study\n\n{ablation.study_name} has no complete trial yet.\n")
+        else:
+            table, display, caption = ablation_table(ablation)
+            files += tables.write(table, display, out / "ablation_study", formats, caption)
+            sections.append("## Ablation study\n\n" + caption + "\n\n" + tables.markdown(display))
+
+    markdown = f"# Study {study.study_name}\n\n" + "\n".join(sections)
+    report_path = out / "report.md"
+    report_path.write_text(markdown)
+    factors_md = "\n## Factors\n\n" + tables.markdown(page_view(factor, metric)) if not factor.empty else ""
+    summary = sections[0] + factors_md
+    return Report(out, report_path, tuple([report_path, *files]), summary)
+
+
+def _best_trials_section(picked: dict[str, FrozenTrial], metric: str, out: Path) -> tuple[str, list[Path]]:
+    """The test confusion matrix of each picked trial (by figure label) and their curves in one figure."""
+    files, figure_lines = [], []
+    for label, trial in picked.items():
+        record = TrialRecord.from_trial(trial)
+        confusion = record.test_confusion
+        if confusion:
+            title = f"{label}: trial {trial.number}, test (row-normalised)"
+            names = record.class_names or [str(i) for i in range(len(confusion))]
+            path = figures.confusion_figure(confusion, names, title, out / f"confusion_{label}.png")
+            files.append(path)
+            figure_lines.append(f"![{label}]({path.name})")
+    labels: dict[int, list[str]] = {}
+    for label, trial in picked.items():
+        labels.setdefault(trial.number, []).append(label)
+    by_number = {t.number: t for t in picked.values()}
+    curves = [figures.Curve(f"{' = '.join(names)} (trial {n})", TrialRecord.from_trial(by_number[n]).curves,
+                            by_number[n].state == TrialState.PRUNED) for n, names in labels.items()]
+    files.append(figures.curves_figure(curves, metric, out / "curves.png"))
+    section = (
+        "## Best trials: test confusion matrices and curves\n\n"
+        + "\n".join(figure_lines)
+        + "\n\n![curves](curves.png)\n"
+    )
+    return section, files
+
+
+def _settings_section(study: optuna.Study, record: StudyRecord, storage_label: str) -> str:
+    summary = Summary.of(study)
+    lines = [
+        f"- objective: `{record.objective or '?'}`, {study.direction.name.lower()} validation **{record.metric}**",
+        f"- dataset: `{record.dataset or '?'}`",
+        f"- storage: `{storage_label}`",
+        f"- fixed: {', '.join(f'{k}={v}' for k, v in record.fixed.items()) or '–'}",
+        f"- pinned: {', '.join(f'{k}={v}' for k, v in record.pinned.items()) or '–'}",
+        f"- trials: {summary.complete} complete, {summary.pruned} pruned, {summary.failed} failed",
+    ]
+    if summary.reasons:
+        lines.append("- failure reasons: " + ", ".join(f"{reason} ×{n}" for reason, n in summary.reasons))
+    best = summary.best
+    if best is None:
+        return "## Settings\n\n" + "\n".join(lines) + "\n"
+    lines.append(f"- best: trial {best.number}, " + ", ".join(f"{k}={tables.cell(v)}" for k, v in best.params.items()))
+    metrics = pd.DataFrame([{"split": shown, **{shorten(n, SHORT): tables.metric(best.metrics(split).get(n, np.nan))
+                                                for n in METRICS}}
+                            for shown, split in (("validation", "val"), ("test", "test"))])
+    return "## Settings and best trial\n\n" + "\n".join(lines) + "\n\n" + tables.markdown(metrics)
+
+
+def _history_figure(study: optuna.Study, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ax = optuna.visualization.matplotlib.plot_optimization_history(study)
+    fig = ax.figure
+    fig.set_size_inches(7, 4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,62 @@
+"""Checkpoints of running trials: saved atomically after epochs, loaded by the attempt that
+re-runs a trial (a heartbeat retry or a re-queued interrupted trial)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from objectives.atomic import atomic_path, report_damaged
+from study.records import TrialRecord, TrialWriter
+from study.run.reporter import Reporter
+
+
+def checkpoint_file(folder: Path, number: int) -> Path:
+    return folder / f"trial{number}.pt"
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Atomically (`objectives.atomic`): a kill mid-write leaves the previous epoch's."""
+    with atomic_path(path) as partial:
+        torch.save(state, partial)
+
+
+# what `objectives.train.fit` saves and resumes from
+CHECKPOINT_KEYS = {"epoch", "phase", "model", "optimizer", "scheduler", "curves", "best_score", "best_epoch",
+                   "best_model", "best_val", "torch_rng", "batch_rng"}
+
+
+def read_checkpoint(path: Path) -> tuple[dict | None, str]:
+    """(the checkpoint at `path`, "") or (None, why not): it does not load (truncated, not a
+    checkpoint) or lacks what `fit` resumes from."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises RuntimeError, EOFError, UnpicklingError, ...
+        return None, f"{type(exc).__name__}: {exc}"
+    missing = CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else CHECKPOINT_KEYS
+    if missing:
+        return None, f"it lacks {', '.join(sorted(missing))}"
+    rows = len(state["curves"].get("epoch", []))
+    if rows != int(state["epoch"]):
+        return None, f"{rows} curve rows for epoch {state['epoch']}"
+    return state, ""
+
+
+def resume_state(record: TrialRecord, folder: Path, writer: TrialWriter, reporter: Reporter) -> dict | None:
+    """The checkpoint of the attempt this trial re-runs, with its epochs re-reported to Optuna so
+    the pruner and the curves continue where that attempt stopped; None to start at epoch 1."""
+    origin = record.origin
+    path = checkpoint_file(folder, origin) if origin is not None else None
+    if path is None or not path.is_file():
+        return None
+    state, damage = read_checkpoint(path)
+    if state is None:
+        report_damaged(path, damage, f"trial {writer.trial.number} restarts from epoch 1")
+        path.unlink(missing_ok=True)
+        return None
+    writer.resumed(origin, int(state["epoch"]))
+    rows = [dict(zip(state["curves"], values)) for values in zip(*state["curves"].values())]
+    for row in rows:
+        reporter.replay(int(row["epoch"]), row)
+    return state

@@ -1,0 +1,164 @@
+"""Preparing a run: check the space, device, storage URL, results folder, data, pretrained
+weights and the normalisation rule before anything is written to the storage."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from objectives.contract import DataSource
+from objectives.data import detect_layout, ensure_embedded
+from objectives.errors import InputError
+from objectives.models import missing_weights, weights_normalisation
+from study import registry, storage
+from study.run.options import CHECKPOINT_EVERY_S, RunOptions
+from study.run.output import Output
+from study.space import SearchSpace, build_config
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run whose inputs have all been checked: what the trial loop needs and nothing else."""
+
+    space: SearchSpace
+    module: ModuleType
+    source: DataSource
+    dataset: str
+    device: torch.device
+    study_name: str
+    storage_url: str
+    target: int
+    results_dir: Path
+    checkpoint_every: float = CHECKPOINT_EVERY_S
+    compile: bool = False
+    trial_pages: bool = True
+
+    def base_config(self) -> object:
+        """The config of the fixed settings and pins (what every trial shares)."""
+        return build_config(self.module.Config, self.space.with_defaults({**self.space.fixed, **self.space.pinned}))
+
+    def folder(self, kind: str | None = None) -> Path:
+        """results/<study> (the split manifests), or results/<kind>/<study> (checkpoints)."""
+        base = self.results_dir if kind is None else self.results_dir / kind
+        return base / safe_name(self.study_name)
+
+
+def safe_name(name: str) -> str:
+    """A study name as a folder name."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = f" with CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
+        raise InputError(f"--device cuda: no CUDA device is available{shown} (torch.cuda.is_available() is False)")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+def prepare(opts: RunOptions, out: Output) -> Prepared:
+    """Check space, device, data and weights; nothing is written to the storage here."""
+    if opts.space is None:
+        raise ValueError("prepare needs the options' space")
+    space = opts.space
+    module = registry.objective_module(space)
+    device = resolve_device(opts.device)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)  # a worker's share of the machine's threads
+    url = opts.storage_url or storage.default_url(opts.results_dir)
+    storage.check_url(url)
+    check_writable(opts.results_dir)
+    if opts.pruner is not None:
+        space = dataclasses.replace(space, study=dataclasses.replace(space.study, pruner=opts.pruner))
+    if opts.data is None:
+        space = space.embedded_run()
+    space.check_config(module.Config)
+    space = check_weights(space, embedded=opts.data is None, out=out)
+    space = pretrained_normalisation(space)
+    build_config(
+        module.Config, space.with_defaults({**space.fixed, **space.pinned})
+    )  # pins that contradict each other fail now
+    cache_dir = opts.results_dir / "cache" if opts.cache else None
+    if opts.data is None:
+        dataset = space.embedded.get("dataset", module.EMBEDDED_DATASET)
+        root = ensure_embedded(
+            dataset,
+            opts.results_dir / "data",
+            train_images=int(space.embedded.get("train_images", 800)),
+            test_images=int(space.embedded.get("test_images", 200)),
+        )
+        out.line(f"data: embedded dataset {dataset} ({root})")
+    else:
+        root, dataset = opts.data, str(opts.data.resolve())
+        out.line(f"data: {root} ({detect_layout(root, opts.layout)[0]} layout)")
+    return Prepared(
+        space=space,
+        module=module,
+        source=DataSource(root=root, cache_dir=cache_dir, bar=out.bar, layout=opts.layout),
+        dataset=dataset,
+        device=device,
+        study_name=opts.study_name or space.name,
+        storage_url=url,
+        target=opts.trials if opts.trials is not None else space.study.trials,
+        results_dir=opts.results_dir,
+        checkpoint_every=opts.checkpoint_every,
+        compile=opts.compile,
+        trial_pages=opts.trial_pages,
+    )
+
+
+def check_writable(folder: Path) -> None:
+    """The results folder must take files (data, caches, checkpoints, artifacts) before trial one."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"--results {folder}: cannot write there ({exc.strerror or exc})") from None
+
+
+def check_weights(space: SearchSpace, *, embedded: bool, out: Output) -> SearchSpace:
+    """Pretrained weights the space may need must be in torchvision's cache before trial one.
+
+    On the embedded default a missing file pins ``pretrained = false`` with a warning, so the
+    README's first command works offline; on real data it is an error naming the file."""
+    if True not in space.possible_values("pretrained"):
+        return space
+    missing = missing_weights(a for a in space.possible_values("arch") if isinstance(a, str))
+    if not missing:
+        return space
+    hint = f"{missing[0].name} into {missing[0].parent}/" + (
+        f" (and {', '.join(p.name for p in missing[1:])})" if missing[1:] else ""
+    )
+    if not embedded:
+        raise InputError(f"pretrained weights missing and not downloadable: put {hint}, or --set pretrained=false")
+    out.warn(f"pretrained weights not found, running with pretrained=false; to use them put {hint}")
+    return space.pin("pretrained", False)
+
+
+def pretrained_normalisation(space: SearchSpace) -> SearchSpace:
+    """Where the space may use pretrained weights and sets no `norm_mean`/`norm_std` of its own,
+    both arms of `pretrained` are normalised with the weights' own statistics.
+
+    ImageNet weights expect ImageNet-normalised inputs and the FE phase freezes BatchNorm with
+    ImageNet statistics, so the dataset's own statistics would handicap the pretrained arm; using
+    the weights' values for the scratch arm too keeps `pretrained` a factor that changes one thing.
+    The resolved values become settings, so they key the decoded data and enter the study's
+    fingerprint."""
+    if True not in space.possible_values("pretrained") or space.fixed.get("norm_mean") or space.pinned.get("norm_mean"):
+        return space
+    found = {weights_normalisation(a) for a in space.possible_values("arch") if isinstance(a, str)} - {None}
+    if len(found) != 1:
+        return space  # no arch with weights, or archs whose weights disagree: the data's own statistics
+    mean, std = found.pop()
+    return space.with_settings(add=True, norm_mean=list(mean), norm_std=list(std))

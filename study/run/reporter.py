@@ -1,0 +1,57 @@
+"""The pruning reporter: what the objective calls after every epoch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from study.records import TrialWriter
+
+
+def pruning_step(epoch: int, fe_epochs: int) -> int | None:
+    """The step at which epoch `epoch` is reported to the pruner: its fine-tuning epoch number
+    (1 for the first FT epoch), or None for a frozen-backbone (FE) epoch, which is not reported."""
+    return epoch - fe_epochs if epoch > fe_epochs else None
+
+
+def may_prune(epoch: int, fe_epochs: int, epochs: int) -> bool:
+    """Whether the pruner is asked after `epoch`: in fine-tuning, and never after the last epoch
+    (pruning then saves nothing and would hide a fully trained trial's metrics)."""
+    return pruning_step(epoch, fe_epochs) is not None and epoch < epochs
+
+
+class Reporter:
+    """The objective's per-epoch callback: keeps the curves in the storage (so pruned trials
+    keep theirs), reports the metric to Optuna and raises TrialPruned when the pruner says so.
+
+    The pruner sees fine-tuning epochs only, numbered from the first FT epoch (`pruning_step`):
+    a head-only model is a different regime that fine-tuning overtakes, so FE values never enter
+    other trials' medians, a trial with a long FE phase is compared with others after the same
+    number of FT epochs, warm-up counts FT epochs, and Hyperband's rungs start at the first FT
+    epoch. The pruner never decides the FE/FT question the study asks. A trial that reaches its
+    last epoch always completes (`may_prune`).
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str, *, fe_epochs: int = 0, epochs: int = 0) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.fe_epochs = fe_epochs
+        self.epochs = epochs
+        self.curves: dict[str, list] = {}
+
+    def replay(self, epoch: int, row: dict[str, Any]) -> None:
+        """Record an epoch trained by an earlier attempt of this trial, without pruning."""
+        for key, value in row.items():
+            self.curves.setdefault(key, []).append(value)
+        TrialWriter(self.trial).curves(self.curves)
+        step = pruning_step(epoch, self.fe_epochs)
+        if step is not None:
+            self.trial.report(float(row[f"val_{self.metric}"]), step=step)
+
+    def __call__(self, epoch: int, row: dict[str, Any]) -> None:
+        self.replay(epoch, row)
+        if may_prune(epoch, self.fe_epochs, self.epochs) and self.trial.should_prune():
+            value = float(row[f"val_{self.metric}"])
+            raise optuna.TrialPruned(f"after epoch {epoch} of {self.epochs} (fine-tuning epoch "
+                                     f"{pruning_step(epoch, self.fe_epochs)}): validation {self.metric} {value:.4f}")

@@ -1,0 +1,164 @@
+"""A session: one process's prepared run on one storage (checked inputs, decoded data, the trial
+trainer), shared by `run` (`run_study`) and `ablate`, which both run trials through it."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import optuna
+import torch
+
+from objectives.errors import InputError
+from objectives.train import Runtime
+from study import records, storage
+from study.run import loop
+from study.run.data import DataCache, load_data
+from study.run.options import RunOptions
+from study.run.output import Output, announce, print_summary
+from study.run.prepare import Prepared, prepare
+from study.run.samplers import make_pruner, make_sampler, pruner_settings, run_seed, sampler_settings
+from study.run.trainer import SearchObjective, TrialTrainer, artifact_store
+from study.run.workers import run_workers
+from study.space import config_defaults
+from study.trial_pages import TrialPages
+
+
+class Session:
+    """Checked inputs (`prep`), their decoded data, the storage and, once a trial is to run, the
+    trainer: what every study a command runs in this process shares."""
+
+    def __init__(
+        self,
+        prep: Prepared,
+        data: DataCache,
+        out: Output,
+        *,
+        store: optuna.storages.BaseStorage | None = None,
+        heartbeat: int = storage.HEARTBEAT_SECONDS,
+        runtime: Runtime | None = None,
+    ) -> None:
+        self.prep = prep
+        self.data = data
+        self.out = out
+        self._store = store
+        self._heartbeat = heartbeat
+        self._runtime = runtime
+        self._trainer: TrialTrainer | None = None
+
+    @classmethod
+    def open(cls, opts: RunOptions, out: Output, *, store: optuna.storages.BaseStorage | None = None) -> Session:
+        """Check everything `opts` asks for and decode the data; nothing is written to the storage."""
+        prep = prepare(opts, out)
+        data = load_data(prep, out)
+        return cls(prep, data, out, store=store, heartbeat=opts.heartbeat)
+
+    @property
+    def store(self) -> optuna.storages.BaseStorage:
+        """The storage, opened when a study is first asked for."""
+        if self._store is None:
+            self._store = storage.open_storage(self.prep.storage_url, heartbeat=self._heartbeat)
+        return self._store
+
+    @property
+    def trainer(self) -> TrialTrainer:
+        if self._trainer is None:
+            if self.prep.device.type == "cuda":
+                # every trial of a study repeats the same few input shapes: let cuDNN time its algorithms once
+                torch.backends.cudnn.benchmark = True
+            runtime = self._runtime or Runtime.for_device(
+                self.prep.device, bar=functools.partial(self.out.bar, leave=False), compile=self.prep.compile
+            )
+            pages = TrialPages(artifact_store(self.prep.results_dir), enabled=self.prep.trial_pages)
+            self._trainer = TrialTrainer(self.prep, self.data, runtime, pages)
+        return self._trainer
+
+    def study(self, name: str, direction: str | optuna.study.StudyDirection) -> optuna.Study:
+        """The study `name` in this session's storage, created if new."""
+        if isinstance(direction, optuna.study.StudyDirection):
+            direction = direction.name.lower()
+        return optuna.create_study(study_name=name, storage=self.store, direction=direction, load_if_exists=True)
+
+    def search_study(self, allow_change: bool) -> optuna.Study:
+        """The search study, recording what defines it when new (`records.StudyRecord`); one made
+        with another space, settings or dataset is refused unless `allow_change`."""
+        prep = self.prep
+        study = self.study(prep.study_name, prep.space.study.direction)
+        fingerprint = prep.space.fingerprint(config_defaults(prep.module.Config))
+        recorded = records.StudyRecord.from_study(study)
+        if recorded.space_hash is None:
+            base = prep.base_config()
+            manifest = self.data.get(base).manifest
+            records.StudyRecord(
+                space_hash=fingerprint,
+                space_file=str(prep.space.path),
+                space_text=prep.space.text,
+                objective=prep.space.study.objective,
+                metric=prep.space.study.metric,
+                dataset=prep.dataset,
+                fixed=dict(prep.space.fixed),
+                pinned=dict(prep.space.pinned),
+                sampler=sampler_settings(prep.space),
+                pruner=pruner_settings(prep.space),
+                report=prep.space.report,
+                split_hash=self.data.manifest_hash(base) if manifest is not None else None,
+                shared_test_groups=len(manifest.shared_test_groups) if manifest is not None else None,
+            ).write(study)
+        elif (recorded.space_hash != fingerprint or not self.same_data(study)) and not allow_change:
+            raise InputError(
+                f"study {prep.study_name} was created with another search space, settings or dataset; "
+                f"fork it with --study-name NEW or accept the change with --allow-space-change"
+            )
+        return study
+
+    def same_data(self, study: optuna.Study) -> bool:
+        """Whether this session's data is the data `study` ran on: by content where the study
+        recorded its split manifest's hash (the same images, labels, groups and split at another
+        path, on another machine, is the same data), by the recorded path or name otherwise."""
+        recorded = records.StudyRecord.from_study(study)
+        if recorded.split_hash is not None:
+            base = self.prep.base_config()
+            return self.data.get(base).manifest is not None and self.data.manifest_hash(base) == recorded.split_hash
+        return recorded.dataset == self.prep.dataset
+
+    def announce(self, study: optuna.Study, target: int) -> bool:
+        """Say where `study` stands; False when it already holds `target` finished trials."""
+        return announce(study, target, str(self.prep.device), self.prep.storage_url, self.out)
+
+    def optimize(self, study: optuna.Study, objective: Callable[[optuna.Trial], float], *, target: int,
+                 sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner | None = None,
+                 timeout: float | None = None) -> None:
+        """Run `objective`'s trials of `study` up to `target` (`loop.optimize`)."""
+        study.sampler = sampler
+        study.pruner = pruner or optuna.pruners.NopPruner()
+        try:
+            loop.optimize(study, objective, target=target, out=self.out, metric=self.prep.space.study.metric,
+                          timeout=timeout, cuda=self.prep.device.type == "cuda")
+        finally:
+            if self._trainer is not None:
+                self._trainer.pages.close()  # the last trials' figures and notes
+
+    def summary(self, study: optuna.Study) -> None:
+        print_summary(study, self.prep.space.study.metric, self.prep.storage_url, self.out)
+
+
+def run_study(opts: RunOptions, out: Output) -> optuna.Study:
+    """Run (or resume) the search study until it holds the target number of finished trials: with
+    `opts.workers` > 1 in that many worker processes, else here."""
+    session = Session.open(opts, out)
+    prep = session.prep
+    study = session.search_study(opts.allow_space_change)
+    if opts.worker is None:
+        loop.requeue_interrupted(study, out)
+    if not session.announce(study, prep.target):
+        return study
+    if opts.workers > 1 and opts.worker is None:
+        run_workers(opts, prep.device, out)
+        session.summary(study)
+        return study
+    sampler = make_sampler(prep.space, run_seed(prep.space, len(study.trials), opts.worker))
+    session.optimize(study, SearchObjective(study, prep, session.trainer), target=prep.target, sampler=sampler,
+                     pruner=make_pruner(prep.space), timeout=opts.timeout)
+    if opts.worker is None:
+        session.summary(study)
+    return study

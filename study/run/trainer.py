@@ -1,0 +1,129 @@
+"""The per-trial recorder: train one config inside one Optuna trial and record it; and the search
+study's objective, which asks the space for that config."""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.trial import FrozenTrial, TrialState
+
+from objectives.contract import TrialContext, flat
+from objectives.train import Checkpointing, Runtime
+from study.records import INTERRUPTED, TrialRecord, TrialWriter
+from study.run.checkpoints import checkpoint_file, resume_state, save_checkpoint
+from study.run.data import DataCache
+from study.run.failures import failure_reason, first_line, without_frames
+from study.run.prepare import Prepared, safe_name
+from study.run.reporter import Reporter
+from study.space import build_config
+from study.trial_pages import Page, TrialPages
+
+
+def artifact_store(results_dir: Path) -> FileSystemArtifactStore:
+    """Trial figures live in one file-system store beside the storage; the dashboard reads it."""
+    path = results_dir / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))
+
+
+def stored(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
+    """What the storage holds of a running trial (its inherited attrs, Optuna's retry history)."""
+    return next(t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == trial.number)
+
+
+def metric_value(loss: float, metrics: dict[str, Any], name: str) -> float:
+    return float(loss if name == "loss" else metrics[name])
+
+
+class TrialTrainer:
+    """Train one config inside one Optuna trial and record it (`study.records`): config, curves
+    (every epoch, so pruned trials keep theirs), best epoch, validation and test metrics and
+    confusion matrices, and its dashboard page (figures and note, `study.trial_pages`)."""
+
+    def __init__(self, prep: Prepared, data: DataCache, runtime: Runtime, pages: TrialPages) -> None:
+        self.prep = prep
+        self.data = data
+        self.runtime = runtime
+        self.pages = pages
+
+    def __call__(self, study: optuna.Study, trial: optuna.Trial, values: dict[str, Any]) -> float:
+        settings = self.prep.space.study
+        writer = TrialWriter(trial)
+        reporter = Reporter(trial, settings.metric)
+        folder = self.prep.results_dir / "checkpoints" / safe_name(study.study_name)
+        own = checkpoint_file(folder, trial.number)
+        writer.clear_failure()
+        recorded: dict[str, Any] = {}
+        page = functools.partial(Page, study.study_name, trial.number, metric=settings.metric,
+                                 params=dict(trial.params))
+        try:
+            config = build_config(self.prep.module.Config, self.prep.space.with_defaults(values))
+            recorded = flat(config)
+            reporter = Reporter(
+                trial, settings.metric, fe_epochs=recorded.get("fe_epochs", 0), epochs=recorded["epochs"]
+            )
+            writer.config(recorded)
+            splits = self.data.get(config)
+            writer.data(splits.class_names, self.data.manifest_hash(config) if splits.manifest is not None else None)
+            resume = resume_state(TrialRecord.from_trial(stored(study, trial)), folder, writer, reporter)
+            context = TrialContext(self.runtime, reporter, settings.metric, settings.direction == "maximize",
+                                   Checkpointing(save=lambda state: save_checkpoint(state, own), resume=resume,
+                                                 every_s=self.prep.checkpoint_every))
+            started = time.perf_counter()
+            result = self.prep.module.run(config, splits, context)
+        except optuna.TrialPruned as exc:
+            reason = f"the {settings.pruner} pruner stopped it {exc}".rstrip()
+            self.pages.attach(trial, page("PRUNED", config=recorded, reason=reason, curves=dict(reporter.curves)))
+            own.unlink(missing_ok=True)
+            raise without_frames(exc)
+        except KeyboardInterrupt:
+            writer.failed(INTERRUPTED)  # the checkpoint stays: `run` resumes it
+            raise
+        except Exception as exc:
+            reason = failure_reason(exc)
+            writer.failed(reason)
+            self.pages.attach(trial, page("FAIL", config=recorded, reason=f"{reason}: {first_line(exc)}",
+                                          curves=dict(reporter.curves)))
+            raise without_frames(exc)
+        own.unlink(missing_ok=True)
+        seconds = time.perf_counter() - started
+        evaluations = {split: (evaluation.loss, evaluation.metrics, evaluation.confusion)
+                       for split, evaluation in (("val", result.val), ("test", result.test))}
+        writer.result(seconds, result.curves, result.best_epoch, evaluations)
+        metrics = {split: {"loss": loss, **values} for split, (loss, values, _) in evaluations.items()}
+        self.pages.attach(trial, page("COMPLETE", config=recorded, best_epoch=result.best_epoch, val=metrics["val"],
+                                      test=metrics["test"], curves=result.curves, confusion=result.test.confusion,
+                                      class_names=list(splits.class_names), seconds=seconds))
+        return metric_value(result.val.loss, result.val.metrics, settings.metric)
+
+
+def trial_seed(study: optuna.Study, trial: optuna.Trial, base: int) -> int:
+    """`base` + the trial's number; a trial that re-runs an earlier one (a heartbeat retry or a
+    re-queued interrupted trial) keeps that trial's seed, since it resumes that trial's weights."""
+    origin = TrialRecord.from_trial(stored(study, trial)).origin
+    if origin is not None:
+        earlier = next((t for t in study.get_trials(deepcopy=False) if t.number == origin), None)
+        seed = TrialRecord.from_trial(earlier).config.get("seed") if earlier is not None else None
+        if isinstance(seed, int):
+            return seed
+    return base + trial.number
+
+
+class SearchObjective:
+    """The search study's objective: the space suggests a config, `TrialTrainer` trains it."""
+
+    def __init__(self, study: optuna.Study, prep: Prepared, trainer: TrialTrainer) -> None:
+        self.study = study
+        self.space = prep.space
+        self.trainer = trainer
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        values = self.space.suggest(trial)
+        if "seed" not in self.space.names():
+            values["seed"] = trial_seed(self.study, trial, self.space.study.seed)
+        return self.trainer(self.study, trial, values)

@@ -1,0 +1,200 @@
+"""Reading a search-space file: its TOML parsed and validated into a `study.space.SearchSpace`,
+every problem one line naming file, parameter and problem (`SpaceError`)."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from study import report_layout
+from study.report_layout import ReportLayout
+from study.schema1 import SCHEMA1_OBJECTIVES
+from study.space import (
+    _BOUND,
+    DEFAULT_OBJECTIVE,
+    DIRECTIONS,
+    EMBEDDED_DATA_KEYS,
+    EMBEDDED_STUDY_KEYS,
+    PRUNERS,
+    SAMPLERS,
+    SCHEMAS,
+    Param,
+    SearchSpace,
+    SpaceError,
+    StudySettings,
+)
+
+STUDY_KEYS = {
+    "objective",
+    "direction",
+    "metric",
+    "sampler",
+    "pruner",
+    "trials",
+    "seed",
+    "startup_trials",
+    "warmup_epochs",
+    "sampler_startup_trials",
+    "description",
+}
+RANGE_KEYS = {"low", "high", "log", "step", "when"}
+CHOICE_KEYS = {"choices", "when"}
+
+
+def load_space(path: Path, name: str | None = None) -> SearchSpace:
+    """Parse and validate one search-space file (schema 1 or 2)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpaceError(f"{path}: no such search-space file") from None
+    except UnicodeDecodeError as exc:
+        raise SpaceError(f"{path}: not valid TOML ({exc})") from None
+    return load_space_text(text, path, name)
+
+
+def load_space_text(text: str, path: Path, name: str | None = None) -> SearchSpace:
+    """Parse and validate a search space from its TOML text; `path` names it in messages (and
+    is the file it came from, or the one a stored study recorded)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpaceError(f"{path}: not valid TOML ({exc})") from None
+    where = str(path)
+    schema = doc.pop("schema", 1)
+    if type(schema) is not int or schema not in SCHEMAS:
+        raise SpaceError(f"{where}: schema = {schema!r} is unknown; this version reads schema "
+                         f"{' or '.join(map(str, SCHEMAS))}")
+    tables = {"study", "fixed", "space", "embedded", *(("report",) if schema >= 2 else ())}
+    if schema == 1 and "report" in doc:
+        raise SpaceError(f"{where}: [report] needs schema = 2 at the top of the file")
+    _only(doc, tables, where, "top-level table")
+    study_doc = _table(doc, "study", where)
+    _only(study_doc, STUDY_KEYS, where, "[study] key")
+    if schema == 1 and "objective" not in study_doc:
+        raise SpaceError(f"{where}: [study] needs objective = \"<module in objectives/>\"")
+    legacy = SCHEMA1_OBJECTIVES.get(study_doc.get("objective")) if schema == 1 else None
+    if schema >= 2 and study_doc.get("objective") in SCHEMA1_OBJECTIVES:
+        old = study_doc["objective"]
+        raise SpaceError(f"{where}: [study].objective = {old!r} is a schema-1 objective; with schema = {schema} write "
+                         f"objective = \"{DEFAULT_OBJECTIVE}\" and {old}'s settings (see search_spaces/{old}.toml)")
+    try:
+        study = StudySettings(**study_doc)
+    except TypeError as exc:
+        raise SpaceError(f"{where}: [study]: {exc}") from None
+    if not isinstance(study.objective, str) or not study.objective:
+        raise SpaceError(f"{where}: [study].objective must be a module name, got {study.objective!r}")
+    for key, allowed in (("direction", DIRECTIONS), ("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        if getattr(study, key) not in allowed:
+            raise SpaceError(f"{where}: [study].{key} = {getattr(study, key)!r}; expected one of {', '.join(allowed)}")
+    for key in ("trials", "seed", "startup_trials", "warmup_epochs", "sampler_startup_trials"):
+        value = getattr(study, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SpaceError(f"{where}: [study].{key} must be a non-negative integer, got {value!r}")
+    fixed = _table(doc, "fixed", where)
+    space_doc = _table(doc, "space", where)
+    params: list[Param] = []
+    for pname, spec in space_doc.items():
+        if pname in fixed:
+            raise SpaceError(f"{where}: {pname}: both in [fixed] and [space]")
+        params.append(_parse_param(pname, spec, where, fixed, params))
+    embedded = _table(doc, "embedded", where)
+    for key in EMBEDDED_STUDY_KEYS & embedded.keys():
+        value = embedded[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SpaceError(f"{where}: [embedded].{key} must be a non-negative integer, got {value!r}")
+    for key in embedded:
+        if key not in EMBEDDED_DATA_KEYS and key not in fixed and key not in space_doc:
+            raise SpaceError(
+                f"{where}: [embedded].{key}: neither a dataset setting ({', '.join(sorted(EMBEDDED_DATA_KEYS))}) "
+                f"nor in [fixed] or [space]"
+            )
+        param = next((p for p in params if p.name == key), None)
+        if param is not None and not param.admits(embedded[key], {**fixed, **embedded}):
+            raise SpaceError(f"{where}: [embedded].{key} = {embedded[key]!r}: outside the declared [space] values")
+    report = ReportLayout()
+    if "report" in doc:
+        values = {**{name: (value,) for name, value in fixed.items()}, **{p.name: p.choices for p in params}}
+        try:
+            report = report_layout.parse(_table(doc, "report", where), values)
+        except ValueError as exc:
+            raise SpaceError(f"{where}: [report]{exc}") from None
+    if legacy is not None:
+        embedded = {"dataset": legacy.embedded_dataset, **embedded}
+    return SearchSpace(
+        name=name or path.stem,
+        path=path,
+        study=study,
+        fixed=MappingProxyType(dict(fixed)),
+        params=tuple(params),
+        embedded=MappingProxyType(dict(embedded)),
+        schema=schema,
+        defaults=legacy.settings if legacy is not None else MappingProxyType({}),
+        report=report,
+        text=text,
+    )
+
+
+def _parse_param(name: str, spec: Any, where: str, fixed: Mapping[str, Any], earlier: list[Param]) -> Param:
+    at = f"{where}: [space].{name}"
+    if not isinstance(spec, dict):
+        raise SpaceError(f"{at}: expected a table like {{choices = [...]}} or {{low = .., high = ..}}")
+    when = spec.get("when", {})
+    if not isinstance(when, dict):
+        raise SpaceError(f"{at}: when must be a table like {{other = value}}")
+    known = {p.name: p for p in earlier}
+    for other, value in when.items():
+        if other not in known and other not in fixed:
+            raise SpaceError(f"{at}: when names unknown parameter {other!r} (it must come earlier in the file)")
+        if other in known and known[other].choices is not None and value not in known[other].choices:
+            raise SpaceError(f"{at}: when {other} = {value!r}, but {other} takes only {list(known[other].choices)}")
+    conditions = tuple(when.items())
+    if "choices" in spec:
+        _only(spec, CHOICE_KEYS, at, "key")
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise SpaceError(f"{at}: choices must be a non-empty list")
+        return Param(name, choices=tuple(choices), when=conditions)
+    _only(spec, RANGE_KEYS, at, "key")
+    if "low" not in spec or "high" not in spec:
+        raise SpaceError(f"{at}: needs choices, or both low and high")
+    low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
+    context = {**fixed, **{p.name: p.choices[0] for p in earlier if p.choices}}
+    for bound in (low, high):
+        if isinstance(bound, str):
+            match = _BOUND.match(bound)
+            if not match or match.group(1) not in fixed:
+                raise SpaceError(f"{at}: bound {bound!r} must be a number or '<fixed setting> +/- <int>'")
+        elif isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise SpaceError(f"{at}: bound {bound!r} is not a number")
+    if not isinstance(log, bool):
+        raise SpaceError(f"{at}: log must be true or false")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        raise SpaceError(f"{at}: step must be a positive number")
+    param = Param(name, low=low, high=high, log=log, step=step, when=conditions)
+    lo, hi = param.bounds(context)
+    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)):
+        raise SpaceError(f"{at}: bounds must resolve to numbers")
+    if lo > hi:
+        raise SpaceError(f"{at}: low {lo} > high {hi}")
+    if log and lo <= 0:
+        raise SpaceError(f"{at}: a log range needs low > 0, got {lo}")
+    if log and step is not None:
+        raise SpaceError(f"{at}: log and step cannot be combined")
+    return param
+
+
+
+def _table(doc: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise SpaceError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _only(table: Mapping[str, Any], allowed: set[str], where: str, what: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise SpaceError(f"{where}: unknown {what} {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
