@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +45,7 @@ from study.records import AblationRecord
 from study.run.options import RunOptions
 from study.run.output import Output
 from study.run.samplers import make_pruner
-from study.run.session import Session
+from study.run.session import Session, check_adoptable
 from study.run.trainer import TrialTrainer
 from study.space import Param, SearchSpace
 from study.variants import (
@@ -90,25 +89,29 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
     parent = storage.load_study(name, store)
     if not any(t.state == TrialState.COMPLETE for t in parent.get_trials(deepcopy=False)):
         raise InputError(f"study {name} has no complete trial to ablate; run it first")
-    space = parent_space(parent)
+    space = parent_space(parent, opts.objective)
     found = variants(space, parent, ablation.factors)
     tuned_param = retune_param(space, ablation.retune) if ablation.retune else None
     study_name = ablation.study_name or f"{name}{records.ABLATION_SUFFIX}"
-    existing = _existing(store, study_name, url)
+    existing = _existing(store, study_name, url, parent.direction)
     plan = _plan(name, parent, space, found, ablation, existing)
     if existing is not None:
         _check_same_plan(existing, plan, ablation, url)
 
     dataset = records.StudyRecord.from_study(parent).dataset or ""
-    data = opts.data or (Path(dataset) if Path(dataset).is_dir() else None)
+    if opts.data is None and not is_embedded(dataset):
+        # the recorded path is the storage's word: read only the user's --data or the embedded data
+        raise InputError(f"study {name} ran on a data folder of its own, not the embedded dataset: give --data DIR "
+                         f"with the same images and labels")
     # named after the ablation study, so its per-seed split manifests go to results/<study_name>/
-    opts = dataclasses.replace(opts, space=space, data=data, pruner="none", study_name=study_name)
+    opts = dataclasses.replace(opts, space=space, pruner="none", study_name=study_name)
     session = Session.open(opts, out, store=store)
     if not session.same_data(parent):
         where = f"--data {opts.data}" if opts.data else "the embedded dataset"
-        raise InputError(f"{where} is not the data study {name} ran on ({dataset or 'unknown'}: its split manifest "
-                         f"differs); give --data with the same images and labels")
-    study = existing or session.study(study_name, parent.direction)
+        raise InputError(f"{where} is not the data study {name} ran on (its split manifest differs); give --data "
+                         f"with the same images and labels")
+    session.data.accept()
+    study = existing or session.study(study_name, parent.direction, AblationRecord.is_current)
     if existing is None:
         plan.write(study)
     out.line(f"ablation of {name} ({plan.mode}): {len(found)} variants x {len(plan.seeds)} seeds {plan.seeds}: "
@@ -148,6 +151,12 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
                      sampler=sampler, pruner=make_pruner(session.prep.space), timeout=_left(deadline))
     session.summary(study)
     return study
+
+
+def is_embedded(dataset: str) -> bool:
+    """Whether a study's recorded `dataset` names an embedded dataset (`run` records a folder as its
+    resolved path, an embedded dataset by its name, which has no separator)."""
+    return bool(dataset) and "/" not in dataset and "\\" not in dataset
 
 
 def _plan(name: str, parent: optuna.Study, space: SearchSpace, found: list[Variant], ablation: AblationOptions,
@@ -230,7 +239,7 @@ def _retune(session: Session, name: str, variant: Variant, values: dict[str, Any
     """Run (or resume) the retune grid of one variant; its best candidate, or None when the
     timeout stopped it first."""
     settings = session.prep.space.study
-    study = session.study(name, settings.direction)
+    study = session.study(name, settings.direction, records.is_retune_study)
     records.write_retune_plan(study, variant.name, param.name, retune)
     grid = optuna.samplers.GridSampler({param.name: list(retune["candidates"])}, seed=0)
     target = len(retune["candidates"])
@@ -250,13 +259,16 @@ def _retune(session: Session, name: str, variant: Variant, values: dict[str, Any
     return best
 
 
-def _existing(store: optuna.storages.BaseStorage, name: str, url: str) -> optuna.Study | None:
-    """The ablation study `name` if it exists and was made by this design; an older one (no
-    version marker, seeds 0..K-1) is refused. One that holds nothing yet is taken over."""
+def _existing(store: optuna.storages.BaseStorage, name: str, url: str,
+              direction: optuna.study.StudyDirection) -> optuna.Study | None:
+    """The ablation study `name` if it exists and was made by this design in the parent's
+    `direction`; an older one (no version marker, seeds 0..K-1) is refused. One that holds nothing
+    yet is taken over."""
     if name not in storage.study_names(store):
         return None
     study = optuna.load_study(study_name=name, storage=store)
     if AblationRecord.is_current(study):
+        check_adoptable(study, direction, AblationRecord.is_current, url)
         return study
     if not study.get_trials(deepcopy=False):
         return None  # created but never given its plan (a crash in between): start it afresh

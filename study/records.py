@@ -203,6 +203,11 @@ class StudyRecord:
             shared_test_groups=attrs.get(SHARED_TEST_GROUPS),
         )
 
+    @staticmethod
+    def is_ours(study: optuna.Study) -> bool:
+        """Whether `study` is a search study `run` made: it recorded what defines its trials."""
+        return SPACE_HASH in study.user_attrs
+
     def write(self, study: optuna.Study) -> None:
         attrs = {
             SPACE_HASH: self.space_hash,
@@ -287,6 +292,11 @@ class AblationRecord:
     @staticmethod
     def write_retuned(study: optuna.Study, picked: Mapping[str, Any]) -> None:
         study.set_user_attr(RETUNED, dict(picked))
+
+
+def is_retune_study(study: optuna.Study) -> bool:
+    """Whether `study` is a retune study `ablate --retune` made (`write_retune_plan` recorded it)."""
+    return VARIANT in study.user_attrs and PARAM in study.user_attrs
 
 
 def write_retune_plan(study: optuna.Study, variant: str, param: str, retune: Mapping[str, Any]) -> None:

@@ -22,6 +22,16 @@ def named_studies() -> dict[str, Path]:
     return {Path(f.name).stem: Path(str(f)) for f in files if f.name.endswith(".toml")}
 
 
+# The objectives that ship with the tool: the only ones a space read from a storage may name
+# without the user naming it too (`trusted_objective`). Schema-1 names run the image classifier.
+BUILTIN_OBJECTIVES = frozenset({DEFAULT_OBJECTIVE, *SCHEMA1_OBJECTIVES})
+
+
+class UnknownStudy(InputError):
+    """`resolve` found neither a named study nor a .toml path: the caller may look in a storage.
+    Any other error of a file the user named (its TOML, its schema) is the file's own and is shown."""
+
+
 def resolve(name_or_file: str) -> SearchSpace:
     """A named study, or a path to a search-space file of the user's own (named by its stem)."""
     candidate = Path(name_or_file)
@@ -29,22 +39,48 @@ def resolve(name_or_file: str) -> SearchSpace:
         return load_space(candidate)
     studies = named_studies()
     if name_or_file not in studies:
-        raise InputError(f"unknown study {name_or_file!r}; named studies: {', '.join(studies)} "
-                         f"(or give a path to a .toml file)")
+        raise UnknownStudy(f"unknown study {name_or_file!r}; named studies: {', '.join(studies)} "
+                           f"(or give a path to a .toml file)")
     return load_space(studies[name_or_file], name_or_file)
 
 
-def recorded_space(study: Any) -> SearchSpace | None:
+def trusted_objective(objective: str, study_name: str, allowed: str | None) -> None:
+    """Refuse, before anything is imported, an objective that a stored study names unless it is
+    built in or the user named the same module (`--objective`, or a TOML file of theirs).
+
+    A storage may be shared: whoever can write to it can put any dotted name in a study's record,
+    and importing a module runs its top-level code. So what a storage says decides nothing about
+    code: the allow-list is the shipped objectives plus what the user typed."""
+    if objective in BUILTIN_OBJECTIVES or (allowed is not None and objective == allowed):
+        return
+    shown = objective if objective.isprintable() and len(objective) <= 200 else repr(objective[:200])
+    mismatch = f" (--objective {allowed} is another module)" if allowed is not None else ""
+    raise InputError(f"study {study_name}: its stored objective {shown!r} is not a built-in objective and is not "
+                     f"imported from what a storage says{mismatch}; if you trust it, run with --objective {shown} "
+                     f"or pass the study's .toml file")
+
+
+def recorded_space(study: Any, *, objective: str | None = None) -> SearchSpace | None:
     """The search space an Optuna study ran with, from the TOML text it recorded (user attr
     ``space_text``) with its recorded settings and pins: the same space on any machine, whatever
-    happened to the file since. None for a study made before studies recorded their TOML."""
+    happened to the file since. None for a study made before studies recorded their TOML.
+
+    The recorded objective must pass `trusted_objective` (`objective`: the module the user named),
+    and the space is named after the study, not the recorded file path: both come from a storage
+    that anyone sharing it can write."""
     from study.records import StudyRecord
 
     record = StudyRecord.from_study(study)
     if not record.space_text:
         return None
-    path = Path(record.space_file or f"{study.study_name}.toml")
-    return with_recorded_settings(load_space_text(record.space_text, path), study)
+    space = load_space_text(record.space_text, stored_label(study.study_name), study.study_name)
+    trusted_objective(space.study.objective, study.study_name, objective)
+    return with_recorded_settings(space, study)
+
+
+def stored_label(study_name: str) -> Path:
+    """How messages name a space read from a storage: the study, never a local path it recorded."""
+    return Path(f"study {study_name!r} (stored space)")
 
 
 def with_recorded_settings(space: SearchSpace, study: Any) -> SearchSpace:

@@ -9,7 +9,6 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from optuna.trial import TrialState
 
 from objectives.errors import InputError
 from study import registry, tables
-from study.records import StudyRecord, TrialRecord
+from study.records import TrialRecord
 from study.space import Param, SearchSpace
 
 BASELINE = "baseline"  # the ablation variant that is the parent study's best configuration
@@ -51,15 +50,23 @@ def check_retune_trials(trials: int) -> None:
         raise InputError(f"--retune-trials {trials}: at least {MIN_RETUNE_TRIALS} candidates")
 
 
-def parent_space(parent: optuna.Study) -> SearchSpace:
+def parent_space(parent: optuna.Study, objective: str | None = None) -> SearchSpace:
     """The search space the parent study ran with, plus its settings and pins: the TOML text the
     study recorded (`registry.recorded_space`: the same on any machine, whatever happened to the
-    file since); a study made before studies recorded it falls back to its file, or the named study."""
-    recorded = registry.recorded_space(parent)
+    file since); a study made before studies recorded it falls back to the named study of its name.
+    Either way its objective must be built in or the one the user named (`objective`): a storage
+    never decides what is imported, and neither does a file path it records."""
+    recorded = registry.recorded_space(parent, objective=objective)
     if recorded is not None:
         return recorded
-    source = StudyRecord.from_study(parent).space_file
-    space = registry.resolve(source if source and Path(source).is_file() else parent.study_name)
+    try:
+        space = registry.resolve(parent.study_name) if parent.study_name in registry.named_studies() else None
+    except InputError:
+        space = None
+    if space is None:
+        raise InputError(f"study {parent.study_name} recorded no search space (made by an older version) and is not "
+                         f"a named study; it cannot be ablated")
+    registry.trusted_objective(space.study.objective, parent.study_name, objective)
     return registry.with_recorded_settings(space, parent)
 
 

@@ -30,8 +30,8 @@ def parent_seeds(study: optuna.Study) -> set[int]:
 @pytest.fixture(scope="module")
 def ablated(made):
     """`ablate abl --seeds 3` (one factor at a time), then `report abl`, once for this module."""
-    root, _, torch_home = made
-    result = run_cli("ablate", "abl", "--seeds", "3", cwd=root, torch_home=torch_home)
+    root, data, torch_home = made
+    result = run_cli("ablate", "abl", "--seeds", "3", "--data", str(data), cwd=root, torch_home=torch_home)
     assert result.returncode == 0, result.stderr
     report = run_cli("report", "abl", cwd=root)
     assert report.returncode == 0, report.stderr
@@ -62,7 +62,7 @@ def test_ablate_trains_every_variant_on_the_same_fresh_seeds(ablated):
     if best.get("fe_epochs"):
         assert f"pretrained=False (fe_epochs {best['fe_epochs']} -> unused)" in names
 
-    again = run_cli("ablate", "abl", "--seeds", "3", cwd=root, torch_home=torch_home)
+    again = run_cli("ablate", "abl", "--seeds", "3", "--data", str(root / "dr"), cwd=root, torch_home=torch_home)
     assert again.returncode == 0 and "already has" in again.stdout
     assert optuna.load_study(study_name="abl.ablation", storage=storage_of(root)).user_attrs["seeds"] == seeds
 
@@ -117,7 +117,7 @@ def test_ablation_csv_equals_the_storage(ablated):
 
 
 def test_refusals_are_one_line_and_write_nothing(made):
-    root, _, torch_home = made
+    root, data, torch_home = made
     legacy = optuna.create_study(study_name="abl.legacy", storage=storage_of(root))
     legacy.set_user_attr("seeds", 3)  # an ablation of the old ablate: seeds 0..2, no seed list
     legacy.add_trial(
@@ -143,16 +143,20 @@ def test_refusals_are_one_line_and_write_nothing(made):
         (("--pruner", "median"), "never prunes"),
         (("--retune", "nope"), "--retune nope: not a sampled parameter"),
         (("--study-name", "abl.legacy"), "optuna delete-study --study-name 'abl.legacy'"),
+        ((), "ran on a data folder of its own, not the embedded dataset: give --data DIR"),
     ):  # each a process that imports torch: the other refusals are in test_ablation_stats.py
-        result = run_cli("ablate", "abl", "--study-name", "abl.refused", *args, cwd=root, torch_home=torch_home)
+        data_args = ("--data", str(data)) if args else ()  # the stored folder is never read by itself
+        result = run_cli("ablate", "abl", "--study-name", "abl.refused", *args, *data_args, cwd=root,
+                         torch_home=torch_home)
         assert result.returncode == 2 and fragment in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert snapshot() == before
 
 
 def test_factorial_with_retune_then_report_of_a_named_ablation(made, tmp_path):
-    root, _, torch_home = made
+    root, data, torch_home = made
     result = run_cli("ablate", "abl", "--factors", "loss", "--seeds", "3", "--retune", "lr", "--retune-trials", "3",
+                     "--data", str(data),
                      "--study-name", "abl.retuned", cwd=root, torch_home=torch_home)
     assert result.returncode == 0, result.stderr
     url = storage_of(root)

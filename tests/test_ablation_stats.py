@@ -217,11 +217,13 @@ def test_retune_candidates_and_refusals(space):
 
 
 def stored_parent(tmp_path, space_text=SPACE):
-    """A parent study in a SQLite file, recorded as `run` records it (its space file and seeds)."""
+    """A parent study in a SQLite file, recorded as `run` records it (its space, file and seeds)."""
     (tmp_path / "tiny.toml").write_text(space_text)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     parent = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
     parent.set_user_attr("space_file", str(tmp_path / "tiny.toml"))
+    parent.set_user_attr("space_text", space_text)
+    parent.set_user_attr("space_hash", "recorded")
     for trial in parent_study([(BEST, 0.8, 3)]).trials:
         parent.add_trial(trial)
     return url

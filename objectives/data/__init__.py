@@ -24,7 +24,7 @@ from objectives.data.decode import (
     pixels_key,
     resize_all,
 )
-from objectives.data.embedded import EMBEDDED, Embedded, ensure_embedded
+from objectives.data.embedded import EMBEDDED, Embedded, embedded_root, ensure_embedded
 from objectives.data.inspect import ImageFacts, Inspection, inspect_dataset, render
 from objectives.data.layouts import (
     DR_CLASS_NAMES,
@@ -53,7 +53,8 @@ __all__ = [
     "Augment", "DatasetFiles", "DeviceBatches", "Embedded", "ImageFacts", "ImageSet", "ImageTable", "Inspection",
     "Layout", "Manifest", "Problem", "Splits",
     "cached_channel_stats", "channel_stats", "check_classes", "content_key", "decode_all", "decode_image",
-    "decode_table", "detect_layout", "ensure_embedded", "file_table", "find_dataset", "fit_square", "for_each",
+    "decode_table", "detect_layout", "embedded_root", "ensure_embedded", "file_table", "find_dataset", "fit_square",
+    "for_each",
     "group_ids", "grouped_split", "image_extensions", "inspect_dataset", "load_splits", "moments", "open_rgb",
     "pixels_key", "read_dataset", "render", "resize_all", "split_manifest", "stratified_split", "table_problems",
 ]

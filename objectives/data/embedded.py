@@ -17,11 +17,16 @@ from objectives.errors import InputError
 def ensure_embedded(name: str, data_dir: Path, *, train_images: int, test_images: int, seed: int = 0) -> Path:
     """Generate (once) the embedded dataset `name` under `data_dir` and return its folder,
     ``<stem>-<train_images>-<test_images>-seed<seed>``."""
+    root = embedded_root(name, data_dir, train_images=train_images, test_images=test_images, seed=seed)
+    return EMBEDDED[name].build(root, train_images, test_images, seed)
+
+
+def embedded_root(name: str, data_dir: Path, *, train_images: int, test_images: int, seed: int = 0) -> Path:
+    """The folder `ensure_embedded` generates the embedded dataset `name` in, without writing it:
+    a run checks its storage before it writes any file."""
     if name not in EMBEDDED:
         raise InputError(f"unknown embedded dataset {name!r}; known: {', '.join(EMBEDDED)}")
-    embedded = EMBEDDED[name]
-    root = data_dir / f"{embedded.stem}-{train_images}-{test_images}-seed{seed}"
-    return embedded.build(root, train_images, test_images, seed)
+    return data_dir / f"{EMBEDDED[name].stem}-{train_images}-{test_images}-seed{seed}"
 
 
 def _synthetic_fundus(root: Path, train_images: int, test_images: int, seed: int) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from objectives.errors import InputError
-from study.cli.common import add_data, add_device, add_layout, add_storage, check_layout, validated
+from study.cli.common import add_data, add_device, add_layout, add_objective, add_storage, check_layout, validated
 from study.space import PRUNERS
 from study.variants import DEFAULT_RETUNE_TRIALS, DEFAULT_SEEDS, check_retune_trials, check_seeds
 
@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_layout(parser)
     parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     add_device(parser)
+    add_objective(parser)
     parser.add_argument(
         "--pruner",
         type=no_pruning,
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         study_name=args.study_name,
         retune_trials=DEFAULT_RETUNE_TRIALS if args.retune_trials is None else args.retune_trials,
     )
-    opts = RunOptions(results_dir=args.results, storage_url=args.storage, data=args.data, layout=args.layout,
-                      timeout=args.timeout, device=args.device)
+    opts = RunOptions(objective=args.objective, results_dir=args.results, storage_url=args.storage, data=args.data,
+                      layout=args.layout, timeout=args.timeout, device=args.device)
     run_ablation(args.name, ablation, opts, Output())
     return 0

@@ -70,6 +70,16 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
+def add_objective(parser: argparse.ArgumentParser) -> None:
+    """--objective: the one way, besides a TOML file of the user's, to let a stored study import an
+    objective module that is not built in (a storage anyone can write never decides it alone)."""
+    parser.add_argument(
+        "--objective",
+        metavar="PACKAGE.MODULE",
+        help="allow a stored study to import this objective module of your own (must equal the one it recorded)",
+    )
+
+
 def add_storage(parser: argparse.ArgumentParser) -> None:
     """--storage and --results, which every command takes."""
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RESULTS/optuna.db)")

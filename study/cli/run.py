@@ -6,7 +6,16 @@ import argparse
 
 from objectives.errors import InputError
 from study import registry, storage
-from study.cli.common import add_data, add_device, add_layout, add_storage, at_least, check_layout
+from study.cli.common import (
+    add_data,
+    add_device,
+    add_layout,
+    add_objective,
+    add_storage,
+    at_least,
+    check_layout,
+    storage_url,
+)
 from study.space import PRUNERS, SearchSpace, parse_value
 
 DATA_HELP = ("dataset folder (DR lab CSVs, Kaggle trainLabels.csv, cifar-10-batches-py or train/<class>/<image>); "
@@ -31,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-space-change", action="store_true", help="continue a study whose search space or data changed"
     )
+    add_objective(parser)
     parser.add_argument("--no-cache", action="store_true", help="decode images in memory instead of the shared cache")
     parser.add_argument("--workers", type=at_least(1, "--workers"), default=1,
                         help="worker processes on this machine (one per GPU where there are several)")
@@ -63,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     check_layout(args)
     opts = RunOptions(
         space=space,
+        objective=args.objective,
         results_dir=args.results,
         study_name=args.study_name,
         storage_url=args.storage,
@@ -85,18 +96,22 @@ def run(args: argparse.Namespace) -> int:
 
 def space_or_stored(args: argparse.Namespace) -> SearchSpace:
     """The named study or TOML file `args.name`; where neither exists here (another machine, a
-    shared PostgreSQL study), the space a stored study of that name recorded, so it resumes as it ran."""
+    shared PostgreSQL study), the space a stored study of that name recorded, so it resumes as it ran.
+
+    Only "no such named study or file" looks in the storage: a file's own error (bad TOML, an
+    unknown key) is the user's to see. A stored space's objective must be built in or `--objective`."""
     try:
         return registry.resolve(args.name)
-    except InputError:
-        url = args.storage or storage.default_url(args.results)
+    except registry.UnknownStudy:
+        url = storage_url(args)
         if storage.sqlite_file(url) is not None and not storage.sqlite_file(url).exists():
             raise
         name = args.study_name or args.name
-        if name not in storage.study_names(storage.open_storage(url)):
+        store = storage.open_storage(url)
+        if name not in storage.study_names(store):
             raise InputError(f"unknown study {args.name!r}: not a named study, a .toml file or a study in "
                              f"{storage.mask(url)}") from None
-        recorded = registry.recorded_space(storage.load_study(name, storage.open_storage(url)))
+        recorded = registry.recorded_space(storage.load_study(name, store), objective=args.objective)
         if recorded is None:
             raise
         return recorded

@@ -17,9 +17,10 @@ from study.run.prepare import Prepared
 class DataCache:
     """Decoded splits per data part of a config (`config.data`): loaded once per process, shared by trials.
 
-    Every split a trial uses is written as a manifest into `manifest_dir` when first loaded:
-    ``split.csv`` for the study's own `split_seed`, ``split-<seed>.csv`` for any other (an
-    ablation's per-seed validation splits), so every trial's split can be checked.
+    Every split a trial uses is written as a manifest into `manifest_dir`: ``split.csv`` for the
+    study's own `split_seed`, ``split-<seed>.csv`` for any other (an ablation's per-seed validation
+    splits), so every trial's split can be checked. Nothing is written until the run has checked
+    that this data is its study's (`accept`): a refused run must leave the study's manifest as it was.
     """
 
     def __init__(self, module: ModuleType, source: DataSource, manifest_dir: Path, base_split_seed: int | None) -> None:
@@ -29,6 +30,8 @@ class DataCache:
         self.base_split_seed = base_split_seed
         self.loaded: dict[Hashable, Any] = {}
         self.hashes: dict[Hashable, str] = {}
+        self.pending: dict[str, str] = {}  # manifest file name -> CSV text, until `accept`
+        self.accepted = False
 
     def get(self, config: Any) -> Any:
         key = config.data
@@ -36,11 +39,20 @@ class DataCache:
             splits = self.module.load_data(key, self.source)
             if splits.manifest is not None:
                 seed = getattr(key, "split_seed", None)
-                name = "split.csv" if seed == self.base_split_seed else f"split-{seed}.csv"
-                atomic_write_text(self.manifest_dir / name, splits.manifest.csv_text())
+                self.pending["split.csv" if seed == self.base_split_seed else f"split-{seed}.csv"] = \
+                    splits.manifest.csv_text()
                 self.hashes[key] = splits.manifest.digest()
             self.loaded[key] = splits
+            if self.accepted:
+                self.accept()
         return self.loaded[key]
+
+    def accept(self) -> None:
+        """The run's checks passed: write the manifests loaded so far, and each later one as it loads."""
+        self.accepted = True
+        for name, text in self.pending.items():
+            atomic_write_text(self.manifest_dir / name, text)
+        self.pending.clear()
 
     def manifest_hash(self, config: Any) -> str | None:
         """sha256 of the manifest of `config`'s split (loaded first if needed); None without one."""
@@ -49,8 +61,8 @@ class DataCache:
 
 
 def load_data(prep: Prepared, out: Output) -> DataCache:
-    """Decode (or read the cache of) and validate every image before any study is written; write
-    the split manifest and warn where the data's own test split shares groups with train."""
+    """Decode (or read the cache of) and validate every image before any study is written; warn
+    where the data's own test split shares groups with train. The manifest is written on `accept`."""
     base = prep.base_config()
     data = DataCache(prep.module, prep.source, prep.folder(), flat(base).get("split_seed"))
     manifest = data.get(base).manifest

@@ -24,6 +24,7 @@ class RunOptions:
     workers: this process's torch threads, its index, and each worker's CUDA_VISIBLE_DEVICES."""
 
     space: SearchSpace | None = None
+    objective: str | None = None  # --objective: the module of the user's own a stored study may import
     results_dir: Path = Path("results")
     study_name: str | None = None
     storage_url: str | None = None

@@ -12,7 +12,7 @@ from types import ModuleType
 import torch
 
 from objectives.contract import DataSource
-from objectives.data import detect_layout, ensure_embedded
+from objectives.data import detect_layout, embedded_root, ensure_embedded
 from objectives.errors import InputError
 from objectives.models import missing_weights, weights_normalisation
 from study import registry, storage
@@ -37,6 +37,7 @@ class Prepared:
     checkpoint_every: float = CHECKPOINT_EVERY_S
     compile: bool = False
     trial_pages: bool = True
+    embedded: bool = False  # no --data: `provide_data` generates the embedded dataset at `source.root`
 
     def base_config(self) -> object:
         """The config of the fixed settings and pins (what every trial shares)."""
@@ -90,13 +91,8 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
     cache_dir = opts.results_dir / "cache" if opts.cache else None
     if opts.data is None:
         dataset = space.embedded.get("dataset", module.EMBEDDED_DATASET)
-        root = ensure_embedded(
-            dataset,
-            opts.results_dir / "data",
-            train_images=int(space.embedded.get("train_images", 800)),
-            test_images=int(space.embedded.get("test_images", 200)),
-        )
-        out.line(f"data: embedded dataset {dataset} ({root})")
+        root = embedded_root(dataset, opts.results_dir / "data", train_images=embedded_size(space)[0],
+                             test_images=embedded_size(space)[1])  # generated once the storage is checked
     else:
         root, dataset = opts.data, str(opts.data.resolve())
         out.line(f"data: {root} ({detect_layout(root, opts.layout)[0]} layout)")
@@ -113,7 +109,22 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
         checkpoint_every=opts.checkpoint_every,
         compile=opts.compile,
         trial_pages=opts.trial_pages,
+        embedded=opts.data is None,
     )
+
+
+def embedded_size(space: SearchSpace) -> tuple[int, int]:
+    """(train, test) images of the embedded dataset a run of `space` without --data uses."""
+    return int(space.embedded.get("train_images", 800)), int(space.embedded.get("test_images", 200))
+
+
+def provide_data(prep: Prepared, out: Output) -> None:
+    """Generate the embedded dataset where the run uses it (once: it is kept under results/data/);
+    called after the storage and the study in it were checked, since it writes files."""
+    if prep.embedded:
+        train, test = embedded_size(prep.space)
+        root = ensure_embedded(prep.dataset, prep.results_dir / "data", train_images=train, test_images=test)
+        out.line(f"data: embedded dataset {prep.dataset} ({root})")
 
 
 def check_writable(folder: Path) -> None:

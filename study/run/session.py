@@ -16,7 +16,7 @@ from study.run import loop
 from study.run.data import DataCache, load_data
 from study.run.options import RunOptions
 from study.run.output import Output, announce, print_summary
-from study.run.prepare import Prepared, prepare
+from study.run.prepare import Prepared, prepare, provide_data
 from study.run.samplers import make_pruner, make_sampler, pruner_settings, run_seed, sampler_settings
 from study.run.trainer import SearchObjective, TrialTrainer, artifact_store
 from study.run.workers import run_workers
@@ -31,7 +31,7 @@ class Session:
     def __init__(
         self,
         prep: Prepared,
-        data: DataCache,
+        data: DataCache | None,
         out: Output,
         *,
         store: optuna.storages.BaseStorage | None = None,
@@ -47,11 +47,18 @@ class Session:
         self._trainer: TrialTrainer | None = None
 
     @classmethod
-    def open(cls, opts: RunOptions, out: Output, *, store: optuna.storages.BaseStorage | None = None) -> Session:
-        """Check everything `opts` asks for and decode the data; nothing is written to the storage."""
+    def open(cls, opts: RunOptions, out: Output, *, store: optuna.storages.BaseStorage | None = None,
+             check: Callable[[Session], None] | None = None) -> Session:
+        """Check everything `opts` asks for, then `check` the storage (the study in it), and only
+        then generate and decode the data; nothing is written to the storage, and the split
+        manifests wait for the caller's `data.accept()` once the data is known to be the study's."""
         prep = prepare(opts, out)
-        data = load_data(prep, out)
-        return cls(prep, data, out, store=store, heartbeat=opts.heartbeat)
+        session = cls(prep, None, out, store=store, heartbeat=opts.heartbeat)
+        if check is not None:
+            check(session)
+        provide_data(prep, out)
+        session.data = load_data(prep, out)
+        return session
 
     @property
     def store(self) -> optuna.storages.BaseStorage:
@@ -73,18 +80,40 @@ class Session:
             self._trainer = TrialTrainer(self.prep, self.data, runtime, pages)
         return self._trainer
 
-    def study(self, name: str, direction: str | optuna.study.StudyDirection) -> optuna.Study:
-        """The study `name` in this session's storage, created if new."""
-        if isinstance(direction, optuna.study.StudyDirection):
-            direction = direction.name.lower()
-        return optuna.create_study(study_name=name, storage=self.store, direction=direction, load_if_exists=True)
+    def study(self, name: str, direction: str | optuna.study.StudyDirection,
+              ours: Callable[[optuna.Study], bool]) -> optuna.Study:
+        """The study `name` in this session's storage, created if new; an existing one only if it is
+        ours by `ours` and optimises in `direction` (`check_adoptable`)."""
+        return adopt(self.store, name, direction, ours, self.prep.storage_url)
+
+    def fingerprint(self) -> str:
+        return self.prep.space.fingerprint(config_defaults(self.prep.module.Config))
+
+    def check_search_study(self, allow_change: bool) -> None:
+        """Before any data is decoded or file written: the storage opens, and a search study of
+        this name already in it is ours (`check_adoptable`) and of this space (or `allow_change`)."""
+        prep = self.prep
+        if prep.study_name not in storage.study_names(self.store):
+            return
+        study = optuna.load_study(study_name=prep.study_name, storage=self.store)
+        check_adoptable(study, prep.space.study.direction, records.StudyRecord.is_ours, prep.storage_url)
+        recorded = records.StudyRecord.from_study(study)
+        if recorded.space_hash is not None and recorded.space_hash != self.fingerprint() and not allow_change:
+            raise self.changed()
+
+    def changed(self) -> InputError:
+        return InputError(
+            f"study {self.prep.study_name} was created with another search space, settings or dataset; "
+            f"fork it with --study-name NEW or accept the change with --allow-space-change"
+        )
 
     def search_study(self, allow_change: bool) -> optuna.Study:
         """The search study, recording what defines it when new (`records.StudyRecord`); one made
-        with another space, settings or dataset is refused unless `allow_change`."""
+        with another space, settings or dataset is refused unless `allow_change`. The split
+        manifests are written once that is settled."""
         prep = self.prep
-        study = self.study(prep.study_name, prep.space.study.direction)
-        fingerprint = prep.space.fingerprint(config_defaults(prep.module.Config))
+        study = self.study(prep.study_name, prep.space.study.direction, records.StudyRecord.is_ours)
+        fingerprint = self.fingerprint()
         recorded = records.StudyRecord.from_study(study)
         if recorded.space_hash is None:
             base = prep.base_config()
@@ -105,10 +134,8 @@ class Session:
                 shared_test_groups=len(manifest.shared_test_groups) if manifest is not None else None,
             ).write(study)
         elif (recorded.space_hash != fingerprint or not self.same_data(study)) and not allow_change:
-            raise InputError(
-                f"study {prep.study_name} was created with another search space, settings or dataset; "
-                f"fork it with --study-name NEW or accept the change with --allow-space-change"
-            )
+            raise self.changed()
+        self.data.accept()
         return study
 
     def same_data(self, study: optuna.Study) -> bool:
@@ -142,10 +169,51 @@ class Session:
         print_summary(study, self.prep.space.study.metric, self.prep.storage_url, self.out)
 
 
+def direction_name(direction: str | optuna.study.StudyDirection) -> str:
+    return direction.name.lower() if isinstance(direction, optuna.study.StudyDirection) else direction
+
+
+def adopt(store: optuna.storages.BaseStorage, name: str, direction: str | optuna.study.StudyDirection,
+          ours: Callable[[optuna.Study], bool], url: str) -> optuna.Study:
+    """The study `name`: created in `direction` if the storage has none, else loaded and checked
+    (`check_adoptable`): never a same-named study that this tool did not make."""
+    direction = direction_name(direction)
+    if name not in storage.study_names(store):
+        try:
+            return optuna.create_study(study_name=name, storage=store, direction=direction)
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # another worker created it a moment ago: load and check it like any other
+    study = optuna.load_study(study_name=name, storage=store)
+    check_adoptable(study, direction, ours, url)
+    return study
+
+
+def check_adoptable(study: optuna.Study, direction: str | optuna.study.StudyDirection,
+                    ours: Callable[[optuna.Study], bool], url: str) -> None:
+    """Refuse a same-named study this tool did not make: one that optimises in another direction
+    (its sampler would minimise what we maximise, and "best" would be the worst), or one that holds
+    trials without our record of what defines them (they would count toward the target and their
+    attributes be overwritten). A study with no trials is taken over: a crash between creating a
+    study and recording it leaves exactly that. Records can be forged by whoever can write to the
+    storage: this guards against accidents; code is guarded by `registry.trusted_objective`."""
+    direction = direction_name(direction)
+    where = f"study {study.study_name} in {storage.mask(url)}"
+    fork = "; choose another name with --study-name"
+    if len(study.directions) != 1:
+        raise InputError(f"{where} has {len(study.directions)} objectives, not made by this tool{fork}")
+    found = study.direction.name.lower()
+    if found != direction:
+        raise InputError(f"{where} is set to {found} its objective, this study would {direction} it: not made by "
+                         f"this study{fork}")
+    if study.get_trials(deepcopy=False) and not ours(study):
+        raise InputError(f"{where} holds trials that this tool did not record (no record of what defines them): not "
+                         f"made by this study{fork}")
+
+
 def run_study(opts: RunOptions, out: Output) -> optuna.Study:
     """Run (or resume) the search study until it holds the target number of finished trials: with
     `opts.workers` > 1 in that many worker processes, else here."""
-    session = Session.open(opts, out)
+    session = Session.open(opts, out, check=lambda s: s.check_search_study(opts.allow_space_change))
     prep = session.prep
     study = session.search_study(opts.allow_space_change)
     if opts.worker is None:
