@@ -7,13 +7,15 @@ file itself is renamed into place; a reader checks the file against it once per 
 handing out the array.
 
 Why CRC32 per chunk: the stdlib's `zlib.crc32` needs no dependency, catches every burst error up to
-32 bits and any zeroed or shifted region (this guards against damage, not an adversary: whoever can
-write the cache can write its sidecar), releases the GIL, so chunks are hashed on every core at
-once, and names the damaged region. Why the whole file up front, not each chunk as a batch first
-reads it: a mismatch found before the first trial is fixed by decoding again, one warning line;
-one found mid-epoch could only fail a trial that has already trained on some bad rows, and the
-rebuild would happen under arrays other workers have mapped. The up-front pass reads the file
-in order, which also fills the page cache the first epoch would otherwise fill in random order.
+32 bits and misses any other damage (a zeroed or shifted region) once in 2**32 (it guards against
+damage, not an adversary: whoever can write the cache can write its sidecar), releases the GIL, so
+chunks are hashed on every core at once, and names the damaged region.
+
+Why the whole file up front, not each chunk as a batch first reads it: a mismatch found before the
+first trial is fixed by decoding again, with one warning line; one found mid-epoch could only fail
+a trial that has already trained on some bad rows, and the rebuild would happen under arrays other
+workers have mapped. The up-front pass reads the file in order, which also fills the page cache
+the first epoch would otherwise fill in random order.
 
 Small files that are rewritten whole (the channel statistics) carry their checksum inside
 (`seal` / `unseal`): one file written atomically cannot fall out of step with itself.
