@@ -18,6 +18,7 @@ from objectives.data import (
     find_dataset,
     load_splits,
 )
+from objectives.data.checksum import seal
 from objectives.data.splits import stratified_split
 from objectives.errors import InputError
 
@@ -138,7 +139,9 @@ def test_channel_stats_are_cached_beside_the_decode_cache_per_split(dr_dir: Path
     assert first.mean == pytest.approx(direct.mean, abs=1e-12) and first.std == pytest.approx(direct.std, abs=1e-12)
     saved = list(cache.glob("*.stats-*.json"))
     assert len(saved) == 1
-    saved[0].write_text(json.dumps({"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5]}))
+    # a file with a valid checksum of its own, for these pixels, is read back, not recomputed
+    pixels = json.loads(saved[0].read_text())["pixels"]
+    saved[0].write_text(seal({"pixels": pixels, "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5]}))
     assert load_splits(files, image_size=32, val_fraction=0.25, split_seed=0, cache_dir=cache).mean == (0.1, 0.2, 0.3)
     other = load_splits(files, image_size=32, val_fraction=0.25, split_seed=1, cache_dir=cache)
     assert len(list(cache.glob("*.stats-*.json"))) == 2

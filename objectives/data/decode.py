@@ -2,7 +2,9 @@
 
 The cache lives under ``results/cache/``, one file per dataset table and image size, keyed by the
 files' names, sizes and mtimes (or by the pixels of an array dataset) and the size; every trial and
-every worker then reads it. The training rows' channel statistics are cached beside it.
+every worker then reads it. The training rows' channel statistics are cached beside it. Both are
+checksummed when written and checked before use (`objectives.data.checksum`); a damaged one is
+rebuilt after one warning line.
 Conversion to float, normalisation, random crops and flips happen per batch on the training
 device (`objectives.data.batches`), so an epoch costs what the model costs, not what JPEG
 decoding costs.
@@ -11,7 +13,6 @@ decoding costs.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from objectives.atomic import atomic_path, atomic_write_text, report_damaged
+from objectives.data.checksum import read_checksum, seal, sidecar, unseal, verify_fd, write_checksum
 from objectives.data.types import ImageSet, ImageTable
 from objectives.errors import InputError
 from objectives.progress import SILENT, Bar
@@ -115,10 +117,12 @@ def pixels_key(pixels: np.ndarray, size: int) -> str:
 
 def _cached(cache_dir: Path | None, key: str, shape: tuple[int, ...], fill: Callable[[np.ndarray], None],
             bar: Bar) -> np.ndarray:
-    """`fill` an array of `shape`, or read it from ``cache_dir/key.npy`` (memory-mapped).
+    """`fill` an array of `shape`, or read it from ``cache_dir/key.npy`` (memory-mapped), checked
+    against its checksum (`objectives.data.checksum`) before it is handed out.
 
-    The cache file is written atomically (`objectives.atomic`), so concurrent workers either see
-    a complete file or none (and at worst both build it, identically).
+    The cache file is written atomically (`objectives.atomic`), its checksum first, so concurrent
+    workers either see a complete file with its checksum or no file (and at worst both build it,
+    identically).
     """
     if cache_dir is None:
         out = np.empty(shape, np.uint8)
@@ -130,29 +134,56 @@ def _cached(cache_dir: Path | None, key: str, shape: tuple[int, ...], fill: Call
         if cached is not None:
             bar.update(shape[0])
             return cached
+    for _ in range(2):  # a second try only when another process replaced or removed the file just built
+        _build_cache(target, shape, fill)
+        cached = _read_cache(target, shape)
+        if cached is not None:
+            return cached
+    raise OSError(f"{target} changed while it was being built; is another worker decoding the same images differently "
+                  "(another Pillow)?")
+
+
+def _build_cache(target: Path, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]) -> None:
+    """Write ``target`` by `fill`, then its checksum, then rename it into place."""
     with atomic_path(target) as partial:
         array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
         fill(array)
         array.flush()
         del array
-    return np.load(target, mmap_mode="r")
+        write_checksum(partial, target)
 
 
 def _read_cache(target: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The cache file memory-mapped, or None (after one warning, the file removed) when its header
-    does not parse or its size, dtype or shape differ from what its key promises."""
+    """The cache file memory-mapped, or None (after one warning, the file and its checksum removed)
+    when its header does not parse, its dtype or shape differ from what its key promises, or its
+    bytes differ from its checksum or it has none: a header that parses over zeroed pixels would
+    otherwise train at chance."""
     try:
-        array = np.load(target, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as exc:  # a truncated file: "mmap length is greater than file size"
+        return _open_checked(target, shape)
+    except (OSError, ValueError, EOFError) as exc:  # a truncated file, a missing sidecar, a chunk that differs
         reason = str(exc) or type(exc).__name__
-    else:
-        if array.dtype == np.uint8 and array.shape == shape:
-            return array
-        reason = f"it holds {array.dtype} {array.shape}, its key promises uint8 {shape}"
-        del array
     report_damaged(target, reason, "decoding the images again")
     target.unlink(missing_ok=True)
+    sidecar(target).unlink(missing_ok=True)
     return None
+
+
+def _open_checked(target: Path, shape: tuple[int, ...]) -> np.memmap:
+    """``target`` memory-mapped after its header and its bytes are checked; ValueError says what is
+    wrong. The checksum is read first and one open file is both checked and mapped, so a worker
+    renaming a new version into place meanwhile cannot pair one version's bytes with another's check."""
+    expected = read_checksum(target)
+    with open(target, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        found, fortran, dtype = header(f)
+        if dtype != np.uint8 or tuple(found) != shape or fortran:
+            raise ValueError(f"it holds {dtype} {tuple(found)}, its key promises uint8 {shape}")
+        offset = f.tell()
+        problem = verify_fd(f.fileno(), expected)
+        if problem:
+            raise ValueError(problem)
+        return np.memmap(f, dtype=np.uint8, mode="r", shape=shape, offset=offset)
 
 
 def for_each(n: int, one: Callable[[int], None], bar: Bar = SILENT) -> None:
@@ -182,28 +213,52 @@ def channel_stats(images: ImageSet, chunk: int = 256) -> tuple[Triple, Triple]:
 def cached_channel_stats(images: ImageSet) -> tuple[Triple, Triple]:
     """`channel_stats`, kept in a small JSON file beside the decode cache the images come from
     (keyed by that file and the training rows, which depend on the split), so later trials and
-    workers do not read every training image again. Images not from a cache file are summed."""
+    workers do not read every training image again. Images not from a checked cache file are summed.
+
+    The file records the checksum of the pixels it was computed from and carries its own
+    (`objectives.data.checksum.seal`): statistics of a cache since rebuilt are computed again, and
+    a damaged or edited file is recomputed with one warning, as the cache itself is."""
     source = getattr(images.images, "filename", None)
-    if not source:
+    try:
+        pixels = read_checksum(Path(source)).digest if source else None
+    except ValueError:  # no cache file, or another worker is rebuilding it: sum, keep nothing
+        pixels = None
+    if pixels is None:
         return channel_stats(images)
     rows = hashlib.sha256(np.ascontiguousarray(images.index, dtype=np.int64).tobytes()).hexdigest()[:16]
     target = Path(source).with_name(f"{Path(source).stem}.stats-{rows}.json")
     if target.is_file():
         try:
-            saved = json.loads(target.read_text())
-            mean, std = (tuple(float(v) for v in saved[k]) for k in ("mean", "std"))
-            if len(mean) == len(std) == 3 and all(np.isfinite(mean + std)) and min(std) > 0:
-                return mean, std  # type: ignore[return-value]
-            reason = f"mean {list(mean)}, std {list(std)} are not 3 finite channels"
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-        report_damaged(target, reason, "computing the channel statistics again")
+            saved = _read_stats(target, pixels)
+        except ValueError as exc:
+            report_damaged(target, str(exc), "computing the channel statistics again")
+        else:
+            if saved is not None:
+                return saved
     mean, std = channel_stats(images)
     try:
-        atomic_write_text(target, json.dumps({"mean": mean, "std": std}))
+        atomic_write_text(target, seal({"pixels": pixels, "mean": mean, "std": std}))
     except OSError:
         pass  # a read-only cache still works, only slower
     return mean, std
+
+
+def _read_stats(target: Path, pixels: str) -> tuple[Triple, Triple] | None:
+    """The statistics saved in `target`, or None when they were computed from other pixels than
+    those of checksum `pixels` (the cache was rebuilt since); ValueError when the file is damaged."""
+    try:
+        saved = unseal(target.read_text())
+    except OSError as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+    if saved.get("pixels") != pixels:
+        return None
+    try:
+        mean, std = (tuple(float(v) for v in saved[k]) for k in ("mean", "std"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+    if len(mean) == len(std) == 3 and all(np.isfinite(mean + std)) and min(std) > 0:
+        return mean, std  # type: ignore[return-value]
+    raise ValueError(f"mean {list(mean)}, std {list(std)} are not 3 finite channels")
 
 
 def moments(total: np.ndarray, squares: np.ndarray, count: int) -> tuple[Triple, Triple]:
