@@ -93,6 +93,9 @@ class Session:
         """Before any data is decoded or file written: the storage opens, and a search study of
         this name already in it is ours (`check_adoptable`) and of this space (or `allow_change`)."""
         prep = self.prep
+        path = storage.sqlite_file(prep.storage_url)
+        if path is not None and not path.exists():
+            return  # a new SQLite file holds no study yet: created once the data has been read
         if prep.study_name not in storage.study_names(self.store):
             return
         study = optuna.load_study(study_name=prep.study_name, storage=self.store)
