@@ -6,7 +6,7 @@ import argparse
 
 from objectives.errors import InputError
 from study import registry, storage
-from study.cli.common import add_data, add_device, add_layout, add_storage, at_least, check_layout
+from study.cli.common import add_data, add_device, add_layout, add_storage, at_least, check_layout, positive_seconds
 from study.space import PRUNERS, SearchSpace, parse_value
 
 DATA_HELP = ("dataset folder (DR lab CSVs, Kaggle trainLabels.csv, cifar-10-batches-py or train/<class>/<image>); "
@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=at_least(1, "--trials"),
         help="target total of finished trials in the study (default: the TOML's)",
     )
-    parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    parser.add_argument("--timeout", type=positive_seconds("--timeout"),
+                        help="stop starting new trials after this many seconds")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
                         help="pin a setting or parameter (repeatable)")
     add_device(parser)
