@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -266,8 +267,9 @@ class SearchSpace:
 
         Each value is tried with the parameters it depends on (`when`) set as it needs, and the
         others at their default (where the space admits it), first or last value; it is refused
-        only where all three fail. Only `run` and `ablate` call this (through `check_config`):
-        a stored study stays readable by `report` and `list` whatever its ranges."""
+        only where all three fail. Only `run` and `ablate` call this (through `check_config`), not
+        the reading of a file or a stored space: a stored study stays readable by `report` and
+        `list` whatever its ranges."""
         base = {**self.fixed, **self.pinned}
         try:
             _build(config_cls, self.with_defaults(base))
@@ -277,7 +279,11 @@ class SearchSpace:
         for param in self.params:
             if param.name in self.pinned:
                 continue
-            for value in param.choices or param.bounds(base):
+            values = param.choices or param.bounds(base)
+            infinite = [b for b in values if param.choices is None and not math.isfinite(b)]
+            if infinite:
+                raise SpaceError(f"{self.path}: [space].{param.name}: bound {infinite[0]!r} is not a finite number")
+            for value in values:
                 failure = self._refusal(config_cls, param, value, defaults)
                 if failure:
                     raise SpaceError(f"{self.path}: [space].{param.name} = {value!r} would fail every trial that "

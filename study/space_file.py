@@ -3,7 +3,6 @@ every problem one line naming file, parameter and problem (`SpaceError`)."""
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -172,8 +171,8 @@ def _parse_param(name: str, spec: Any, where: str, fixed: Mapping[str, Any], ear
             match = _BOUND.match(bound)
             if not match or match.group(1) not in fixed:
                 raise SpaceError(f"{at}: bound {bound!r} must be a number or '<fixed setting> +/- <int>'")
-        elif isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
-            raise SpaceError(f"{at}: bound {bound!r} is not a finite number")
+        elif isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise SpaceError(f"{at}: bound {bound!r} is not a number")
     if not isinstance(log, bool):
         raise SpaceError(f"{at}: log must be true or false")
     if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):

@@ -6,8 +6,11 @@ search-space path that is a folder is one line. No training: everything here sto
 from __future__ import annotations
 
 import math
+import re
+import shutil
 from pathlib import Path
 
+import optuna
 import pytest
 
 from objectives import image_classifier
@@ -111,11 +114,39 @@ def test_values_are_tried_where_their_conditions_hold(tmp_path, space, fixed):
     load_space(space_file(tmp_path, space, fixed)).check_config(image_classifier.Config)
 
 
-@pytest.mark.parametrize("bound", ["inf", "nan", "-inf"])
-def test_a_bound_that_is_not_finite_is_refused_when_the_file_is_read(tmp_path, bound):
-    path = space_file(tmp_path, f"lr = {{ low = 1e-4, high = {bound} }}")
-    with pytest.raises(SpaceError, match=f"lr: bound {bound} is not a finite number"):
-        load_space(path)
+@pytest.mark.parametrize("low, high, bound", [("1e-4", "inf", "inf"), ("nan", "0.1", "nan"), ("-inf", "0.1", "-inf")])
+def test_a_bound_that_is_not_finite_is_refused_before_trial_one(tmp_path, low, high, bound):
+    path = space_file(tmp_path, f"lr = {{ low = {low}, high = {high} }}")
+    with pytest.raises(SpaceError, match=rf"\[space\].lr: bound {bound} is not a finite number"):
+        load_space(path).check_config(image_classifier.Config)
+
+
+def stored_with_bad_range(tmp_path: Path) -> Path:
+    """A study of tests/fixtures/recipe2_study whose recorded TOML now has lr in [0, inf]."""
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(ROOT / "tests" / "fixtures" / "recipe2_study" / "optuna.db", results / "optuna.db")
+    text = (ROOT / "tests" / "fixtures" / "recipe2_study" / "recipe2.toml").read_text()
+    text = re.sub(r"^lr *=.*$", "lr = { low = 0.0, high = inf }", text, flags=re.M)
+    study = optuna.load_study(study_name="recipe2", storage=f"sqlite:///{results / 'optuna.db'}")
+    study.set_user_attr("space_text", text)
+    return results
+
+
+def test_a_stored_study_whose_range_is_now_refused_stays_readable(tmp_path, capsys):
+    results = stored_with_bad_range(tmp_path)
+    study = optuna.load_study(study_name="recipe2", storage=f"sqlite:///{results / 'optuna.db'}")
+    space = registry.recorded_space(study)
+    assert space is not None and space.param("lr").bounds({}) == (0.0, INF)
+    assert cli.main(["list", "--results", str(results)]) == 0
+    assert "recipe2" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_stored_study_whose_range_is_now_refused_still_reports(tmp_path):
+    results = stored_with_bad_range(tmp_path)
+    assert cli.main(["report", "recipe2", "--results", str(results), "--format", "csv"]) == 0
+    assert (results / "recipe2" / "factors.csv").is_file()
 
 
 def one_line(capsys) -> str:
@@ -186,3 +217,9 @@ def test_two_classes_are_enough(tmp_path):
     root = write_dr_lab(tmp_path / "dr", [0] * 10 + [3] * 2, [0, 3], size=16)
     files = find_dataset(root)
     assert len(files.train) == 12 and math.isclose(float((files.train.labels == 3).mean()), 2 / 12)
+
+
+def test_ablate_timeout_must_be_positive(tmp_path, capsys):
+    assert cli.main(["ablate", "dr_focal", "--timeout", "-5", "--results", str(tmp_path / "results")]) == 2
+    assert "--timeout -5.0: must be a finite number of seconds > 0" in one_line(capsys)
+    assert not (tmp_path / "results").exists()
