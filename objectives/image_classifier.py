@@ -21,6 +21,7 @@ The defaults are a neutral generic recipe; a study states what its data needs:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from objectives.contract import DataSource, TrialContext
@@ -59,12 +60,20 @@ class DataConfig:
             raise ValueError(f"image_size must be >= 16, got {self.image_size}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction {self.val_fraction} must lie strictly between 0 and 1")
+        if self.split_seed < 0:
+            raise ValueError(f"split_seed must be >= 0, got {self.split_seed}")
         if len(self.norm_mean) != len(self.norm_std) or len(self.norm_mean) not in (0, 3) \
+                or not all(math.isfinite(v) for v in self.norm_mean + self.norm_std) \
                 or any(s <= 0 for s in self.norm_std):
-            raise ValueError("norm_mean and norm_std must both be empty or 3 values each, std > 0")
+            raise ValueError(f"norm_mean {list(self.norm_mean)} and norm_std {list(self.norm_std)} must both be empty "
+                             f"or 3 finite values each, std > 0")
         named = len(self.class_names)
         if self.num_classes < 0 or (self.num_classes and named and self.num_classes != named):
             raise ValueError(f"num_classes {self.num_classes} contradicts the {len(self.class_names)} class_names")
+        if self.num_classes == 1 or named == 1:
+            raise ValueError("a classifier needs at least 2 classes; num_classes and class_names name 1")
+        if len(set(self.class_names)) != named:
+            raise ValueError(f"class_names {list(self.class_names)} name a class twice")
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,9 @@ class TrainConfig:
     `step_size` 0 keeps the learning rate constant, else StepLR multiplies it by `step_gamma` every
     `step_size` epochs of a phase; `focal_gamma` / `focal_alpha` apply to ``loss = "focal"``;
     `crop_padding` is torchvision's RandomCrop(size, padding). A conditional parameter that is not
-    sampled takes its default here."""
+    sampled takes its default here. A value no trial can train with (lr 0 or NaN, momentum 1, ...)
+    fails here, so the study that holds it is refused before its first trial
+    (`study.space.SearchSpace.check_values`)."""
 
     arch: str = "resnet18"
     pretrained: bool = False
@@ -100,18 +111,25 @@ class TrainConfig:
             raise ValueError(f"arch {self.arch} has no pretrained weights; set pretrained = false")
         if self.loss not in LOSSES:
             raise ValueError(f"loss {self.loss!r} is not one of {', '.join(LOSSES)}")
-        if self.focal_gamma < 0:
-            raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
         if self.focal_alpha not in ALPHA_KINDS:
             raise ValueError(f"focal_alpha {self.focal_alpha!r} is not one of {', '.join(ALPHA_KINDS)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        if not 0 <= self.fe_epochs <= self.epochs:
-            raise ValueError(f"fe_epochs {self.fe_epochs} must lie in 0..epochs ({self.epochs})")
+        for name, ok, expected in (
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("fe_epochs", 0 <= self.fe_epochs <= self.epochs, f"in 0..epochs ({self.epochs})"),
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("step_size", self.step_size >= 0, ">= 0 (0: a constant learning rate)"),
+            ("step_gamma", math.isfinite(self.step_gamma) and self.step_gamma > 0, "a finite number > 0"),
+            ("focal_gamma", math.isfinite(self.focal_gamma) and self.focal_gamma >= 0, "a finite number >= 0"),
+            ("crop_padding", self.crop_padding >= 0, ">= 0"),
+            ("seed", 0 <= self.seed < 2**63, "in 0..2**63 - 1"),
+        ):
+            if not ok:
+                raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
         if self.fe_epochs and not self.pretrained:
             raise ValueError("fe_epochs > 0 freezes a randomly initialised backbone; set pretrained = true")
-        if self.step_size < 0 or self.step_gamma <= 0 or self.crop_padding < 0:
-            raise ValueError("step_size and crop_padding must be >= 0 and step_gamma > 0")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -245,7 +246,8 @@ class SearchSpace:
 
     def check_config(self, config_cls: type) -> None:
         """Every setting and parameter must be a setting of the objective's config, of its type
-        (and so is every factor [report] names: those are settings of the file)."""
+        (and so is every factor [report] names: those are settings of the file), and a value the
+        config accepts (`check_values`)."""
         hints = {name: s.hint for name, s in contract.settings(config_cls).items()}
         for name in sorted(self.names() | set(self.pinned)):
             if name not in hints:
@@ -256,6 +258,92 @@ class SearchSpace:
             for value in self.possible_values(name) or _range_samples(self.param(name)):
                 if not _has_type(value, hints[name]):
                     raise SpaceError(f"{self.path}: {name}: {value!r} is not of type {_type_name(hints[name])}")
+        self.check_values(config_cls)
+
+    def check_values(self, config_cls: type) -> None:
+        """The objective's config must accept the fixed settings and pins, and every sampled
+        parameter at each of its choices and both ends of its range: a value the config refuses
+        would fail every trial that samples it, so the study is refused before its first trial.
+
+        Each value is tried with the parameters it depends on (`when`) set as it needs, and the
+        others at their default (where the space admits it), first or last value; it is refused
+        only where all three fail. Only `run` and `ablate` call this (through `check_config`), not
+        the reading of a file or a stored space: a stored study stays readable by `report` and
+        `list` whatever its ranges."""
+        base = {**self.fixed, **self.pinned}
+        try:
+            _build(config_cls, self.with_defaults(base))
+        except (TypeError, ValueError) as exc:
+            raise SpaceError(f"{self.path}: {exc}") from None
+        defaults = {**config_defaults(config_cls), **self.defaults}
+        for param in self.params:
+            if param.name in self.pinned:
+                continue
+            values = param.choices or param.bounds(base)
+            infinite = [b for b in values if param.choices is None and not math.isfinite(b)]
+            if infinite:
+                raise SpaceError(f"{self.path}: [space].{param.name}: bound {infinite[0]!r} is not a finite number")
+            for value in values:
+                failure = self._refusal(config_cls, param, value, defaults)
+                if failure:
+                    raise SpaceError(f"{self.path}: [space].{param.name} = {value!r} would fail every trial that "
+                                     f"samples it: {failure}")
+
+    def _refusal(self, config_cls: type, param: Param, value: Any, defaults: Mapping[str, Any]) -> str:
+        """Why the config refuses `param` = `value` in every trial of the kinds `check_values`
+        tries; '' where one accepts it, or where no trial can sample it."""
+        forced = self._conditions(param, {param.name: value})
+        if forced is None:
+            return ""
+        failure = ""
+        for pick in ("default", "first", "last"):
+            values = self._values_at(forced, pick, defaults)
+            if values.get(param.name, _MISSING) is _MISSING:
+                return ""  # its `when` never holds
+            try:
+                _build(config_cls, self.with_defaults(values))
+                return ""
+            except (TypeError, ValueError) as exc:
+                failure = failure or str(exc)
+        return failure
+
+    def _conditions(self, param: Param, forced: dict[str, Any]) -> dict[str, Any] | None:
+        """`forced` plus the values `param`'s `when` (and theirs, recursively) needs of other
+        parameters; None where they contradict each other or a fixed setting or pin."""
+        for name, needed in param.when:
+            if name in self.fixed or name in self.pinned:
+                if {**self.fixed, **self.pinned}[name] != needed:
+                    return None
+                continue
+            if name in forced:
+                if forced[name] != needed:
+                    return None
+                continue
+            other = self.param(name)
+            if other is None:
+                return None
+            forced = self._conditions(other, {**forced, name: needed})
+            if forced is None:
+                return None
+        return forced
+
+    def _values_at(self, forced: Mapping[str, Any], pick: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings of a trial that samples `forced`, and for every other active parameter its
+        default where admitted (`pick` "default"), else its first or last value, as `suggest` would."""
+        values: dict[str, Any] = {**self.fixed, **self.pinned}
+        for p in self.params:
+            if not p.active(values):
+                values.pop(p.name, None)
+            elif p.name in forced:
+                values[p.name] = forced[p.name]
+            elif p.name not in self.pinned:
+                ends = p.choices or p.bounds(values)
+                default = defaults.get(p.name, _MISSING)
+                if pick == "default" and default is not _MISSING and p.admits(default, values):
+                    values[p.name] = default
+                else:
+                    values[p.name] = ends[-1] if pick == "last" else ends[0]
+        return values
 
 
 _MISSING = object()
@@ -287,15 +375,20 @@ def parse_value(raw: str) -> Any:
 def build_config(config_cls: type, values: Mapping[str, Any]) -> Any:
     """The frozen config of one trial from flat settings; ints widen to float settings, nothing
     else is coerced."""
+    try:
+        return _build(config_cls, values)
+    except (TypeError, ValueError) as exc:
+        raise SpaceError(f"invalid {config_cls.__module__} config: {exc}") from None
+
+
+def _build(config_cls: type, values: Mapping[str, Any]) -> Any:
+    """`build_config` with the objective's own TypeError or ValueError."""
     hints = {name: s.hint for name, s in contract.settings(config_cls).items()}
     kwargs = {
         k: float(v) if hints.get(k) is float and isinstance(v, int) and not isinstance(v, bool) else v
         for k, v in values.items()
     }
-    try:
-        return contract.build_config(config_cls, kwargs)
-    except (TypeError, ValueError) as exc:
-        raise SpaceError(f"invalid {config_cls.__module__} config: {exc}") from None
+    return contract.build_config(config_cls, kwargs)
 
 
 def _resolve_bound(bound: int | float | str | None, values: Mapping[str, Any]) -> int | float:

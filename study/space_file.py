@@ -50,6 +50,10 @@ def load_space(path: Path, name: str | None = None) -> SearchSpace:
         text = path.read_text()
     except FileNotFoundError:
         raise SpaceError(f"{path}: no such search-space file") from None
+    except IsADirectoryError:
+        raise SpaceError(f"{path}: a directory, not a search-space file") from None
+    except OSError as exc:
+        raise SpaceError(f"{path}: cannot read the search-space file ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise SpaceError(f"{path}: not valid TOML ({exc})") from None
     return load_space_text(text, path, name)

@@ -112,7 +112,7 @@ def test_a_schema1_study_keeps_its_fingerprint():
 
 
 def test_settings_are_checked_once_for_every_study():
-    with pytest.raises(SpaceError, match="focal_gamma must be >= 0"):
+    with pytest.raises(SpaceError, match="focal_gamma must be a finite number >= 0"):
         build_config(image_classifier.Config, {"focal_gamma": -1.0})
     with pytest.raises(SpaceError, match="fe_epochs > 0 freezes a randomly initialised backbone"):
         build_config(image_classifier.Config, {"fe_epochs": 1})

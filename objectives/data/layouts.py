@@ -106,9 +106,16 @@ def detect_layout(root: Path, layout: str | None = None) -> tuple[str, Path]:
 
 
 def table_problems(files: DatasetFiles) -> list[Problem]:
-    """Labels outside the classes and missing files, split by split (cheap: no image is read)."""
+    """Labels outside the classes, missing files, split by split, and training images of fewer
+    than two classes (a classifier of one class scores 1.0 and learns nothing); cheap: no image is read."""
     problems = []
     k = len(files.class_names)
+    present = np.unique(files.train.labels).tolist()
+    if len(present) < 2:
+        names = [files.class_names[c] if 0 <= c < k else str(c) for c in present]
+        found = f"one class ({_names(names)})" if names else "no class"
+        problems.append(Problem("classes", f"{files.root}: the dataset has {found} in its {len(files.train)} training "
+                                           f"images; a classifier needs at least two"))
     for split, table in files.tables():
         bad = np.flatnonzero((table.labels < 0) | (table.labels >= k))
         if bad.size:

@@ -6,7 +6,16 @@ from __future__ import annotations
 import argparse
 
 from objectives.errors import InputError
-from study.cli.common import add_data, add_device, add_layout, add_objective, add_storage, check_layout, validated
+from study.cli.common import (
+    add_data,
+    add_device,
+    add_layout,
+    add_objective,
+    add_storage,
+    check_layout,
+    positive_seconds,
+    validated,
+)
 from study.space import PRUNERS
 from study.variants import DEFAULT_RETUNE_TRIALS, DEFAULT_SEEDS, check_retune_trials, check_seeds
 
@@ -47,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study-name", help="store the ablation under this name (default: NAME.ablation)")
     add_data(parser, "dataset folder (default: the one the study ran on)")
     add_layout(parser)
-    parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    parser.add_argument("--timeout", type=positive_seconds("--timeout"),
+                        help="stop starting new trials after this many seconds")
     add_device(parser)
     add_objective(parser)
     parser.add_argument(

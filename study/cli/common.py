@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -41,13 +42,24 @@ def validated(parse: Callable[[str], T], check: Callable[[T], None]) -> Callable
 
 
 def at_least(low: T, flag: str, parse: Callable[[str], T] = int) -> Callable[[str], T]:
-    """An argparse `type`: a number >= `low`, else ``FLAG VALUE: must be >= LOW``."""
+    """An argparse `type`: a number >= `low` (not NaN), else ``FLAG VALUE: must be >= LOW``."""
 
     def check(value: T) -> None:
-        if value < low:
+        if not value >= low:
             raise InputError(f"{flag} {value}: must be >= {low}")
 
     return validated(parse, check)
+
+
+def positive_seconds(flag: str) -> Callable[[str], float]:
+    """An argparse `type`: a finite number of seconds > 0 (a limit of 0, a negative one or NaN
+    would end a run before its first trial), else ``FLAG VALUE: must be ...``."""
+
+    def check(value: float) -> None:
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"{flag} {value}: must be a finite number of seconds > 0")
+
+    return validated(float, check)
 
 
 def existing_dir(text: str) -> Path:

@@ -14,6 +14,7 @@ from study.cli.common import (
     add_storage,
     at_least,
     check_layout,
+    positive_seconds,
     storage_url,
 )
 from study.space import PRUNERS, SearchSpace, parse_value
@@ -31,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=at_least(1, "--trials"),
         help="target total of finished trials in the study (default: the TOML's)",
     )
-    parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    parser.add_argument("--timeout", type=positive_seconds("--timeout"),
+                        help="stop starting new trials after this many seconds")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
                         help="pin a setting or parameter (repeatable)")
     add_device(parser)

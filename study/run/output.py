@@ -16,10 +16,12 @@ from study import records, storage
 class Output:
     """Where progress goes: bars on a terminal, plain lines otherwise."""
 
-    def __init__(self, stream: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        self.err = err
-        self.bars = err.isatty()
+    def __init__(self, stream: TextIO | None = None, err: TextIO | None = None) -> None:
+        # the streams of the call, not of the import: the CLI called in-process after sys.stderr
+        # was replaced (a test's capture, a notebook) must not write to a stream since closed
+        self.stream = stream or sys.stdout
+        self.err = err or sys.stderr
+        self.bars = self.err.isatty()
 
     def line(self, text: str) -> None:
         tqdm.write(text, file=self.stream) if self.bars else print(text, file=self.stream, flush=True)
