@@ -105,7 +105,8 @@ def test_a_same_named_study_this_tool_did_not_make_is_refused_before_any_file(tm
     url = storage_with(tmp_path, "dr_focal", direction="minimize" if kind == "minimize" else "maximize",
                        record=False)
     before = files_under(tmp_path)
-    code, err = call(capsys, "run", "dr_focal", "--results", str(tmp_path / "results"), "--device", "cpu")
+    code, err = call(capsys, "run", "dr_focal", "--results", str(tmp_path / "results"), "--device", "cpu",
+                     "--set", "pretrained=false")
     assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
     assert files_under(tmp_path) == before  # no embedded data generated, no manifest, no cache
     study = optuna.load_study(study_name="dr_focal", storage=url)
