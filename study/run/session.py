@@ -71,9 +71,6 @@ class Session:
             )
             pages = TrialPages(artifact_store(self.prep.results_dir), enabled=self.prep.trial_pages)
             self._trainer = TrialTrainer(self.prep, self.data, runtime, pages)
-            retry = getattr(self.store, "get_heartbeat_stale_trial_callback", lambda: None)()
-            if isinstance(retry, storage.RetryAndNote):  # a dead worker's trial without retries: its checkpoint goes
-                retry.abandon = self._trainer.abandon
         return self._trainer
 
     def study(self, name: str, direction: str | optuna.study.StudyDirection) -> optuna.Study:
@@ -135,6 +132,9 @@ class Session:
         failed trials in a row that stop it, None for never)."""
         study.sampler = sampler
         study.pruner = pruner or optuna.pruners.NopPruner()
+        retry = getattr(self._store, "get_heartbeat_stale_trial_callback", lambda: None)()
+        if isinstance(retry, storage.RetryAndNote) and self._trainer is not None:
+            retry.abandon = self._trainer.abandon  # a dead worker's trial that no retry will resume: its checkpoint
         try:
             loop.optimize(study, objective, target=target, out=self.out, metric=self.prep.space.study.metric,
                           timeout=timeout, cuda=self.prep.device.type == "cuda", max_failures=max_failures,
