@@ -134,16 +134,27 @@ def fresh_study(url: str) -> None:
     optuna.create_study(study_name=STUDY, storage=store, direction="maximize").set_user_attr("metric", METRIC)
 
 
-def connections(url: str) -> int:
-    """Connections to the benchmark's database now (PostgreSQL's pg_stat_activity)."""
-    import sqlalchemy
+class Monitor:
+    """One connection, opened before the workers start (so never refused), that counts the
+    connections to the benchmark's database (PostgreSQL's pg_stat_activity) and reads settings."""
 
-    from study import storage
+    def __init__(self, url: str) -> None:
+        import sqlalchemy
 
-    engine = sqlalchemy.create_engine(storage.with_driver(url), poolclass=sqlalchemy.pool.NullPool)
-    with engine.connect() as connection:
-        return int(connection.execute(sqlalchemy.text(
-            "select count(*) from pg_stat_activity where datname = current_database()")).scalar()) - 1
+        from study import storage
+
+        self.text = sqlalchemy.text
+        engine = sqlalchemy.create_engine(storage.with_driver(url), poolclass=sqlalchemy.pool.NullPool)
+        self.connection = engine.connect()
+
+    def connections(self) -> int:
+        query = "select count(*) from pg_stat_activity where datname = current_database()"
+        count = int(self.connection.execute(self.text(query)).scalar())
+        self.connection.commit()
+        return count - 1  # not this one
+
+    def setting(self, name: str) -> str:
+        return str(self.connection.execute(self.text(f"show {name}")).scalar())
 
 
 def finished_now(study) -> tuple[int, dict[int, int]]:
@@ -231,6 +242,8 @@ def main() -> int:
           f"{args.epochs} epochs x {args.epoch_ms:g} ms, heartbeat {args.heartbeat} s "
           f"(grace {storage.GRACE_FACTOR * args.heartbeat} s)")
     fresh_study(args.url)
+    monitor = Monitor(args.url)
+    watched = optuna.load_study(study_name=STUDY, storage=args.url)  # before the workers take every slot
     command = [sys.executable, __file__, "--url", args.url, "--trials", str(args.trials), "--epochs", str(args.epochs),
                "--epoch-ms", str(args.epoch_ms), "--heartbeat", str(args.heartbeat)]
     started = time.perf_counter()
@@ -239,13 +252,15 @@ def main() -> int:
     victim: int | None = None
     killed: int | None = None
     peak = 0
-    watched = optuna.load_study(study_name=STUDY, storage=args.url)
     while any(child.poll() is None for child in children):
         time.sleep(0.5)
-        peak = max(peak, connections(args.url))
+        peak = max(peak, monitor.connections())
         if args.no_kill or killed is not None:
             continue
-        done, running = finished_now(watched)
+        try:
+            done, running = finished_now(watched)
+        except optuna.exceptions.StorageInternalError:  # no connection slot left: look again later
+            continue
         if done >= args.trials * 0.4 and running:
             index = random.choice(sorted(running))
             victim = kill_inside_a_trial(watched, children, index)
@@ -260,8 +275,8 @@ def main() -> int:
     trials = optuna.load_study(study_name=STUDY, storage=args.url).trials
     finished = sum(t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL for t in trials)
     worker_wall = sum(r["wall"] for r in reports)
-    print(f"workers' exit codes: {sorted(set(codes.values()))} (worker {killed} killed)" if killed is not None
-          else f"workers' exit codes: {sorted(set(codes.values()))}")
+    tally = ", ".join(f"{list(codes.values()).count(c)} x {c}" for c in sorted(set(codes.values())))
+    print(f"workers' exit codes: {tally}" + (f" (worker {killed} killed: -9)" if killed is not None else ""))
     print(f"trials: {len(trials)} in the study, {finished} finished, "
           f"{sum(t.state == optuna.trial.TrialState.FAIL for t in trials)} failed")
     print(f"wall: {wall:.1f} s; {finished / wall:.1f} finished trials/s")
@@ -270,8 +285,8 @@ def main() -> int:
           f"{sum(r['slept'] for r in reports) / worker_wall:.0%}; heartbeat threads "
           f"{sum(r['heartbeat'] for r in reports) / worker_wall:.1%} on the side; the rest is the workers' own "
           f"Python (start-up, sampler, loop) and waiting for a core)")
-    print(f"connections: peak {peak} to this database (max_connections {server_setting(args.url)}); each worker's "
-          f"engine pools up to 5 + 10 overflow (SQLAlchemy's default QueuePool) and uses one per thread")
+    print(f"connections: peak {peak} to this database (max_connections {monitor.setting('max_connections')}); "
+          f"each worker's engine pools up to 5 + 10 overflow (SQLAlchemy's default QueuePool) and uses one per thread")
     print(f"memory: {max(r['rss_mib'] for r in reports):.0f} MiB peak RSS per worker (no torch: "
           f"{'none imported it' if not any(r['torch'] for r in reports) else 'IMPORTED'})")
     if any(r["torch"] for r in reports):
@@ -280,16 +295,6 @@ def main() -> int:
         print(f"PROBLEM: {problem}")
     print("checks: " + ("all passed" if not problems else f"{len(problems)} failed"))
     return 1 if problems else 0
-
-
-def server_setting(url: str) -> str:
-    import sqlalchemy
-
-    from study import storage
-
-    engine = sqlalchemy.create_engine(storage.with_driver(url), poolclass=sqlalchemy.pool.NullPool)
-    with engine.connect() as connection:
-        return str(connection.execute(sqlalchemy.text("show max_connections")).scalar())
 
 
 if __name__ == "__main__":

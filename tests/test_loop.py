@@ -267,3 +267,19 @@ def test_every_command_takes_the_shared_flags(tmp_path):
     for command in (["list"], ["report", "s"], ["dashboard", "s"], ["run", "dr_focal"]):
         args = parser.parse_args([*command, "--storage", "sqlite:///y.db", "--results", "q"])
         assert args.storage == "sqlite:///y.db" and str(args.results) == "q"
+
+
+def test_a_trial_failed_by_another_workers_heartbeat_check_while_it_ran_here_is_one_warning():
+    """This worker stalled past the grace period (an overloaded machine): another worker failed
+    its trial and queued the retry; Optuna then refuses this worker's result. One warning, and
+    the loop goes on to the target."""
+    study = memory_study()
+
+    def stalled(trial: optuna.Trial) -> float:
+        if trial.number == 1:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # what the other worker does
+        return suggest(trial)
+
+    printed = run(study, stalled, 3)
+    assert states(study) == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert printed.count("study: warning: trial 1 was failed by another worker while it ran here") == 1

@@ -103,6 +103,12 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], *,
                 study.optimize(guarded, n_trials=1, timeout=left, callbacks=[after_trial], catch=(Exception,))
             except Exception as exc:
                 cause = environment_cause(exc)
+                if cause is None and current and failed_elsewhere(study, current[0]):
+                    out.warn(f"trial {current[0]} was failed by another worker while it ran here: this process sent "
+                             f"no heartbeat for longer than the grace period (an overloaded machine or a paused "
+                             f"process); its retry runs in the next worker that asks")
+                    current.clear()
+                    continue
                 if cause is None:
                     raise
                 # the storage failed outside the objective (asking, telling, reading the trials)
@@ -114,6 +120,15 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], *,
         raise EnvironmentFailed(environment_line(study, *environment[0]))
     if max_failures is not None and len(failures) >= max_failures:
         raise TrialsFailing(failing_line(study, failures, target))
+
+
+def failed_elsewhere(study: optuna.Study, number: int) -> bool:
+    """Whether trial `number`, which this process was running and had not told, is finished in the
+    storage: another worker's heartbeat check failed it (Optuna then refuses this process's tell)."""
+    try:
+        return any(t.number == number and t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    except Exception:  # noqa: BLE001 - the storage's own error is the one to report
+        return False
 
 
 def waiting_line(finished: int, target: int, running: list[int], stale_after_s: float | None) -> str:
