@@ -86,9 +86,8 @@ def work(url: str, index: int, target: int, epochs: int, epoch_ms: float, heartb
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     started = time.perf_counter()
-    store = storage.open_storage(url, heartbeat=heartbeat)
-    clock = StorageClock(store)
     slept = [0.0]
+    clock: list[StorageClock] = []
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
@@ -107,6 +106,8 @@ def work(url: str, index: int, target: int, epochs: int, epoch_ms: float, heartb
         return value
 
     def body() -> int:
+        store = storage.open_storage(url, heartbeat=heartbeat)  # as `run` opens it: a refusal is one line
+        clock.append(StorageClock(store))
         study = optuna.load_study(study_name=STUDY, storage=store, sampler=optuna.samplers.RandomSampler(seed=index),
                                   pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
         with open(os.devnull, "w") as quiet:
@@ -116,8 +117,9 @@ def work(url: str, index: int, target: int, epochs: int, epoch_ms: float, heartb
 
     code = exit_code(body)
     wall = time.perf_counter() - started
-    print(json.dumps({"index": index, "code": code, "wall": wall, "storage": clock.main, "heartbeat": clock.other,
-                      "calls": clock.calls, "slept": slept[0], "torch": "torch" in sys.modules,
+    timed = clock[0] if clock else StorageClock(None)
+    print(json.dumps({"index": index, "code": code, "wall": wall, "storage": timed.main, "heartbeat": timed.other,
+                      "calls": timed.calls, "slept": slept[0], "torch": "torch" in sys.modules,
                       "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
     return code
 
