@@ -18,18 +18,21 @@ from study.run.output import Output, describe
 
 MAX_FAILURES_IN_A_ROW = 5
 WAIT_S = 1.0  # how often a worker that waits for the last trials looks again
+NOTICE_S = 10.0  # a wait this long is said (the last trials of a healthy run end sooner; a dead worker's do not)
 
 
 def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], *, target: int, out: Output,
              metric: str, timeout: float | None = None, cuda: bool = False, wait_s: float = WAIT_S,
-             max_failures: int | None = MAX_FAILURES_IN_A_ROW, stale_after_s: float | None = None) -> None:
+             max_failures: int | None = MAX_FAILURES_IN_A_ROW, stale_after_s: float | None = None,
+             notice_s: float = NOTICE_S) -> None:
     """Run trials of `study` (its sampler and pruner as set) until it holds `target` finished ones,
     counting every worker's, or the timeout, or a grid sampler's last point, printing one line per
     trial.
 
     A trial is asked for only while finished + running < target; a worker that sees the remaining
-    trials already running waits (failing stale ones, whose retries it may then run), and says once
-    why (`stale_after_s`: how long after its last heartbeat a dead worker's trial is failed).
+    trials already running waits (failing stale ones, whose retries it may then run), and after
+    `notice_s` says once why (`stale_after_s`: how long after its last heartbeat a dead worker's
+    trial is failed).
     Workers that check at the same moment may each start one, so W workers end with at most
     target + W - 1 finished trials, every one trained.
 
@@ -79,7 +82,7 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], *,
             raise
 
     sampler = study.sampler
-    waiting = False  # whether this wait has been announced
+    waiting: float | None = None  # when this wait began; inf once it has been said
     with out.bar(target, f"trials of {study.study_name}", initial=records.count(study, FINISHED)) as bar:
         while not stopped and (deadline is None or time.monotonic() < deadline):
             try:
@@ -90,15 +93,16 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], *,
                 if finished >= target or exhausted:  # a grid runs each point once, failed ones too
                     break
                 if finished + len(running) >= target:
-                    if not waiting:
+                    waiting = time.monotonic() if waiting is None else waiting
+                    if time.monotonic() - waiting >= notice_s:
                         out.line(waiting_line(finished, target, running, stale_after_s))
-                        waiting = True
+                        waiting = float("inf")
                     with warnings.catch_warnings():  # "experimental" in Optuna 5; what its own optimize calls
                         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                         optuna.storages.fail_stale_trials(study)
                     time.sleep(wait_s)
                     continue
-                waiting = False
+                waiting = None
                 left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
                 study.optimize(guarded, n_trials=1, timeout=left, callbacks=[after_trial], catch=(Exception,))
             except Exception as exc:
