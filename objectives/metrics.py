@@ -9,14 +9,20 @@ the classes present in labels or predictions; quadratic weighted kappa over the 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the study's records read METRIC_NAMES in processes that never load torch
+    import torch
 
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "kappa")
 
 
 def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Counts on the tensors' own device (no host sync); rows are true classes."""
+    import torch
+
     flat = target.long() * num_classes + pred.long()
     # scatter_add_, not bincount: bincount on CUDA reads its input's min and max back to the host
     counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=flat.device)

@@ -148,7 +148,8 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
         {records.VARIANT: [v.name for v in found], records.SEED: list(plan.seeds)}, seed=0
     )
     session.optimize(study, _AblationObjective(study, configs, list(plan.seeds), split, session.trainer), target=target,
-                     sampler=sampler, pruner=make_pruner(session.prep.space), timeout=_left(deadline))
+                     sampler=sampler, pruner=make_pruner(session.prep.space), timeout=_left(deadline),
+                     max_failures=None)  # a failed cell (nan_loss) is a result; an environment error still stops
     session.summary(study)
     return study
 
@@ -245,7 +246,7 @@ def _retune(session: Session, name: str, variant: Variant, values: dict[str, Any
     target = len(retune["candidates"])
     if session.announce(study, target):
         session.optimize(study, _RetuneObjective(study, values, param, retune, split, session.trainer), target=target,
-                         sampler=grid, pruner=make_pruner(session.prep.space), timeout=timeout)
+                         sampler=grid, pruner=make_pruner(session.prep.space), timeout=timeout, max_failures=None)
     if not grid.is_exhausted(study):
         return None
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):

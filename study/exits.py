@@ -17,6 +17,8 @@ INPUT_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130  # 128 + SIGINT
 TERMINATED_EXIT = 143  # 128 + SIGTERM
 CUDA_ERROR_EXIT = 75  # EX_TEMPFAIL: this process cannot go on, a fresh one can resume the study
+ENVIRONMENT_EXIT = 74  # EX_IOERR: the results folder, the storage or the cache failed; fix it, then resume
+TRIALS_FAILING_EXIT = 1  # trials kept failing: the run stopped (see the reasons with `list` or `report`)
 
 
 class ExitError(Exception):
@@ -60,6 +62,21 @@ class CudaContextLost(ExitError):
         super().__init__(
             f"{detail}; this process can no longer use its GPU: run the same command again to resume the study"
         )
+
+
+class EnvironmentFailed(ExitError):
+    """The run's own environment failed (the results folder unwritable or full, the storage
+    unreachable, the cache unreadable): not the trial's fault, so the run stops instead of failing
+    trial after trial; the same command resumes once the environment is fixed."""
+
+    code = ENVIRONMENT_EXIT
+
+
+class TrialsFailing(ExitError):
+    """`MAX_FAILURES_IN_A_ROW` trials failed in a row (`study.run.loop`): the run stops, and says
+    so with a non-zero exit, so that a script or scheduler never takes it for a finished study."""
+
+    code = TRIALS_FAILING_EXIT
 
 
 class Terminated(KeyboardInterrupt):

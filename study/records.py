@@ -40,6 +40,7 @@ SECONDS = "seconds"  # wall time of `run` inside the trial
 RESUMED_FROM = "resumed_from"  # {"trial": n, "epoch": e}: the checkpoint this attempt continued
 RESUME_OF = "resume_of"  # set on a re-queued interrupted trial: the number of the one it re-runs
 INTERRUPTED = "interrupted"  # the fail reason of a trial stopped by Ctrl-C / SIGTERM
+HEARTBEAT = "heartbeat"  # the fail reason of a trial whose worker stopped sending heartbeats (killed, lost)
 
 
 def metrics_key(split: str) -> str:
@@ -170,6 +171,20 @@ class TrialWriter:
         for split, (loss, metrics, confusion) in evaluations.items():
             self.trial.set_user_attr(metrics_key(split), {"loss": loss, **metrics})
             self.trial.set_user_attr(confusion_key(split), confusion)
+
+
+def record_stale_failure(storage: optuna.storages.RDBStorage, trial_id: int) -> None:
+    """Record `HEARTBEAT` as the reason of a trial the heartbeat has just failed. Optuna fails it
+    before any callback runs and refuses attrs of a finished trial through its API, so the row is
+    written in Optuna's own table, in one transaction (a reason it inherited is replaced)."""
+    import json
+
+    from optuna.storages._rdb import models
+
+    table = models.TrialUserAttributeModel.__table__
+    with storage.engine.begin() as connection:
+        connection.execute(table.delete().where(table.c.trial_id == trial_id, table.c.key == FAIL_REASON))
+        connection.execute(table.insert().values(trial_id=trial_id, key=FAIL_REASON, value_json=json.dumps(HEARTBEAT)))
 
 
 @dataclass(frozen=True)

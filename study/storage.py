@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -90,27 +91,36 @@ def check_url(url: str) -> str:
 
 
 class RetryAndNote(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a trial whose worker stopped sending heartbeats, and that trial's
-    dashboard note, written by the worker that fails it (no other process knows it failed)."""
+    """Optuna's retry of a trial whose worker stopped sending heartbeats, its reason (`heartbeat`)
+    and its dashboard note, written by the worker that fails it (no other process knows it
+    failed). Its checkpoint goes to the retry, which resumes from it and then deletes it; where
+    the retries are used up nothing will resume it, so `abandon` (set by the process that runs
+    trials, which knows the results folder) deletes it here."""
 
     def __init__(self, max_retry: int) -> None:
-        super().__init__(max_retry=max_retry)
+        with warnings.catch_warnings():  # "experimental" in Optuna 5, and what heartbeats rely on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(max_retry=max_retry)
         self.max_retry = max_retry
         self.storage: RDBStorage | None = None  # set once the storage that calls this exists
+        self.abandon: Callable[[str, int], None] | None = None  # (study name, trial number): delete its checkpoint
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         attempts = len(trial.system_attrs.get("retry_history", [])) + 1  # as Optuna counts them (before it appends)
         super().__call__(study, trial)
         if self.storage is None:
             return
-        from study import trial_pages
+        from study import records, trial_pages
 
         retried = attempts <= self.max_retry
         try:
+            records.record_stale_failure(self.storage, trial._trial_id)
+            if not retried and self.abandon is not None:
+                self.abandon(study.study_name, trial.number)
             text = trial_pages.heartbeat_note(trial, study.user_attrs.get("metric", "value"), retried)
             trial_pages.save_note(study, self.storage, trial.number, text)
-        except Exception as exc:  # noqa: BLE001 - a note must not stop the retry bookkeeping
-            print(f"study: warning: trial {trial.number}'s dashboard note: {type(exc).__name__}: {exc}",
+        except Exception as exc:  # noqa: BLE001 - the bookkeeping must not stop the retry (already queued)
+            print(f"study: warning: trial {trial.number}'s failure record: {type(exc).__name__}: {exc}",
                   file=sys.stderr)
 
 

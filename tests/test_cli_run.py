@@ -260,3 +260,21 @@ def test_cuda_requested_without_cuda(tmp_path: Path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     one_line_error(run_cli("run", "dr_focal", "--device", "cuda", cwd=tmp_path), "--device cuda: no CUDA device")
+
+
+def test_five_failed_trials_in_a_row_end_run_with_exit_1_and_one_summary_line(tmp_path: Path, dr_dir: Path):
+    """A recipe whose every trial diverges: the run stops after five and says so with a non-zero
+    exit, never 0 as if the study were done."""
+    space = tmp_path / "diverge.toml"
+    space.write_text(
+        '[study]\nobjective = "dr_focal"\nsampler = "random"\npruner = "none"\ntrials = 20\n'
+        '[fixed]\nepochs = 1\nbatch_size = 16\nimage_size = 32\narch = "resnet18"\npretrained = false\n'
+        '[space]\nlr = { low = 1e29, high = 1e30, log = true }\n'
+    )
+    result = run_cli("run", str(space), "--data", str(dr_dir), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("study: error: 5 trials failed in a row (trials 0-4; last: nan_loss)")
+    assert "0 of 20 trials finished" in lines[0]
+    assert [t.state for t in load(tmp_path / "results", "diverge").trials] == [TrialState.FAIL] * 5

@@ -182,6 +182,9 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_from_checkpoint(
     assert resumed["trial"] == 0 and resumed["epoch"] >= 1
     assert retry.user_attrs["curves"]["epoch"] == [1, 2, 3, 4, 5]
     assert retry.user_attrs.get("fail_reason") is None
+    assert study.trials[0].user_attrs["fail_reason"] == "heartbeat"  # not a silent FAIL
+    assert not (tmp_path / "results" / "checkpoints" / "w" / "trial0.pt").exists()  # the retry used it up
+    assert "Warning" not in again.stderr, again.stderr  # Optuna's ExperimentalWarning, torch's UserWarnings
     # the worker that failed the dead trial wrote its dashboard note; the retry has its own page
     store = storage_module.open_storage(storage)
     dead_note = trial_pages.read_note(study, store, 0)
@@ -212,3 +215,21 @@ def test_results_folder_that_cannot_be_written(tmp_path: Path, dr_dir: Path):
         "run", str(space_file(tmp_path)), "--data", str(dr_dir), "--results", str(blocker / "results"), cwd=tmp_path
     )
     one_line(result, "cannot write there")
+
+
+def test_a_results_folder_that_breaks_mid_run_stops_it_with_one_line_and_exit_74(tmp_path: Path, dr_dir: Path):
+    """The checkpoints' folder unusable (here a file stands where it goes; a full or read-only
+    disk fails the same way): trial 0 fails at its first checkpoint, and the run stops there
+    instead of failing every trial and exiting 0."""
+    blocker = tmp_path / "results" / "checkpoints" / "w"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
+    result = run_cli("run", str(space_file(tmp_path)), "--data", str(dr_dir), "--trials", "3",
+                     "--checkpoint-every", "0", cwd=tmp_path)
+    assert result.returncode == 74, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("study: error: the run's environment failed in trial 0 (")
+    assert "trial 0 is recorded as failed" in lines[0]
+    study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path / 'results' / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.FAIL]

@@ -17,9 +17,11 @@ def checkpoint_file(folder: Path, number: int) -> Path:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Atomically (`objectives.atomic`): a kill mid-write leaves the previous epoch's."""
-    with atomic_path(path) as partial:
-        torch.save(state, partial)
+    """Atomically (`objectives.atomic`): a kill mid-write leaves the previous epoch's. Through a
+    Python file, so a full or read-only disk raises OSError (torch's own writer of a path raises
+    a RuntimeError, which would pass for the trial's failure, `failures.is_environment`)."""
+    with atomic_path(path) as partial, partial.open("wb") as file:
+        torch.save(state, file)
 
 
 # what `objectives.train.fit` saves and resumes from

@@ -1,10 +1,18 @@
-"""What a failed trial records as its reason, and exceptions made safe to keep."""
+"""What a failed trial records as its reason, which errors are the environment's rather than the
+trial's, and exceptions made safe to keep.
+
+Importing this module imports no torch (a plug-in objective that does not use it never loads it):
+an exception of torch, or of `objectives.train`, can only exist once its module is loaded, so
+each check looks for the module in `sys.modules` first.
+"""
 
 from __future__ import annotations
 
-import torch
+import errno
+import sys
 
-from objectives.train import Diverged
+import optuna
+import sqlalchemy.exc
 
 CUDA_OOM = "cuda_oom"
 CUDA_ERROR = "cuda_error"  # a sticky CUDA error: the process's CUDA context is unusable
@@ -46,9 +54,10 @@ def failure_reason(exc: BaseException) -> str:
     first line. CUDA errors reach Python as `torch.AcceleratorError` (with the cudaError_t in
     `error_code`) or, from cuBLAS/cuDNN checks, as a plain RuntimeError with the status in its
     message."""
-    if isinstance(exc, Diverged):
+    train, torch = sys.modules.get("objectives.train"), sys.modules.get("torch")
+    if train is not None and isinstance(exc, train.Diverged):
         return exc.reason
-    if isinstance(exc, torch.OutOfMemoryError):
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
         return CUDA_OOM
     if isinstance(exc, RuntimeError):
         code, text = getattr(exc, "error_code", None), str(exc)
@@ -58,6 +67,31 @@ def failure_reason(exc: BaseException) -> str:
             return CUDA_ERROR
     text = first_line(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def is_environment(exc: BaseException) -> bool:
+    """Whether `exc` is an error of the run's own environment, not of the trial: any OSError (a
+    results folder or cache that is read-only, full, gone or failing; a full disk surfaces as
+    ENOSPC, EDQUOT, EROFS, EIO, EACCES) except ENOMEM, which a trial's own size causes like
+    `cuda_oom`; or an error of the storage (SQLAlchemy's, or Optuna's StorageInternalError that
+    wraps them). Another trial would fail the same way, so the run stops (`study.run.loop`)."""
+    if isinstance(exc, OSError):
+        return exc.errno != errno.ENOMEM
+    return isinstance(exc, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError))
+
+
+def environment_cause(exc: BaseException) -> BaseException | None:
+    """The error of the environment (`is_environment`) that `exc` is or that led to it, following
+    its cause and context: an error of Optuna's own bookkeeping can hide the storage's (Optuna 5's
+    `_run_trial` ends in UnboundLocalError when the storage fails both telling and reading a trial)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if is_environment(link):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
 
 
 def first_line(exc: BaseException) -> str:

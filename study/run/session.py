@@ -157,13 +157,18 @@ class Session:
 
     def optimize(self, study: optuna.Study, objective: Callable[[optuna.Trial], float], *, target: int,
                  sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner | None = None,
-                 timeout: float | None = None) -> None:
-        """Run `objective`'s trials of `study` up to `target` (`loop.optimize`)."""
+                 timeout: float | None = None, max_failures: int | None = loop.MAX_FAILURES_IN_A_ROW) -> None:
+        """Run `objective`'s trials of `study` up to `target` (`loop.optimize`; `max_failures`:
+        failed trials in a row that stop it, None for never)."""
         study.sampler = sampler
         study.pruner = pruner or optuna.pruners.NopPruner()
+        retry = getattr(self._store, "get_heartbeat_stale_trial_callback", lambda: None)()
+        if isinstance(retry, storage.RetryAndNote) and self._trainer is not None:
+            retry.abandon = self._trainer.abandon  # a dead worker's trial that no retry will resume: its checkpoint
         try:
             loop.optimize(study, objective, target=target, out=self.out, metric=self.prep.space.study.metric,
-                          timeout=timeout, cuda=self.prep.device.type == "cuda")
+                          timeout=timeout, cuda=self.prep.device.type == "cuda", max_failures=max_failures,
+                          stale_after_s=storage.GRACE_FACTOR * self._heartbeat)
         finally:
             if self._trainer is not None:
                 self._trainer.pages.close()  # the last trials' figures and notes

@@ -51,12 +51,20 @@ class TrialTrainer:
         self.runtime = runtime
         self.pages = pages
 
+    def checkpoints(self, study_name: str) -> Path:
+        return self.prep.results_dir / "checkpoints" / safe_name(study_name)
+
+    def abandon(self, study_name: str, number: int) -> None:
+        """Delete the checkpoint of a trial that nothing will resume (its heartbeat retries used up)."""
+        _delete([checkpoint_file(self.checkpoints(study_name), number)])
+
     def __call__(self, study: optuna.Study, trial: optuna.Trial, values: dict[str, Any]) -> float:
         settings = self.prep.space.study
         writer = TrialWriter(trial)
         reporter = Reporter(trial, settings.metric)
-        folder = self.prep.results_dir / "checkpoints" / safe_name(study.study_name)
+        folder = self.checkpoints(study.study_name)
         own = checkpoint_file(folder, trial.number)
+        spent: list[Path] = [own]  # checkpoints to delete once this attempt ends (the one it resumed too)
         writer.clear_failure()
         recorded: dict[str, Any] = {}
         page = functools.partial(Page, study.study_name, trial.number, metric=settings.metric,
@@ -70,27 +78,31 @@ class TrialTrainer:
             writer.config(recorded)
             splits = self.data.get(config)
             writer.data(splits.class_names, self.data.manifest_hash(config) if splits.manifest is not None else None)
-            resume = resume_state(TrialRecord.from_trial(stored(study, trial)), folder, writer, reporter)
+            record = TrialRecord.from_trial(stored(study, trial))
+            if record.origin is not None:
+                spent.append(checkpoint_file(folder, record.origin))
+            resume = resume_state(record, folder, writer, reporter)
             context = TrialContext(self.runtime, reporter, settings.metric, settings.direction == "maximize",
-                                   Checkpointing(save=lambda state: save_checkpoint(state, own), resume=resume,
+                                   Checkpointing(save=functools.partial(_save, own, spent), resume=resume,
                                                  every_s=self.prep.checkpoint_every))
             started = time.perf_counter()
             result = self.prep.module.run(config, splits, context)
         except optuna.TrialPruned as exc:
             reason = f"the {settings.pruner} pruner stopped it {exc}".rstrip()
             self.pages.attach(trial, page("PRUNED", config=recorded, reason=reason, curves=dict(reporter.curves)))
-            own.unlink(missing_ok=True)
+            _delete(spent)
             raise without_frames(exc)
         except KeyboardInterrupt:
             writer.failed(INTERRUPTED)  # the checkpoint stays: `run` resumes it
             raise
         except Exception as exc:
+            _delete(spent)  # a failed trial is never resumed (an environment error stops the run: `loop`)
             reason = failure_reason(exc)
             writer.failed(reason)
             self.pages.attach(trial, page("FAIL", config=recorded, reason=f"{reason}: {first_line(exc)}",
                                           curves=dict(reporter.curves)))
             raise without_frames(exc)
-        own.unlink(missing_ok=True)
+        _delete(spent)
         seconds = time.perf_counter() - started
         evaluations = {split: (evaluation.loss, evaluation.metrics, evaluation.confusion)
                        for split, evaluation in (("val", result.val), ("test", result.test))}
@@ -100,6 +112,23 @@ class TrialTrainer:
                                       test=metrics["test"], curves=result.curves, confusion=result.test.confusion,
                                       class_names=list(splits.class_names), seconds=seconds))
         return metric_value(result.val.loss, result.val.metrics, settings.metric)
+
+
+def _save(own: Path, spent: list[Path], state: dict) -> None:
+    """Save this attempt's checkpoint; the one it resumed from (a heartbeat retry's or an
+    interrupted trial's origin, ~300 MB for a ResNet50) is then superseded and deleted."""
+    save_checkpoint(state, own)
+    _delete(spent[1:])
+
+
+def _delete(paths: list[Path]) -> None:
+    """Remove checkpoints no attempt will resume; one that cannot be removed is left (a full or
+    read-only disk is reported where it matters, when a checkpoint is written)."""
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def trial_seed(study: optuna.Study, trial: optuna.Trial, base: int) -> int:
