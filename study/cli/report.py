@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from study import records, storage, tables
+from study import paths, records, storage, tables
 from study.cli.common import add_storage, storage_url
 
 
@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         default = args.name + records.ABLATION_SUFFIX
         ablation = storage.load_study(default, store) if default in storage.study_names(store) else None
-    result = build_report(study, args.out or args.results / args.name, args.format, storage.mask(url), ablation)
+    out = args.out or paths.study_folder(args.results, args.name)
+    result = build_report(study, out, args.format, storage.mask(url), ablation)
     save_note(study, result.summary)
     print(result.markdown)
     return 0

@@ -19,7 +19,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives.errors import InputError
-from study import figures, tables
+from study import figures, paths, tables
 from study.records import METRICS, AblationRecord, StudyRecord, Summary, TrialRecord
 from study.report.ablation import ablation_table
 from study.report.frames import (
@@ -145,7 +145,7 @@ def _best_trials_section(picked: dict[str, FrozenTrial], metric: str, out: Path)
         if confusion:
             title = f"{label}: trial {trial.number}, test (row-normalised)"
             names = record.class_names or [str(i) for i in range(len(confusion))]
-            path = figures.confusion_figure(confusion, names, title, out / f"confusion_{label}.png")
+            path = figures.confusion_figure(confusion, names, title, paths.figure_file(out, f"confusion_{label}"))
             files.append(path)
             figure_lines.append(f"![{label}]({path.name})")
     labels: dict[int, list[str]] = {}

@@ -4,6 +4,7 @@ re-runs a trial (a heartbeat retry or a re-queued interrupted trial)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -11,9 +12,17 @@ from objectives.atomic import atomic_path, report_damaged
 from study.records import TrialRecord, TrialWriter
 from study.run.reporter import Reporter
 
+OWNER = "owner"  # {"study": name, "trial": number}: whose checkpoint it is
+
 
 def checkpoint_file(folder: Path, number: int) -> Path:
     return folder / f"trial{number}.pt"
+
+
+def checkpoint_owner(study_name: str, number: int) -> dict[str, Any]:
+    """What a checkpoint records of the trial that saved it: a checkpoint found in a shared or
+    copied results folder is resumed only by the trial it names (`resume_state`)."""
+    return {"study": study_name, "trial": number}
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -45,9 +54,12 @@ def read_checkpoint(path: Path) -> tuple[dict | None, str]:
     return state, ""
 
 
-def resume_state(record: TrialRecord, folder: Path, writer: TrialWriter, reporter: Reporter) -> dict | None:
+def resume_state(record: TrialRecord, folder: Path, writer: TrialWriter, reporter: Reporter,
+                 study_name: str) -> dict | None:
     """The checkpoint of the attempt this trial re-runs, with its epochs re-reported to Optuna so
-    the pruner and the curves continue where that attempt stopped; None to start at epoch 1."""
+    the pruner and the curves continue where that attempt stopped; None to start at epoch 1.
+    A checkpoint that names another study or trial (copied, planted, or saved before checkpoints
+    named their owner) is not loaded: `weights_only` keeps code out, not someone else's weights."""
     origin = record.origin
     path = checkpoint_file(folder, origin) if origin is not None else None
     if path is None or not path.is_file():
@@ -56,6 +68,12 @@ def resume_state(record: TrialRecord, folder: Path, writer: TrialWriter, reporte
     if state is None:
         report_damaged(path, damage, f"trial {writer.trial.number} restarts from epoch 1")
         path.unlink(missing_ok=True)
+        return None
+    owner = state.get(OWNER)
+    if owner != checkpoint_owner(study_name, origin):
+        whose = (f"it belongs to study {owner.get('study')!r} trial {owner.get('trial')!r}"
+                 if isinstance(owner, dict) else "it does not say which study and trial it belongs to")
+        report_damaged(path, whose, f"trial {writer.trial.number} restarts from epoch 1 (the file is left as it is)")
         return None
     writer.resumed(origin, int(state["epoch"]))
     rows = [dict(zip(state["curves"], values)) for values in zip(*state["curves"].values())]

@@ -15,7 +15,7 @@ from objectives.contract import DataSource
 from objectives.data import detect_layout, embedded_root, ensure_embedded
 from objectives.errors import InputError
 from objectives.models import missing_weights, weights_normalisation
-from study import registry, storage
+from study import paths, registry, storage
 from study.run.options import CHECKPOINT_EVERY_S, RunOptions
 from study.run.output import Output
 from study.space import SearchSpace, build_config
@@ -45,13 +45,7 @@ class Prepared:
 
     def folder(self, kind: str | None = None) -> Path:
         """results/<study> (the split manifests), or results/<kind>/<study> (checkpoints)."""
-        base = self.results_dir if kind is None else self.results_dir / kind
-        return base / safe_name(self.study_name)
-
-
-def safe_name(name: str) -> str:
-    """A study name as a folder name."""
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+        return paths.study_folder(self.results_dir, self.study_name, kind)
 
 
 def resolve_device(name: str) -> torch.device:

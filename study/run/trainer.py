@@ -14,11 +14,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives.contract import TrialContext, flat
 from objectives.train import Checkpointing, Runtime
+from study import paths
 from study.records import INTERRUPTED, TrialRecord, TrialWriter
-from study.run.checkpoints import checkpoint_file, resume_state, save_checkpoint
+from study.run.checkpoints import OWNER, checkpoint_file, checkpoint_owner, resume_state, save_checkpoint
 from study.run.data import DataCache
 from study.run.failures import failure_reason, first_line, without_frames
-from study.run.prepare import Prepared, safe_name
+from study.run.prepare import Prepared
 from study.run.reporter import Reporter
 from study.space import build_config
 from study.trial_pages import Page, TrialPages
@@ -52,7 +53,7 @@ class TrialTrainer:
         self.pages = pages
 
     def checkpoints(self, study_name: str) -> Path:
-        return self.prep.results_dir / "checkpoints" / safe_name(study_name)
+        return paths.study_folder(self.prep.results_dir, study_name, "checkpoints")
 
     def abandon(self, study_name: str, number: int) -> None:
         """Delete the checkpoint of a trial that nothing will resume (its heartbeat retries used up)."""
@@ -81,9 +82,10 @@ class TrialTrainer:
             record = TrialRecord.from_trial(stored(study, trial))
             if record.origin is not None:
                 spent.append(checkpoint_file(folder, record.origin))
-            resume = resume_state(record, folder, writer, reporter)
+            resume = resume_state(record, folder, writer, reporter, study.study_name)
+            owner = checkpoint_owner(study.study_name, trial.number)
             context = TrialContext(self.runtime, reporter, settings.metric, settings.direction == "maximize",
-                                   Checkpointing(save=functools.partial(_save, own, spent), resume=resume,
+                                   Checkpointing(save=functools.partial(_save, own, spent, owner), resume=resume,
                                                  every_s=self.prep.checkpoint_every))
             started = time.perf_counter()
             result = self.prep.module.run(config, splits, context)
@@ -114,10 +116,11 @@ class TrialTrainer:
         return metric_value(result.val.loss, result.val.metrics, settings.metric)
 
 
-def _save(own: Path, spent: list[Path], state: dict) -> None:
-    """Save this attempt's checkpoint; the one it resumed from (a heartbeat retry's or an
-    interrupted trial's origin, ~300 MB for a ResNet50) is then superseded and deleted."""
-    save_checkpoint(state, own)
+def _save(own: Path, spent: list[Path], owner: dict[str, Any], state: dict) -> None:
+    """Save this attempt's checkpoint, marked with the study and trial it belongs to; the one it
+    resumed from (a heartbeat retry's or an interrupted trial's origin, ~300 MB for a ResNet50) is
+    then superseded and deleted."""
+    save_checkpoint({**state, OWNER: owner}, own)
     _delete(spent[1:])
 
 
