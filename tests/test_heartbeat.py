@@ -83,5 +83,6 @@ def test_an_attempt_that_resumed_a_checkpoint_deletes_it_once_it_saves_its_own(t
     saved its own, nothing will load the origin's again."""
     origin, own = checkpoint_file(tmp_path, 3), checkpoint_file(tmp_path, 7)
     torch.save({"epoch": 2}, origin)
-    trainer._save(own, [own, origin], {"epoch": 3})
-    assert not origin.exists() and torch.load(own, weights_only=True) == {"epoch": 3}
+    trainer._save(own, [own, origin], {"study": "s", "trial": 7}, {"epoch": 3})
+    assert not origin.exists()
+    assert torch.load(own, weights_only=True) == {"epoch": 3, "owner": {"study": "s", "trial": 7}}
