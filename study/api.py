@@ -38,7 +38,7 @@ def open_study(name: str, storage: str | None = None, results: str | Path = "res
     path = storages.sqlite_file(url)
     if path is not None and not path.exists():
         raise InputError(f"no storage at {path}; run a study first (or pass storage=URL)")
-    return storages.load_study(name, storages.open_storage(url))
+    return storages.load_study(name, storages.open_storage(url, existing=True))
 
 
 def load_trials(name: str | optuna.Study, storage: str | None = None, results: str | Path = "results") -> pd.DataFrame:

@@ -7,6 +7,7 @@ errors that end a command on purpose are `ExitError`s, each with its code.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from objectives.errors import InputError
 INPUT_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130  # 128 + SIGINT
 TERMINATED_EXIT = 143  # 128 + SIGTERM
+BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, as a shell pipeline expects
 CUDA_ERROR_EXIT = 75  # EX_TEMPFAIL: this process cannot go on, a fresh one can resume the study
 ENVIRONMENT_EXIT = 74  # EX_IOERR: the results folder, the storage or the cache failed; fix it, then resume
 TRIALS_FAILING_EXIT = 1  # trials kept failing: the run stopped (see the reasons with `list` or `report`)
@@ -106,3 +108,25 @@ def exit_code(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("study: interrupted; run again to resume", file=sys.stderr)
         return INTERRUPTED_EXIT
+    except Exception as exc:
+        from study.run.failures import environment_cause  # optuna and sqlalchemy: only when something failed
+
+        cause = environment_cause(exc)
+        if cause is None:
+            raise
+        if isinstance(cause, BrokenPipeError):  # `study list | head`: the reader is gone, nothing to say
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush is quiet
+            return BROKEN_PIPE_EXIT
+        print(f"study: error: {environment_line(cause)}", file=sys.stderr)
+        return ENVIRONMENT_EXIT
+
+
+def environment_line(cause: BaseException) -> str:
+    """One line for an error of the storage or a folder that escaped a command (a storage damaged
+    past its first pages, a server gone mid-command, a read-only output folder)."""
+    if isinstance(cause, OSError):
+        where = f" ({cause.filename})" if cause.filename else ""
+        return f"{cause.strerror or cause}{where}; fix the folder, then run again"
+    driver = getattr(cause, "orig", None) or cause.__cause__ or cause
+    text = (str(driver).strip() or type(driver).__name__).splitlines()[0][:300]
+    return f"the storage failed ({text}); check it (a damaged file, a server that went away), then run again"

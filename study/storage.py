@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sqlite3
 import sys
+import urllib.parse
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,17 +27,47 @@ def default_url(results_dir: Path) -> str:
     return f"sqlite:///{(results_dir / 'optuna.db').resolve()}"
 
 
+# query parameters that carry a password (libpq's and the drivers' spellings)
+SECRET_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword"})
+
+
+def malformed(url: str) -> str | None:
+    """Why `url` cannot be shown even masked, or None. A raw ``@`` in a password
+    (``postgresql://u:p@ss@host/db``) makes the host ``ss@host`` and the password half shown: such a
+    URL is never echoed."""
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    if authority.count("@") > 1:
+        return "more than one '@' before the host (write an '@' in the password as %40)"
+    return None
+
+
 def mask(url: str) -> str:
-    """The URL with any password replaced by ***, for everything the tool prints or writes."""
+    """The URL with any password (in the user part or the query) replaced by ***, for everything
+    the tool prints or writes; a URL that does not parse is not echoed at all. Never raises: it
+    builds error messages."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme == "sqlite":
+        return url  # a file path: no credentials, and shown as typed (SQLAlchemy would escape '@')
+    hidden = f"{scheme}://<not shown>" if scheme.replace("+", "").isalnum() else "<not shown>"
+    if malformed(url):
+        return hidden
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url
+        parsed = make_url(url)
+        query = {k: ("***" if k.lower() in SECRET_KEYS else v) for k, v in parsed.query.items()}
+        shown = parsed.set(query=query).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - ArgumentError, a port that is not a number (ValueError), ...
+        return hidden
+    return shown.replace("%2A%2A%2A", "***")
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The database file of a sqlite URL, None for other backends or in-memory databases."""
-    parsed = make_url(url)
+    """The database file of a sqlite URL, None for other backends, in-memory databases and URLs
+    that do not parse (`check_url` says what is wrong with those)."""
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return None
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
     return Path(parsed.database)
@@ -46,7 +79,7 @@ def with_driver(url: str) -> str:
     where the default driver is absent (an explicit ``scheme+driver://`` is left alone)."""
     try:
         parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):
         return url
     for plain, default_module, ours in (("postgresql", "psycopg2", "psycopg"), ("mysql", "MySQLdb", "pymysql")):
         if (
@@ -69,17 +102,22 @@ def check_url(url: str) -> str:
     """The URL's backend name, after checking that it parses and its driver imports; this
     connects to nothing, so it can run before any other work. (Resolving the dialect alone does
     not import the driver: importing its DBAPI module does.)"""
+    problem = malformed(url)
+    if problem is not None:
+        raise InputError(f"--storage {mask(url)}: a malformed URL, {problem}")
     try:
         parsed = make_url(with_driver(url))
+        parsed.port  # noqa: B018 - a port that is not a number raises here, not at connect time
         dialect = parsed.get_dialect()
     except sqlalchemy.exc.ArgumentError:
         raise InputError(
             f"--storage {mask(url)}: not a storage URL (e.g. sqlite:///results/optuna.db, postgresql://user@host/db)"
         ) from None
+    except ValueError:
+        raise InputError(f"--storage {mask(url)}: the port is not a number") from None
     except sqlalchemy.exc.NoSuchModuleError:
         raise InputError(
-            f"--storage {mask(url)}: unknown database scheme {make_url(url).drivername!r} "
-            f"(use sqlite:// or postgresql://)"
+            f"--storage {mask(url)}: unknown database scheme {parsed.drivername!r} (use sqlite:// or postgresql://)"
         ) from None
     try:
         dialect.import_dbapi()
@@ -124,21 +162,37 @@ class RetryAndNote(RetryHeartbeatStaleTrialCallback):
                   file=sys.stderr)
 
 
-def open_storage(url: str, *, heartbeat: int = HEARTBEAT_SECONDS) -> RDBStorage:
+def open_storage(url: str, *, heartbeat: int = HEARTBEAT_SECONDS, read_only: bool = False,
+                 existing: bool = False) -> RDBStorage:
     """An RDB storage with heartbeats, so a trial whose worker died is failed and retried with the
-    same parameters instead of staying RUNNING; unreachable or malformed URLs raise InputError.
-    SQLite waits up to 60 s for a lock, so several local workers share one file."""
+    same parameters instead of staying RUNNING; unreachable, damaged or malformed storages raise
+    InputError in one line. SQLite waits up to 60 s for a lock, so several local workers share one file.
+
+    `existing` (report, dashboard): the storage must already hold Optuna's tables, which are looked
+    for before Optuna is let near it (its RDBStorage creates tables and stamps versions even with
+    `skip_table_creation`), and no folder is created; `read_only` (list, `load_trials`) also opens a
+    SQLite file read-only and runs no heartbeat."""
     scheme = check_url(url)
     path = sqlite_file(url)
-    if path is not None:
+    target = with_driver(url)
+    engine_kwargs: dict = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
+    if read_only or existing:
+        target = _read_only_target(url, path)
+        if path is not None and not read_only:
+            target = with_driver(url)
+        elif path is not None:  # sqlite3 opens the file itself, read-only: SQLAlchemy's URL would re-quote the path
+            uri = _read_only_uri(path)
+            engine_kwargs = {"creator": lambda: sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)}
+    elif path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    engine_kwargs = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 but are what we rely on
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if read_only:
+                return RDBStorage(target, engine_kwargs=engine_kwargs, skip_table_creation=True)
             retry = RetryAndNote(max_retry=MAX_RETRY)
             store = RDBStorage(
-                with_driver(url),
+                target,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat,
                 grace_period=GRACE_FACTOR * heartbeat,
@@ -146,9 +200,60 @@ def open_storage(url: str, *, heartbeat: int = HEARTBEAT_SECONDS) -> RDBStorage:
             )
             retry.storage = store
             return store
-    except (sqlalchemy.exc.SQLAlchemyError, OSError, ValueError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise InputError(f"--storage {mask(url)}: cannot open storage ({reason})") from None
+    except RuntimeError as exc:  # Optuna's schema check: tables of an older or newer Optuna
+        raise InputError(schema_message(url, str(exc))) from None
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError, ValueError) as exc:
+        raise InputError(f"--storage {mask(url)}: cannot open storage ({reason(exc)})") from None
+
+
+def reason(exc: BaseException) -> str:
+    """The first line of a storage error, from the driver's own exception where there is one."""
+    cause = getattr(exc, "orig", None) or exc.__cause__ or exc
+    text = str(cause).strip() or type(cause).__name__
+    return text.splitlines()[0][:300]
+
+
+def schema_message(url: str, optuna_says: str) -> str:
+    """Optuna refuses tables another Optuna version set up: say which way and what to do."""
+    if "upgrade" in optuna_says:
+        return (f"--storage {mask(url)}: its tables were set up by an older Optuna than this one "
+                f"({optuna.__version__}); upgrade them with `optuna storage upgrade --storage URL`, but on a shared "
+                f"storage that breaks colleagues still on the older Optuna: upgrade everyone together")
+    return (f"--storage {mask(url)}: its tables were set up by a newer Optuna than this one ({optuna.__version__}); "
+            f"install that Optuna (pip install -U optuna)")
+
+
+def _read_only_uri(path: Path) -> str:
+    return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+
+
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info", "alembic_version"})
+
+
+def _read_only_target(url: str, path: Path | None) -> str:
+    """The URL to open `url` with for reading only, after checking it holds Optuna's tables."""
+    if path is not None:
+        if not path.is_file():
+            raise InputError(f"no storage at {path}; run a study first")
+        try:
+            with contextlib.closing(sqlite3.connect(_read_only_uri(path), uri=True)) as db:
+                tables = {row[0] for row in db.execute("select name from sqlite_master where type = 'table'")}
+        except sqlite3.Error as exc:
+            raise InputError(f"--storage {url}: cannot open storage ({exc})") from None
+        if not OPTUNA_TABLES <= tables:
+            raise InputError(f"--storage {url}: not an Optuna storage (it lacks Optuna's tables); left untouched")
+        return "sqlite://"
+    try:
+        engine = sqlalchemy.create_engine(with_driver(url), pool_pre_ping=True)
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise InputError(f"--storage {mask(url)}: cannot open storage ({reason(exc)})") from None
+    if not OPTUNA_TABLES <= tables:
+        raise InputError(f"--storage {mask(url)}: not an Optuna storage (it lacks Optuna's tables); left untouched")
+    return with_driver(url)
 
 
 def study_names(store: optuna.storages.BaseStorage | str) -> list[str]:

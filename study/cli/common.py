@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -92,9 +93,17 @@ def add_objective(parser: argparse.ArgumentParser) -> None:
     )
 
 
+STORAGE_ENV = "STUDY_STORAGE"  # the storage URL from the environment: a password on the command line shows in `ps`
+
+
 def add_storage(parser: argparse.ArgumentParser) -> None:
-    """--storage and --results, which every command takes."""
-    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RESULTS/optuna.db)")
+    """--storage and --results, which every command takes; --storage defaults to $STUDY_STORAGE."""
+    parser.add_argument(
+        "--storage",
+        default=os.environ.get(STORAGE_ENV) or None,
+        help=f"Optuna storage URL (default: ${STORAGE_ENV}, else sqlite:///RESULTS/optuna.db); prefer "
+             f"${STORAGE_ENV} or ~/.pgpass to a password here, which every user of the machine sees in `ps`",
+    )
     parser.add_argument("--results", type=Path, default=Path("results"), help="output folder (default: ./results)")
 
 

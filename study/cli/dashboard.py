@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import argparse
 
-from study.cli.common import add_storage, storage_url
+from objectives.errors import InputError
+from study.cli.common import add_storage, storage_url, validated
+
+
+def port_number(value: int) -> None:
+    if not 1 <= value <= 65535:
+        raise InputError(f"--port {value}: must be 1..65535")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="study name in the storage")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="bind address (default 127.0.0.1; the dashboard has no authentication)")
+    parser.add_argument("--port", type=validated(int, port_number), default=8080)
     add_storage(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from study import dashboard
-    from study.run.trainer import artifact_store
 
     url = storage_url(args, must_exist=True)
-    dashboard.serve(args.name, url, artifact_store(args.results), args.host, args.port)
+    dashboard.serve(args.name, url, args.results, args.host, args.port)
     return 0
+
+

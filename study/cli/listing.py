@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     present: list[str] = []
     path = storage.sqlite_file(url)
     if path is None or path.exists():
-        store = storage.open_storage(url)
+        store = storage.open_storage(url, read_only=True)
         present = storage.study_names(store)
     print(f"storage: {storage.mask(url)}")
     print(f"{'study':<24} {'complete':>8} {'pruned':>7} {'failed':>7} {'running':>8}  best")

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from study.report.build import build_report
 
     url = storage_url(args, must_exist=True)
-    store = storage.open_storage(url)
+    store = storage.open_storage(url, existing=True)
     study = storage.load_study(args.name, store)
     if args.ablation is not None:
         ablation = storage.load_study(args.ablation, store)
