@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         default = args.name + records.ABLATION_SUFFIX
         ablation = storage.load_study(default, store) if default in storage.study_names(store) else None
-    out = args.out or paths.study_folder(args.results, args.name)
+    folder = paths.folder_name(args.name)
+    paths.under(args.results, folder)  # checked; shown as the user's own --results spells it
+    out = args.out or args.results / folder
     result = build_report(study, out, args.format, storage.mask(url), ablation)
     save_note(study, result.summary)
     print(result.markdown)
