@@ -50,7 +50,7 @@ def under(root: Path, *parts: str) -> Path:
     if path != base and base not in path.parents:
         shown = "/".join(parts)
         raise InputError(f"{shown!r} would lead outside {root}; refused")
-    return path
+    return root.joinpath(*parts)  # checked; kept as the user spelt --results
 
 
 def study_folder(results: Path, study_name: str, kind: str | None = None) -> Path:
