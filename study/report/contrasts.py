@@ -106,6 +106,9 @@ def variance_components_interval(full: np.ndarray, boot: np.ndarray, confidence:
         covariances = seeds**2 * averaged - float(boot.var(axis=0, ddof=1).sum())
         v_pat = max(covariances / (seeds * (seeds - 1)), 0.0)
     v_seed = float(full.var(ddof=1)) / seeds
+    # rounding leaves ~1e-34 where the values are constant: that is no variance, not a sure effect
+    floor = (64 * np.finfo(float).eps * max(float(np.abs(full).max()), float(np.abs(boot).max()), 1e-300)) ** 2
+    v_seed, v_pat = (0.0 if v <= floor else v for v in (v_seed, v_pat))
     total = v_seed + v_pat
     if not total > 0:
         return DeltaInterval(delta, math.nan, math.nan, math.nan, math.nan, v_seed, v_pat, seeds, resamples)
