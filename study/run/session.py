@@ -178,8 +178,8 @@ class Session:
         if recorded is None:
             if study.study_name not in self._warned:
                 self._warned.add(study.study_name)
-                self.out.warn(f"study {study.study_name} recorded no hash of its images' bytes (an older run): only "
-                              f"their names, labels, groups and split are checked")
+                self.out.warn(f"study {study.study_name} recorded no hash of its images' bytes (an older run): "
+                              f"images replaced under the same names would go unnoticed")
             return None
         if content != recorded:
             return (f"the images have other bytes under the same names (content ...{_short(content)}, the study "
