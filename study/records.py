@@ -272,13 +272,19 @@ class DataSummary:
         if not isinstance(saved, Mapping):
             return None
         groups, shared = saved.get("groups"), saved.get("shared")
-        return cls(
-            class_names=tuple(saved["class_names"]), split_seed=saved.get("split_seed"),
-            images={k: tuple(v) for k, v in saved["images"].items()},
-            groups=None if groups is None else {k: tuple(v) for k, v in groups.items()},
-            shared=None if shared is None else dict(shared),
-            split_hash=saved.get("split_hash"), content_hash=saved.get("content_hash"),
-        )
+        try:
+            summary = cls(
+                class_names=tuple(str(c) for c in saved["class_names"]), split_seed=saved.get("split_seed"),
+                images={str(k): tuple(int(n) for n in v) for k, v in saved["images"].items()},
+                groups=None if groups is None else {str(k): tuple(int(n) for n in v) for k, v in groups.items()},
+                shared=None if shared is None else {str(k): int(n) for k, n in shared.items()},
+                split_hash=saved.get("split_hash"), content_hash=saved.get("content_hash"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None  # not what `run` writes (an edited storage): reported as missing, never a traceback
+        k = len(summary.class_names)
+        parts = [*summary.images.values(), *(summary.groups or {}).values()]
+        return summary if all(len(v) == k for v in parts) else None
 
     def record(self) -> dict[str, Any]:
         return {

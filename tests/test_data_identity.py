@@ -351,3 +351,17 @@ def test_cli_run_refuses_replaced_images_accepts_a_copy_and_reports_the_data(tmp
     assert (folder / "data.md").is_file() and (folder / "data.csv").is_file() and not (folder / "data.tex").exists()
     assert "## Data" in (folder / "report.md").read_text()
     assert pd.read_csv(folder / "data.csv").test_patients.tolist() == [*TEST_PATIENTS_PER_GRADE, 7]
+
+
+def test_data_summary_round_trips_and_a_forged_one_reads_as_missing():
+    study = optuna.create_study()
+    summary = records.DataSummary(("a", "b"), 3, {"train": (3, 1), "val": (1, 1), "test": (2, 2)},
+                                  {"train": (2, 1), "val": (1, 1), "test": (1, 2)},
+                                  {"train-test": 1, "val-test": 0, "train-val": 0}, "s" * 64, "content-v1:x")
+    assert records.DataSummary.from_study(study) is None
+    summary.write(study)
+    assert records.DataSummary.from_study(study) == summary
+    for forged in ({"class_names": ["a", "b"]}, {**summary.record(), "images": {"train": [1, 2, 3]}},
+                   {**summary.record(), "groups": "nope"}, ["not", "a", "mapping"]):
+        study.set_user_attr(records.DATA_SUMMARY, forged)
+        assert records.DataSummary.from_study(study) is None

@@ -152,10 +152,10 @@ def data_table(summary: DataSummary) -> tuple[pd.DataFrame, pd.DataFrame]:
     for c, name in enumerate(names):
         row: dict[str, object] = {"class": name}
         for split, _ in SPLIT_LABELS:
-            counts = summary.images.get(split, ())
+            counts = summary.images.get(split) or (0,) * len(summary.class_names)
             row[f"{split}_images"] = sum(counts) if name == "total" else counts[c]
             if summary.groups is not None:
-                patients = summary.groups.get(split, ())
+                patients = summary.groups.get(split) or (0,) * len(summary.class_names)
                 row[f"{split}_patients"] = sum(patients) if name == "total" else patients[c]
         rows.append(row)
     frame = pd.DataFrame(rows)
