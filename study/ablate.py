@@ -106,10 +106,13 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
     # named after the ablation study, so its per-seed split manifests go to results/<study_name>/
     opts = dataclasses.replace(opts, space=space, pruner="none", study_name=study_name)
     session = Session.open(opts, out, store=store)
-    if not session.same_data(parent):
-        where = f"--data {opts.data}" if opts.data else "the embedded dataset"
+    where = f"--data {opts.data}" if opts.data else "the embedded dataset"
+    if not session.same_manifest(parent):
         raise InputError(f"{where} is not the data study {name} ran on (its split manifest differs); give --data "
                          f"with the same images and labels")
+    replaced = session.content_difference(parent)
+    if replaced is not None:
+        raise InputError(f"{where} is not the data study {name} ran on: {replaced}")
     session.data.accept()
     study = existing or session.study(study_name, parent.direction, AblationRecord.is_current)
     if existing is None:

@@ -66,6 +66,8 @@ SAMPLER = "sampler"
 PRUNER = "pruner"
 REPORT = "report"
 SHARED_TEST_GROUPS = "shared_test_groups"
+CONTENT_HASH = "content_hash"  # the images' bytes (`objectives.data.decode.content_hash`): same names, same content
+DATA_SUMMARY = "data_summary"  # `DataSummary`: counts per split and class, never an image name or a patient id
 # an ablation study's (`ablate`): its plan, written before any trial, then the version marker last
 PARENT, MODE, FACTORS, BASELINE, VARIANTS, LEVELS, SEEDS, RETUNE = (
     "parent", "mode", "factors", "baseline", "variants", "levels", "seeds", "retune")
@@ -205,6 +207,7 @@ class StudyRecord:
     report: ReportLayout = field(default_factory=ReportLayout)
     split_hash: str | None = None
     shared_test_groups: int | None = None
+    content_hash: str | None = None  # None: an older study, or an objective whose data names no content
 
     @classmethod
     def from_study(cls, study: optuna.Study) -> StudyRecord:
@@ -215,7 +218,7 @@ class StudyRecord:
             metric=attrs.get(METRIC, "value"), dataset=attrs.get(DATASET), fixed=attrs.get(FIXED, {}),
             pinned=attrs.get(PINNED, {}), sampler=attrs.get(SAMPLER), pruner=attrs.get(PRUNER),
             report=ReportLayout.from_record(attrs.get(REPORT)), split_hash=attrs.get(SPLIT_HASH),
-            shared_test_groups=attrs.get(SHARED_TEST_GROUPS),
+            shared_test_groups=attrs.get(SHARED_TEST_GROUPS), content_hash=attrs.get(CONTENT_HASH),
         )
 
     @staticmethod
@@ -240,8 +243,60 @@ class StudyRecord:
         if self.split_hash is not None:
             attrs[SPLIT_HASH] = self.split_hash
             attrs[SHARED_TEST_GROUPS] = self.shared_test_groups
+        if self.content_hash is not None:
+            attrs[CONTENT_HASH] = self.content_hash
         for key, value in attrs.items():
             study.set_user_attr(key, value)
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """Who is in a study's data, as `report` shows it without the data: images and patients
+    (groups) per class in each split of the study's own split, groups shared between splits, and
+    the hashes that identify the data. Counts only: no image name or patient id reaches the storage
+    (it may be a shared database). `groups` is None where the data has no groups; a patient counts
+    under the largest label of its images in that split (the worse eye, as the split stratifies)."""
+
+    class_names: tuple[str, ...]
+    split_seed: int | None
+    images: Mapping[str, tuple[int, ...]]  # split -> images per class
+    groups: Mapping[str, tuple[int, ...]] | None  # split -> patients per class
+    shared: Mapping[str, int] | None  # "train-test", "val-test", "train-val" -> groups in both
+    split_hash: str | None
+    content_hash: str | None
+
+    @classmethod
+    def from_study(cls, study: optuna.Study) -> DataSummary | None:
+        """The summary `run` recorded; None for a study made before summaries were kept."""
+        saved = study.user_attrs.get(DATA_SUMMARY)
+        if not isinstance(saved, Mapping):
+            return None
+        groups, shared = saved.get("groups"), saved.get("shared")
+        try:
+            summary = cls(
+                class_names=tuple(str(c) for c in saved["class_names"]), split_seed=saved.get("split_seed"),
+                images={str(k): tuple(int(n) for n in v) for k, v in saved["images"].items()},
+                groups=None if groups is None else {str(k): tuple(int(n) for n in v) for k, v in groups.items()},
+                shared=None if shared is None else {str(k): int(n) for k, n in shared.items()},
+                split_hash=saved.get("split_hash"), content_hash=saved.get("content_hash"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None  # not what `run` writes (an edited storage): reported as missing, never a traceback
+        k = len(summary.class_names)
+        parts = [*summary.images.values(), *(summary.groups or {}).values()]
+        return summary if all(len(v) == k for v in parts) else None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "class_names": list(self.class_names), "split_seed": self.split_seed,
+            "images": {k: list(v) for k, v in self.images.items()},
+            "groups": None if self.groups is None else {k: list(v) for k, v in self.groups.items()},
+            "shared": None if self.shared is None else dict(self.shared),
+            "split_hash": self.split_hash, "content_hash": self.content_hash,
+        }
+
+    def write(self, study: optuna.Study) -> None:
+        study.set_user_attr(DATA_SUMMARY, self.record())
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import pytest
 
 from objectives.data import checksum, decode_all, decode_image, find_dataset, load_splits
 from objectives.data.checksum import read_checksum, seal, sidecar, verify_fd
+from objectives.data.decode import content_file
 
 SIZE = 32
 
@@ -168,7 +169,9 @@ def test_two_processes_building_one_cache_leave_a_cache_that_matches_its_checksu
     assert [w.exitcode for w in workers] == [0, 0]
     assert capfd.readouterr().err == ""
     (target,) = cache.glob("*.npy")
-    assert sorted(p.name for p in cache.iterdir()) == [target.name, sidecar(target).name]  # no partial files left
+    # no partial files left: the cache, its checksum and the content hash of the files behind it
+    assert sorted(p.name for p in cache.iterdir()) == sorted([target.name, sidecar(target).name,
+                                                              content_file(target).name])
     with open(target, "rb") as f:
         assert verify_fd(f.fileno(), read_checksum(target)) is None
     paths = find_dataset(dr_dir, num_classes=5).train.paths

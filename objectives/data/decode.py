@@ -5,6 +5,12 @@ files' names, sizes and mtimes (or by the pixels of an array dataset) and the si
 every worker then reads it. The training rows' channel statistics are cached beside it. Both are
 checksummed when written and checked before use (`objectives.data.checksum`); a damaged one is
 rebuilt after one warning line.
+
+The first decode also hashes every file's bytes (they are read anyway) into one content hash per
+table, kept beside the cache file (``<cache>.content.json``) and so under the same key: a later run
+whose files keep their paths, sizes and mtimes reads the hash instead of the files. It identifies
+the images by what they are, not where they lie (`content_hash`), so a study can tell replaced
+images under the same names from a copy of its folder on another machine.
 Conversion to float, normalisation, random crops and flips happen per batch on the training
 device (`objectives.data.batches`), so an epoch costs what the model costs, not what JPEG
 decoding costs.
@@ -13,6 +19,7 @@ decoding costs.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +37,8 @@ from objectives.errors import InputError
 from objectives.progress import SILENT, Bar
 
 CACHE_VERSION = 1  # bump when the decode (resize/crop) changes, so old caches are not reused
+CONTENT_VERSION = "content-v1"  # how `content_hash` combines the files' digests: a new scheme, a new prefix
+FILE_DIGEST_BYTES = 16  # blake2b per file: 128 bits, and hashlib releases the GIL, so threads hash in parallel
 Triple = tuple[float, float, float]  # per channel: R, G, B
 
 
@@ -69,19 +78,123 @@ def decode_image(path: Path, size: int) -> np.ndarray:
 def decode_table(table: ImageTable, size: int, *, cache_dir: Path | None, bar: Bar = SILENT) -> np.ndarray:
     """Every image of `table` as an (N, size, size, 3) uint8 array: files are decoded, array rows
     resized; both through the same square fit and the same cache."""
+    return decode_table_hashed(table, size, cache_dir=cache_dir, bar=bar)[0]
+
+
+def decode_table_hashed(table: ImageTable, size: int, *, cache_dir: Path | None,
+                        bar: Bar = SILENT) -> tuple[np.ndarray, str]:
+    """`decode_table` and the table's content hash: of the files' bytes (`decode_files`), or of
+    an array table's pixels (`pixels_content`)."""
     if table.pixels is None:
-        return decode_all(table.paths, size, cache_dir=cache_dir, bar=bar)
-    return resize_all(table.pixels, size, cache_dir=cache_dir, bar=bar)
+        return decode_files(table.paths, size, cache_dir=cache_dir, bar=bar)
+    return resize_all(table.pixels, size, cache_dir=cache_dir, bar=bar), pixels_content(table.pixels)
 
 
 def decode_all(paths: Sequence[Path], size: int, *, cache_dir: Path | None, bar: Bar = SILENT) -> np.ndarray:
     """All `paths` decoded to an (N, size, size, 3) uint8 array, read from the cache when present."""
+    return decode_files(paths, size, cache_dir=cache_dir, bar=bar)[0]
+
+
+def decode_files(paths: Sequence[Path], size: int, *, cache_dir: Path | None,
+                 bar: Bar = SILENT) -> tuple[np.ndarray, str]:
+    """`decode_all` and the content hash of the files' bytes (`content_hash`), hashed while they are
+    decoded. A cache hit reads the hash kept beside the cache file (same key: same paths, sizes and
+    mtimes); a cache made before hashes were kept gets one, from the files' bytes, once."""
     key = content_key(paths, size) if cache_dir is not None else ""
+    digests: list[bytes] = [b""] * len(paths)
+    decoded: list[bool] = []  # set by `fill`: the files were read here, `digests` holds their hashes
+
+    def one(out: np.ndarray, i: int) -> None:
+        out[i], digests[i] = decode_hashed(paths[i], size)
 
     def fill(out: np.ndarray) -> None:
-        for_each(len(paths), lambda i: out.__setitem__(i, decode_image(paths[i], size)), bar)
+        for_each(len(paths), lambda i: one(out, i), bar)
+        decoded.append(True)
+        if cache_dir is not None:  # before the cache file is renamed into place: a reader finds both
+            _write_content(_cache_file(cache_dir, key), content_hash(digests))
 
-    return _cached(cache_dir, key, (len(paths), size, size, 3), fill, bar)
+    array = _cached(cache_dir, key, (len(paths), size, size, 3), fill, bar)
+    if cache_dir is None or decoded:
+        return array, content_hash(digests)
+    target = _cache_file(cache_dir, key)
+    saved = _read_content(target, len(paths))
+    if saved is None:
+        for_each(len(paths), lambda i: digests.__setitem__(i, file_digest(_read_bytes(paths[i]))))
+        saved = content_hash(digests)
+        _write_content(target, saved)
+    return array, saved
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable image ({exc.__class__.__name__}: {exc})") from None
+
+
+def decode_hashed(path: Path, size: int) -> tuple[np.ndarray, bytes]:
+    """`decode_image` of `path` and the digest of its bytes (`file_digest`), from one read."""
+    data = _read_bytes(path)
+    return fit_square(open_rgb(io.BytesIO(data), path, draft=size)[0], size), file_digest(data)
+
+
+def file_digest(data: bytes) -> bytes:
+    """One file's bytes as a short digest: what `content_hash` combines."""
+    return hashlib.blake2b(data, digest_size=FILE_DIGEST_BYTES).digest()
+
+
+def content_hash(digests: Sequence[bytes]) -> str:
+    """The files' digests (`file_digest`) combined in table order: the same bytes in the same
+    order give the same hash wherever the files lie and whatever their mtimes (no path, no stat)."""
+    combined = hashlib.sha256(CONTENT_VERSION.encode())
+    for digest in digests:
+        combined.update(digest)
+    return f"{CONTENT_VERSION}:{len(digests)}:{combined.hexdigest()[:32]}"
+
+
+def pixels_content(pixels: np.ndarray) -> str:
+    """An array dataset's content hash (CIFAR's batches): its shape and pixel bytes, in row order."""
+    combined = hashlib.sha256(f"{CONTENT_VERSION}:{pixels.shape}:{pixels.dtype}".encode())
+    combined.update(memoryview(np.ascontiguousarray(pixels)).cast("B"))
+    return f"{CONTENT_VERSION}:{len(pixels)}:{combined.hexdigest()[:32]}"
+
+
+def combine_contents(parts: Sequence[str]) -> str:
+    """Several tables' content hashes (train, then test) as one."""
+    combined = hashlib.sha256("\n".join(parts).encode())
+    return f"{CONTENT_VERSION}:{combined.hexdigest()[:32]}"
+
+
+def content_file(target: Path) -> Path:
+    """Where the content hash of the files behind cache file `target` is kept."""
+    return target.with_name(f"{target.name}.content.json")
+
+
+def _write_content(target: Path, content: str) -> None:
+    try:
+        atomic_write_text(content_file(target), seal({"content": content}))
+    except OSError:
+        pass  # a read-only cache still works: the files are hashed again next time
+
+
+def _read_content(target: Path, n: int) -> str | None:
+    """The content hash kept for cache file `target` (of `n` files), or None when there is none (a
+    cache written before hashes were kept) or it is damaged (after one warning)."""
+    path = content_file(target)
+    if not path.is_file():
+        return None
+    try:
+        content = unseal(path.read_text()).get("content")
+        if not isinstance(content, str) or not content.startswith(f"{CONTENT_VERSION}:{n}:"):
+            raise ValueError(f"it holds {content!r}, not a content hash of {n} files")
+        return content
+    except (OSError, ValueError) as exc:
+        report_damaged(path, str(exc), "hashing the images' bytes again")
+        return None
+
+
+def _cache_file(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"{key}.npy"
 
 
 def resize_all(pixels: np.ndarray, size: int, *, cache_dir: Path | None, bar: Bar = SILENT) -> np.ndarray:
@@ -128,7 +241,7 @@ def _cached(cache_dir: Path | None, key: str, shape: tuple[int, ...], fill: Call
         out = np.empty(shape, np.uint8)
         fill(out)
         return out
-    target = cache_dir / f"{key}.npy"
+    target = _cache_file(cache_dir, key)
     if target.is_file():
         cached = _read_cache(target, shape)
         if cached is not None:
@@ -165,6 +278,7 @@ def _read_cache(target: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     report_damaged(target, reason, "decoding the images again")
     target.unlink(missing_ok=True)
     sidecar(target).unlink(missing_ok=True)
+    content_file(target).unlink(missing_ok=True)
     return None
 
 

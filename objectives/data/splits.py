@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from objectives.data.decode import cached_channel_stats, decode_table
+from objectives.data.decode import cached_channel_stats, combine_contents, decode_table_hashed
 from objectives.data.types import AUTO, NO_GROUPS, DatasetFiles, ImageSet, ImageTable, Splits
 from objectives.errors import InputError
 from objectives.progress import SILENT, Bar
@@ -142,8 +142,8 @@ def load_splits(
     Normalisation uses `mean` / `std` where given (a study that fixes the constants of its source
     lab, or a pretrained model's own), else the channel statistics of the training rows.
     """
-    train_images = decode_table(files.train, image_size, cache_dir=cache_dir, bar=bar)
-    test_images = decode_table(files.test, image_size, cache_dir=cache_dir, bar=bar)
+    train_images, train_content = decode_table_hashed(files.train, image_size, cache_dir=cache_dir, bar=bar)
+    test_images, test_content = decode_table_hashed(files.test, image_size, cache_dir=cache_dir, bar=bar)
     train_idx, val_idx = grouped_split(files.train.labels, files.train.groups, val_fraction, split_seed)
     train = ImageSet(train_images, files.train.labels, train_idx)
     if mean is None or std is None:
@@ -156,6 +156,7 @@ def load_splits(
         std=tuple(float(s) for s in std),
         class_names=files.class_names,
         manifest=split_manifest(files, val_idx),
+        content_hash=combine_contents([train_content, test_content]),
     )
 
 

@@ -118,6 +118,7 @@ class Splits:
     std: tuple[float, float, float]
     class_names: tuple[str, ...]
     manifest: Manifest | None = None  # every image's split decision (split.csv)
+    content_hash: str | None = None  # the bytes of the images (files) or pixels (arrays): `decode.content_hash`
 
     @property
     def num_classes(self) -> int:

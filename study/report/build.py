@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives.errors import InputError
 from study import figures, paths, tables
-from study.records import METRICS, AblationRecord, StudyRecord, Summary, TrialRecord
+from study.records import METRICS, AblationRecord, DataSummary, StudyRecord, Summary, TrialRecord
 from study.report.ablation import ablation_table
 from study.report.frames import (
     SHORT,
@@ -57,6 +57,9 @@ def build_report(
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     files: list[Path] = []
     sections: list[str] = [_settings_section(study, record, storage_label)]
+    data_section, data_files = _data_section(study, out, formats)
+    sections.append(data_section)
+    files += data_files
 
     for stale in out.glob("ablation.*"):  # the factor table's old name: left there, it would read as an ablation
         if stale.suffix.lstrip(".") in tables.FORMATS:
@@ -134,6 +137,71 @@ def build_report(
     factors_md = "\n## Factors\n\n" + tables.markdown(page_view(factor, metric)) if not factor.empty else ""
     summary = sections[0] + factors_md
     return Report(out, report_path, tuple([report_path, *files]), summary)
+
+
+SPLIT_LABELS = (("train", "train"), ("val", "validation"), ("test", "test"))
+EXCLUSIONS = "none: an unreadable image stops the run"
+NOT_RECORDED = "not recorded"
+
+
+def data_table(summary: DataSummary) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per class (and a total row): images and, where the data has groups, patients in each split.
+    The raw frame (every count) and the page view (the same, with readable headers)."""
+    rows = []
+    names = [*summary.class_names, "total"]
+    for c, name in enumerate(names):
+        row: dict[str, object] = {"class": name}
+        for split, _ in SPLIT_LABELS:
+            counts = summary.images.get(split) or (0,) * len(summary.class_names)
+            row[f"{split}_images"] = sum(counts) if name == "total" else counts[c]
+            if summary.groups is not None:
+                patients = summary.groups.get(split) or (0,) * len(summary.class_names)
+                row[f"{split}_patients"] = sum(patients) if name == "total" else patients[c]
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    display = frame.rename(columns={f"{s}_{kind}": f"{label} {kind}" for s, label in SPLIT_LABELS
+                                    for kind in ("images", "patients")})
+    return frame, display
+
+
+def data_caption(study_name: str, summary: DataSummary) -> str:
+    """What the data table says and supports: who the figures speak for, the leaks, the hashes."""
+    seed = f" (split_seed {summary.split_seed})" if summary.split_seed is not None else ""
+    parts = [f"Who is in the data of {study_name}: images per class in each split of the study's own split{seed}"]
+    if summary.groups is None:
+        parts[0] += "; the data has no groups, so images are the independent units (patients unknown)."
+    else:
+        shared = summary.shared or {}
+        parts[0] += (", and patients (groups), each counted under the largest grade of its images in that split "
+                     "(the worse eye, as the split stratifies); a patient in two splits counts in each.")
+        leak = shared.get("train-test", 0) + shared.get("val-test", 0)
+        parts.append(
+            f"Patients in both train and test: {shared.get('train-test', 0)}; validation and test: "
+            f"{shared.get('val-test', 0)}; train and validation: {shared.get('train-val', 0)}"
+            + (" (the data's own test split shares them: test figures are optimistic)." if leak else ".")
+        )
+    parts.append(f"Exclusions: {EXCLUSIONS}.")
+    parts.append(f"Split manifest sha256 {summary.split_hash or NOT_RECORDED}; image content "
+                 f"{summary.content_hash or NOT_RECORDED}.")
+    parts.append(
+        "It supports how many independent units (patients) stand behind each test figure and how rare each class "
+        "is, so a reader can judge the intervals; it says nothing of how these patients represent a population "
+        "(recruitment, devices, sites are not recorded)."
+    )
+    return " ".join(parts)
+
+
+def _data_section(study: optuna.Study, out: Path, formats: Sequence[str]) -> tuple[str, list[Path]]:
+    """`## Data` and data.{md,csv,tex} from the summary `run` recorded; a study recorded before
+    summaries were kept gets the section saying so, and no files."""
+    summary = DataSummary.from_study(study)
+    if summary is None:
+        return ("## Data\n\nMissing: this study was recorded by an older run, before `run` kept a summary of its "
+                "data (images and patients per class and split); resuming it with `run` records one.\n", [])
+    frame, display = data_table(summary)
+    caption = data_caption(study.study_name, summary)
+    written = tables.write(frame, display, out / "data", formats, caption)
+    return "## Data\n\n" + caption + "\n\n" + tables.markdown(display), written
 
 
 def _best_trials_section(picked: dict[str, FrozenTrial], metric: str, out: Path) -> tuple[str, list[Path]]:

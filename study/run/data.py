@@ -10,6 +10,7 @@ from typing import Any
 
 from objectives.atomic import atomic_write_text
 from objectives.contract import DataSource, flat
+from study.records import DataSummary
 from study.run.output import Output
 from study.run.prepare import Prepared
 
@@ -58,6 +59,48 @@ class DataCache:
         """sha256 of the manifest of `config`'s split (loaded first if needed); None without one."""
         self.get(config)
         return self.hashes.get(config.data)
+
+    def content_hash(self, config: Any) -> str | None:
+        """The hash of the images' bytes behind `config`'s data; None where the objective gives none."""
+        return getattr(self.get(config), "content_hash", None)
+
+    def summary(self, config: Any) -> DataSummary | None:
+        """Who is in `config`'s data (`data_summary`); None without a manifest."""
+        splits = self.get(config)
+        if splits.manifest is None:
+            return None
+        seed = getattr(config.data, "split_seed", None)
+        return data_summary(splits.manifest, splits.class_names, seed, self.manifest_hash(config),
+                            self.content_hash(config))
+
+
+SPLIT_NAMES = ("train", "val", "test")
+SHARED_PAIRS = (("train", "test"), ("val", "test"), ("train", "val"))
+
+
+def data_summary(manifest: Any, class_names: Any, split_seed: int | None, split_hash: str | None,
+                 content_hash: str | None) -> DataSummary:
+    """Counts per split and class from a split manifest: images, and patients (groups) by the
+    largest label of their images in that split (the worse eye, as the split stratifies); groups
+    found in two splits. Only counts leave this function."""
+    k = len(class_names)
+    images = {s: [0] * k for s in SPLIT_NAMES}
+    group_label: dict[str, dict[str, int]] = {s: {} for s in SPLIT_NAMES}
+    for split, group, label in zip(manifest.split, manifest.group, manifest.label):
+        images[split][label] += 1
+        if group:
+            group_label[split][group] = max(label, group_label[split].get(group, label))
+    grouped = any(manifest.group)
+    groups = None
+    shared = None
+    if grouped:
+        groups = {s: tuple(sum(1 for v in group_label[s].values() if v == c) for c in range(k)) for s in SPLIT_NAMES}
+        shared = {f"{a}-{b}": len(group_label[a].keys() & group_label[b].keys()) for a, b in SHARED_PAIRS}
+    return DataSummary(
+        class_names=tuple(str(c) for c in class_names), split_seed=split_seed,
+        images={s: tuple(v) for s, v in images.items()}, groups=groups, shared=shared,
+        split_hash=split_hash, content_hash=content_hash,
+    )
 
 
 def load_data(prep: Prepared, out: Output) -> DataCache:

@@ -45,6 +45,7 @@ class Session:
         self._heartbeat = heartbeat
         self._runtime = runtime
         self._trainer: TrialTrainer | None = None
+        self._warned: set[str] = set()  # studies whose missing content hash was warned about
 
     @classmethod
     def open(cls, opts: RunOptions, out: Output, *, store: optuna.storages.BaseStorage | None = None,
@@ -112,14 +113,15 @@ class Session:
 
     def search_study(self, allow_change: bool) -> optuna.Study:
         """The search study, recording what defines it when new (`records.StudyRecord`); one made
-        with another space, settings or dataset is refused unless `allow_change`. The split
-        manifests are written once that is settled."""
+        with another space, settings or dataset (or other image bytes under the same names) is
+        refused unless `allow_change`. The split manifests and the data summary are written once
+        that is settled."""
         prep = self.prep
         study = self.study(prep.study_name, prep.space.study.direction, records.StudyRecord.is_ours)
         fingerprint = self.fingerprint()
         recorded = records.StudyRecord.from_study(study)
+        base = prep.base_config()
         if recorded.space_hash is None:
-            base = prep.base_config()
             manifest = self.data.get(base).manifest
             records.StudyRecord(
                 space_hash=fingerprint,
@@ -135,21 +137,54 @@ class Session:
                 report=prep.space.report,
                 split_hash=self.data.manifest_hash(base) if manifest is not None else None,
                 shared_test_groups=len(manifest.shared_test_groups) if manifest is not None else None,
+                content_hash=self.data.content_hash(base),
             ).write(study)
-        elif (recorded.space_hash != fingerprint or not self.same_data(study)) and not allow_change:
-            raise self.changed()
+        elif not allow_change:
+            if recorded.space_hash != fingerprint or not self.same_manifest(study):
+                raise self.changed()
+            replaced = self.content_difference(study)
+            if replaced is not None:
+                raise InputError(f"study {prep.study_name}: {replaced}; fork it with --study-name NEW or accept the "
+                                 f"change with --allow-space-change")
         self.data.accept()
+        if records.DataSummary.from_study(study) is None and (summary := self.data.summary(base)) is not None:
+            summary.write(study)  # counts of the data just checked to be the study's (an older study gets its own)
         return study
 
     def same_data(self, study: optuna.Study) -> bool:
-        """Whether this session's data is the data `study` ran on: by content where the study
-        recorded its split manifest's hash (the same images, labels, groups and split at another
-        path, on another machine, is the same data), by the recorded path or name otherwise."""
+        """Whether this session's data is the data `study` ran on: the same manifest
+        (`same_manifest`) and the same image bytes (`content_difference`)."""
+        return self.same_manifest(study) and self.content_difference(study) is None
+
+    def same_manifest(self, study: optuna.Study) -> bool:
+        """By content where the study recorded its split manifest's hash (the same images, labels,
+        groups and split at another path, on another machine, is the same data), by the recorded
+        path or name otherwise."""
         recorded = records.StudyRecord.from_study(study)
         if recorded.split_hash is not None:
             base = self.prep.base_config()
             return self.data.get(base).manifest is not None and self.data.manifest_hash(base) == recorded.split_hash
         return recorded.dataset == self.prep.dataset
+
+    def content_difference(self, study: optuna.Study) -> str | None:
+        """None when this session's images have the bytes `study` recorded (`records.CONTENT_HASH`;
+        no path and no mtime enter it, so a copied folder matches), else one clause saying they
+        differ: replaced images under the same names. A study recorded before content hashes were
+        kept is accepted, with one warning line per study and process."""
+        recorded = records.StudyRecord.from_study(study).content_hash
+        content = self.data.content_hash(self.prep.base_config())
+        if content is None:
+            return None  # an objective whose data names no content: the manifest is all there is
+        if recorded is None:
+            if study.study_name not in self._warned:
+                self._warned.add(study.study_name)
+                self.out.warn(f"study {study.study_name} recorded no hash of its images' bytes (an older run): "
+                              f"images replaced under the same names would go unnoticed")
+            return None
+        if content != recorded:
+            return (f"the images have other bytes under the same names (content ...{_short(content)}, the study "
+                    f"recorded ...{_short(recorded)}): were images replaced?")
+        return None
 
     def announce(self, study: optuna.Study, target: int) -> bool:
         """Say where `study` stands; False when it already holds `target` finished trials."""
@@ -175,6 +210,11 @@ class Session:
 
     def summary(self, study: optuna.Study) -> None:
         print_summary(study, self.prep.space.study.metric, self.prep.storage_url, self.out)
+
+
+def _short(content: str) -> str:
+    """A content hash as messages show it: its last 12 hex digits."""
+    return content[-12:]
 
 
 def direction_name(direction: str | optuna.study.StudyDirection) -> str:
