@@ -12,12 +12,14 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from objectives.metrics import higher_is_better
 from study import tables
-from study.records import METRICS, SEED, VARIANT, AblationRecord, TrialRecord
+from study.records import METRICS, SEED, VARIANT, AblationRecord, TrialRecord, is_trial_failure
 from study.report import stats
 from study.report.frames import HEADLINE, metric_label
 
-ABLATION_COLUMNS = ("variant", "metric", "n", "mean", "std", "delta", "ci_low", "ci_high", "p", "p_holm", "p_improve")
+ABLATION_COLUMNS = ("variant", "metric", "n", "mean", "std", "delta", "ci_low", "ci_high", "p", "p_holm", "p_improve",
+                    "failed", "missing", "p_holm_worst", "star", "note")
 SIGNIFICANT = 0.05  # the mark in the ablation table: Holm-adjusted p below this
 TEST_METRICS = (HEADLINE, *(m for m in METRICS if m != HEADLINE))  # the order of an ablation table's test rows
 
@@ -29,6 +31,43 @@ def ablation_metrics(metric: str) -> list[str]:
     return [f"test_{head}", *(f"test_{m}" for m in TEST_METRICS if m != head), f"val_{metric}"]
 
 
+def seed_outcomes(study: optuna.Study, plan: AblationRecord) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Per variant, its failed seeds (no complete trial, a failure of the trial's own:
+    `records.is_trial_failure`, e.g. nan_loss) and its missing seeds (no complete trial and no
+    such failure: not run yet, or failed for the infrastructure's reason and not re-run)."""
+    trials = study.get_trials(deepcopy=False)
+    done = {(t.params.get(VARIANT), t.params.get(SEED)) for t in trials if t.state == TrialState.COMPLETE}
+    own = {(t.params.get(VARIANT), t.params.get(SEED)) for t in trials
+           if t.state == TrialState.FAIL and is_trial_failure(TrialRecord.from_trial(t).fail_reason)}
+    failed = {n: [s for s in plan.seeds if (n, s) not in done and (n, s) in own] for n in plan.variants}
+    missing = {n: [s for s in plan.seeds if (n, s) not in done and (n, s) not in own] for n in plan.variants}
+    return failed, missing
+
+
+def worst_filled(arms: dict[str, dict[int, float]], failed: dict[str, list[int]], *,
+                 maximize: bool) -> dict[str, dict[int, float]]:
+    """`arms` with every failed seed scored at the worst value observed for the metric anywhere in
+    the ablation (the minimum where higher is better): the star rule's test that a variant's
+    advantage does not rest on dropping the seeds where it diverged (survivor bias)."""
+    observed = [v for arm in arms.values() for v in arm.values() if math.isfinite(v)]
+    if not observed:
+        return arms
+    worst = min(observed) if maximize else max(observed)
+    return {name: {**arm, **{s: worst for s in failed.get(name, [])}} for name, arm in arms.items()}
+
+
+def starred(p_holm: float, p_holm_worst: float, delta: float, delta_worst: float, failed: int, missing: int) -> bool:
+    """The `*` of a contrast: Holm-adjusted p below `SIGNIFICANT`; with failed seeds in its arms,
+    only if it also holds (same sign, Holm p below the mark) with the failures scored at the worst
+    value; never with a missing cell (an infrastructure failure not re-run: its seed is not
+    missing at random, e.g. a larger model's out-of-memory)."""
+    if missing or not p_holm < SIGNIFICANT:
+        return False
+    if failed:
+        return bool(p_holm_worst < SIGNIFICANT and np.sign(delta_worst) == np.sign(delta))
+    return True
+
+
 def ablation_frame(study: optuna.Study) -> pd.DataFrame:
     """The ablation study as `ABLATION_COLUMNS`, one row per variant and metric.
 
@@ -36,34 +75,60 @@ def ablation_frame(study: optuna.Study) -> pd.DataFrame:
     paired by seed, with the t interval, the paired test's p, the Holm-adjusted p (family: one
     metric across the non-baseline variants) and p_improve; the baseline's delta is 0 and its
     contrast columns empty. Factorial: the cells (n, mean, std) and then the main effects and
-    interactions (`stats.factorial_effects`), Holm over those effect rows."""
+    interactions (`stats.factorial_effects`), Holm over those effect rows.
+
+    Every row also counts its failed and missing seeds (`seed_outcomes`; an effect row: those of
+    all cells), gives the Holm p of the same family with failures scored at the worst value
+    (`worst_filled`) and whether it earns the `*` (`starred`)."""
     plan = AblationRecord.from_study(study)
     names = list(plan.variants)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    failed, missing = seed_outcomes(study, plan)
     blocks = []
     for metric in ablation_metrics(plan.metric):
-        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE if metric.startswith("val_") else True
+        if metric.startswith("val_"):
+            maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        else:
+            maximize = higher_is_better(metric.removeprefix("test_"))
         arms = {
             name: {int(t.params[SEED]): _ablation_value(t, metric) for t in complete if t.params.get(VARIANT) == name}
             for name in names
         }
+        filled = worst_filled(arms, failed, maximize=maximize)
         if plan.factorial:
-            rows = [_row(name, metric, stats.summarize(arms[name])) for name in names]
+            rows = [{**_row(name, metric, stats.summarize(arms[name])), "failed": len(failed[name]),
+                     "missing": len(missing[name])} for name in names]
             factors = plan.factors
             levels = {f: list(dict.fromkeys(plan.levels[name][f] for name in names)) for f in factors}
-            cells = {tuple(plan.levels[name][f] for f in factors): arms[name] for name in names}
-            effects = stats.factorial_effects(cells, factors, levels, plan.levels[plan.baseline], maximize=maximize)
+            reference = plan.levels[plan.baseline]
+
+            def effects_of(values: dict[str, dict[int, float]]) -> list[stats.Effect]:
+                cells = {tuple(plan.levels[name][f] for f in factors): values[name] for name in names}
+                return stats.factorial_effects(cells, factors, levels, reference, maximize=maximize)
+
+            effects = effects_of(arms)
             tested = [
-                _row(e.name, metric, e.summary or stats.Summary(e.contrast.n, math.nan, math.nan), e.contrast)
+                {**_row(e.name, metric, e.summary or stats.Summary(e.contrast.n, math.nan, math.nan), e.contrast),
+                 "failed": sum(len(v) for v in failed.values()), "missing": sum(len(v) for v in missing.values())}
                 for e in effects
             ]
+            worst = [e.contrast for e in effects_of(filled)]
         else:
             base = arms[plan.baseline]
-            rows = [{**_row(plan.baseline, metric, stats.summarize(base)), "delta": 0.0}]
-            tested = [_row(name, metric, stats.summarize(arms[name]), stats.paired(arms[name], base, maximize=maximize))
-                      for name in names if name != plan.baseline]
+            rows = [{**_row(plan.baseline, metric, stats.summarize(base)), "delta": 0.0,
+                     "failed": len(failed[plan.baseline]), "missing": len(missing[plan.baseline])}]
+            others = [name for name in names if name != plan.baseline]
+            tested = [{**_row(name, metric, stats.summarize(arms[name]), stats.paired(arms[name], base,
+                                                                                      maximize=maximize)),
+                       "failed": len(failed[name]) + len(failed[plan.baseline]),
+                       "missing": len(missing[name]) + len(missing[plan.baseline])} for name in others]
+            worst = [stats.paired(filled[name], filled[plan.baseline], maximize=maximize) for name in others]
         for row, adjusted in zip(tested, stats.holm([row["p"] for row in tested])):
             row["p_holm"] = adjusted
+        for row, contrast, adjusted in zip(tested, worst, stats.holm([c.p for c in worst])):
+            row["p_holm_worst"] = adjusted
+            row["star"] = starred(row["p_holm"], adjusted, row["delta"], contrast.delta, row["failed"],
+                                  row["missing"])
         blocks.append(pd.DataFrame(rows + tested, columns=list(ABLATION_COLUMNS)))
     frame = pd.concat(blocks, ignore_index=True)
     order = {name: i for i, name in enumerate(dict.fromkeys(frame.variant))}
@@ -78,6 +143,7 @@ def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str
     and a caption that says what the table can and cannot support."""
     plan = AblationRecord.from_study(study)
     table = ablation_frame(study)
+    failed, _ = seed_outcomes(study, plan)
     metric = plan.metric
     headline = ablation_metrics(metric)[0]
     retune = plan.retune
@@ -88,7 +154,7 @@ def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str
         by_metric = group.set_index("metric")
         test, val = by_metric.loc[headline], by_metric.loc[f"val_{metric}"]
         share = test["p_improve"]
-        row: dict[str, Any] = {"variant": name, "n": int(test["n"]),
+        row: dict[str, Any] = {"variant": name, "n": int(test["n"]), "failed": _failed_text(failed[name]),
                                metric_label(headline): tables.mean_std(test["mean"], test["std"]),
                                "Δ [95% CI]": _delta_text(test, name == plan.baseline and not plan.factorial),
                                "P(better)": tables.DASH if pd.isna(share) else f"{share:.2f}",
@@ -121,8 +187,14 @@ def _row(variant: str, metric: str, summary: stats.Summary, contrast: stats.Cont
             ci_high=contrast.ci_high,
             p=contrast.p,
             p_improve=contrast.p_improve,
+            note=contrast.note or None,
         )
     return row
+
+
+def _failed_text(seeds: list[int]) -> str:
+    """A variant's failed seeds as the table shows them: ``0`` or ``1 (seed 1003)``."""
+    return f"{len(seeds)} (seed {', '.join(map(str, seeds))})" if seeds else "0"
 
 
 def _delta_text(row: pd.Series, baseline: bool) -> str:
@@ -130,9 +202,9 @@ def _delta_text(row: pd.Series, baseline: bool) -> str:
         return "reference"
     if pd.isna(row["delta"]):
         return tables.DASH
-    mark = "*" if row["p_holm"] < SIGNIFICANT else ""
+    mark = "*" if row["star"] is True else ""
     low, high = tables.metric(row["ci_low"], signed=True), tables.metric(row["ci_high"], signed=True)
-    interval = "" if pd.isna(row["ci_low"]) else f" [{low}, {high}]"
+    interval = f" ({row['note']})" if isinstance(row["note"], str) else "" if pd.isna(row["ci_low"]) else f" [{low}, {high}]"
     return f"{tables.metric(row['delta'], signed=True)}{interval}{mark}"
 
 
