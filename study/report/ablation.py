@@ -68,6 +68,12 @@ def starred(p_holm: float, p_holm_worst: float, delta: float, delta_worst: float
     return True
 
 
+STAR_RULES = (
+    "; a star also needs every seed present in both arms, and where a seed failed (the loss diverged) the "
+    "result must hold with it scored at the worst value observed in the ablation. "
+)
+
+
 def ablation_frame(study: optuna.Study) -> pd.DataFrame:
     """The ablation study as `ABLATION_COLUMNS`, one row per variant and metric.
 
@@ -202,9 +208,12 @@ def _delta_text(row: pd.Series, baseline: bool) -> str:
         return "reference"
     if pd.isna(row["delta"]):
         return tables.DASH
-    mark = "*" if row["star"] is True else ""
+    mark = "*" if isinstance(row["star"], (bool, np.bool_)) and row["star"] else ""
     low, high = tables.metric(row["ci_low"], signed=True), tables.metric(row["ci_high"], signed=True)
-    interval = f" ({row['note']})" if isinstance(row["note"], str) else "" if pd.isna(row["ci_low"]) else f" [{low}, {high}]"
+    if isinstance(row["note"], str):
+        interval = f" ({row['note']})"  # e.g. a constant difference: no interval to show
+    else:
+        interval = "" if pd.isna(row["ci_low"]) else f" [{low}, {high}]"
     return f"{tables.metric(row['delta'], signed=True)}{interval}{mark}"
 
 
@@ -213,10 +222,15 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
     seeds = plan.seeds
     parent, baseline = plan.parent or "?", plan.baseline
     metrics = sorted(set(table.metric), key=ablation_metrics(plan.metric).index)
+    if plan.split_per_seed is None:  # version 2: as it ran
+        split = "and, where the TOML named split_seed, the validation split"
+    elif plan.split_per_seed:
+        split = "and the validation split"
+    else:
+        split = "but not the validation split (the objective has no split_seed: one split for every seed)"
     common = (
         f"Every variant ran the same {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}; none used by {parent}); "
-        "seed s sets "
-        "the initialisation, batch order, augmentation and the validation split, never the test set. Mean ± std "
+        f"seed s sets the initialisation, batch order, augmentation {split}, never the test set. Mean ± std "
         f"over seeds; Δ and P(better) are on {metric_label(headline)}. "
     )
     if plan.factorial:
@@ -230,8 +244,8 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
             "t interval. "
             "Rows interaction:f x g: Δ = y11 - y10 - y01 + y00 per seed (0 = reference level), its mean and 95 % t "
             "interval. "
-            f"* = Holm-adjusted paired t-test p < {SIGNIFICANT} (family: one metric across the effect rows). Cell "
-            "rows have no test."
+            f"* = Holm-adjusted paired t-test p < {SIGNIFICANT} (family: one metric across the effect rows){STAR_RULES}"
+            " Cell rows have no test."
         )
     else:
         text = (
@@ -242,7 +256,8 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
             + f"Δ = variant - baseline, paired by seed (only seeds both "
             "finished), with the 95 % t interval of the paired differences; * = Holm-adjusted paired t-test p < "
             f"{SIGNIFICANT} "
-            f"(family: one metric across the {len(plan.variants) - 1} variants). P(better) = share of seeds on which "
+            f"(family: one metric across the {len(plan.variants) - 1} variants){STAR_RULES} P(better) = share of seeds "
+            "on which "
             "the "
             "variant beats the baseline (ties count one half)."
         )
@@ -250,12 +265,16 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
              "its favour (the table shows validation's mean ± std only; the CSV has every metric's difference).")
     retune = plan.retune
     if retune:
+        tuning = len(retune.get("tuning_seeds", []))
+        how = (f"each on the same {tuning} tuning seeds, picked by the mean validation value ({tuning} x "
+               f"{len(retune['candidates'])} trials per variant)" if "seeds" in retune else
+               "each on one tuning seed of its own (version 2: the pick partly reflects which seed drew an easy "
+               "validation split)")
         text += (
             f" {retune['param']} was retuned for every variant, the baseline included, on validation: the same "
-            f"{len(retune['candidates'])} candidates ({', '.join(tables.cell(c) for c in retune['candidates'])}) on "
-            "tuning seeds "
-            "disjoint from the evaluation seeds; the column gives each variant's pick. The other parameters keep "
-            "the baseline's values."
+            f"{len(retune['candidates'])} candidates ({', '.join(tables.cell(c) for c in retune['candidates'])}), "
+            f"{how}, on tuning seeds disjoint from the evaluation seeds; the column gives each variant's pick. The "
+            "other parameters keep the baseline's values."
         )
     else:
         shared = {
@@ -264,6 +283,19 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
         text += (" No parameter was retuned: the variants share the baseline's values of the other parameters"
                  + (f" ({', '.join(f'{k} {tables.cell(v)}' for k, v in shared.items())})" if shared else "")
                  + ", tuned for the baseline, so a variant may lose for want of its own (see ablate --retune).")
+    if changes_loss(plan):
+        text += " " + loss_confound(retune)
+    notes = sorted(set(table.note.dropna()))
+    if notes:
+        text += (" Rows marked (constant difference): every seed gave the same non-zero Δ, so the t-test has no "
+                 "spread to work with (p and the interval are left empty, and no star): with this few seeds and a "
+                 "metric in coarse steps, a constant difference is not certainty.")
+    failed, _ = seed_outcomes(study, plan)
+    if any(failed.values()):
+        text += (" Failed = seeds whose training failed for a reason of the variant (the loss diverged): "
+                 + "; ".join(f"{name} seed {', '.join(map(str, s))}" for name, s in failed.items() if s)
+                 + "; they are not in the pairing, and the star needs the result to hold with them scored at the "
+                 "worst value observed in this ablation.")
     missing = _missing_seeds(study, plan)
     if missing:
         text += (
@@ -292,3 +324,25 @@ def _missing_seeds(study: optuna.Study, plan: AblationRecord) -> dict[str, list[
     }
     missing = {name: [s for s in plan.seeds if (name, s) not in done] for name in plan.variants}
     return {name: seeds for name, seeds in missing.items() if seeds}
+
+
+LOSS_PARAMS = ("loss", "focal_gamma")  # the settings whose change changes the loss function
+
+
+def changes_loss(plan: AblationRecord) -> bool:
+    """Whether some variant (or factor) changes the loss against the baseline."""
+    base = plan.variants[plan.baseline]
+    if plan.factorial:
+        return any(f in LOSS_PARAMS for f in plan.factors)
+    return any(values.get(p) != base.get(p) for values in plan.variants.values() for p in LOSS_PARAMS)
+
+
+def loss_confound(retune: Any) -> str:
+    """The caption's sentence on a loss contrast: the loss also sets the effective step size."""
+    text = ("A change of loss also changes the effective step size: focal loss scales the cross-entropy gradient by "
+            "about (1 - p_t)^gamma, so at p_t = 0.9 its gradient is ~3 % of CE's, and at one learning rate the "
+            "effective step sizes differ 5-35x over training.")
+    if retune and retune.get("param") == "lr":
+        return text + " lr was retuned for every variant, which removes most of that confound."
+    return text + (" The learning rate was not retuned per variant, so Δ mixes the loss with the step size; "
+                   "run ablate --retune lr to separate them.")
