@@ -13,6 +13,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
+from test_ablation_stats import stored_parent
 
 import objectives.image_classifier
 from objectives import metrics
@@ -27,7 +28,6 @@ from study.space import SpaceError
 from study.space_file import load_space_text
 
 from conftest import ANALYSIS_SPACE
-from test_ablation_stats import stored_parent
 
 # ---------------------------------------------------------------- the metric registry
 
