@@ -309,6 +309,10 @@ def _retune(session: Session, name: str, variant: Variant, values: dict[str, Any
     settings = session.prep.space.study
     study = session.study(name, settings.direction, records.is_retune_study)
     records.write_retune_plan(study, variant.name, param.name, retune)
+    if any(study.user_attrs.get(k) != retune[k] for k in ("candidates", "tuning_seeds")):
+        # e.g. left behind by a deleted version-2 ablation of the same name (one seed per candidate)
+        raise InputError(f"{name} holds another retune plan (other candidates or tuning seeds); delete it (optuna "
+                         f"delete-study --study-name '{name}') or choose another --study-name")
     grid = optuna.samplers.GridSampler(
         {param.name: list(retune["candidates"]), records.TUNE_SEED: list(retune["tuning_seeds"])}, seed=0)
     target = len(retune["candidates"]) * len(retune["tuning_seeds"])
