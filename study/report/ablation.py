@@ -145,8 +145,9 @@ def ablation_frame(study: optuna.Study) -> pd.DataFrame:
 
 def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """The ablation study's raw rows (`ablation_frame`), the wide table a reader sees (per
-    variant: mean ± std and delta [95 % CI] of the headline metrics, a * where p_holm < 0.05)
-    and a caption that says what the table can and cannot support."""
+    variant: mean ± std and delta [95 % CI] of the headline metrics, a * where `starred`; a
+    `failed` column where some variant has failed seeds, so a table without failures keeps its
+    width) and a caption that says what the table can and cannot support."""
     plan = AblationRecord.from_study(study)
     table = ablation_frame(study)
     failed, _ = seed_outcomes(study, plan)
@@ -160,7 +161,8 @@ def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str
         by_metric = group.set_index("metric")
         test, val = by_metric.loc[headline], by_metric.loc[f"val_{metric}"]
         share = test["p_improve"]
-        row: dict[str, Any] = {"variant": name, "n": int(test["n"]), "failed": _failed_text(failed[name]),
+        row: dict[str, Any] = {"variant": name, "n": int(test["n"]),
+                               **({"failed": _failed_text(failed[name])} if any(failed.values()) else {}),
                                metric_label(headline): tables.mean_std(test["mean"], test["std"]),
                                "Δ [95% CI]": _delta_text(test, name == plan.baseline and not plan.factorial),
                                "P(better)": tables.DASH if pd.isna(share) else f"{share:.2f}",
