@@ -298,10 +298,11 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
                  + "; ".join(f"{name} seed {', '.join(map(str, s))}" for name, s in failed.items() if s)
                  + "; they are not in the pairing, and the star needs the result to hold with them scored at the "
                  "worst value observed in this ablation.")
-    missing = _missing_seeds(study, plan)
+    missing = {name: seeds for name, seeds in seed_outcomes(study, plan)[1].items() if seeds}
     if missing:
         text += (
-            " Not finished, so not paired: "
+            " Not finished (a failure of the machine not re-run yet, or not run), so not paired, and no star for "
+            "a contrast that needs them: "
             + "; ".join(f"{name} seed {', '.join(map(str, s))}" for name, s in missing.items())
             + "."
         )
@@ -316,16 +317,6 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
         f"p_holm and p_improve."
     )
     return text
-
-
-def _missing_seeds(study: optuna.Study, plan: AblationRecord) -> dict[str, list[int]]:
-    done = {
-        (t.params.get(VARIANT), t.params.get(SEED))
-        for t in study.get_trials(deepcopy=False)
-        if t.state == TrialState.COMPLETE
-    }
-    missing = {name: [s for s in plan.seeds if (name, s) not in done] for name in plan.variants}
-    return {name: seeds for name, seeds in missing.items() if seeds}
 
 
 LOSS_PARAMS = ("loss", "focal_gamma")  # the settings whose change changes the loss function
