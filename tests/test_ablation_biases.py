@@ -5,6 +5,8 @@ objective's settings and the retune pick by the mean over tuning seeds."""
 
 import dataclasses
 import math
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -48,6 +50,12 @@ def test_the_registry_knows_each_metric_direction_and_needs_no_torch():
         metrics.metric("kapa")
     assert metrics.higher_is_better("kappa") and not metrics.higher_is_better("loss")
     assert metrics.higher_is_better("something_old")  # a stored study's own metric: as every metric was
+
+
+def test_the_registry_imports_without_torch():
+    code = "import sys, objectives.metrics, study.space_file; assert 'torch' not in sys.modules, 'torch loaded'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
 
 
 def test_metric_and_direction_are_checked_for_a_new_study():
