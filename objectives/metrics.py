@@ -9,6 +9,7 @@ the classes present in labels or predictions; quadratic weighted kappa over the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,7 +17,52 @@ import numpy as np
 if TYPE_CHECKING:  # the study's records read METRIC_NAMES in processes that never load torch
     import torch
 
-METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "kappa")
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "kappa")  # what `summarize` computes from a confusion
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric a study may optimise: its name in the TOML and in stored metrics, a short label
+    for tables, whether higher is better, and whether it needs the class scores (the loss) or the
+    confusion matrix of the argmax suffices. The one place a metric's direction is written: the
+    TOML's checks, the records, the reports and the CLI read it here, so `loss` can never again be
+    maximised by default."""
+
+    name: str
+    label: str
+    higher_is_better: bool
+    needs_scores: bool = False
+
+    @property
+    def direction(self) -> str:
+        """The Optuna direction that optimises this metric."""
+        return "maximize" if self.higher_is_better else "minimize"
+
+
+REGISTRY: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("kappa", "kappa", True),
+        Metric("accuracy", "acc", True),
+        Metric("balanced_accuracy", "bal_acc", True),
+        Metric("macro_f1", "macro_f1", True),
+        Metric("loss", "loss", False, needs_scores=True),
+    )
+}
+
+
+def metric(name: str) -> Metric:
+    """The registered metric `name`; a ValueError naming the known ones (the caller words the
+    one-line error)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown metric {name!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of metric `name` is better; unknown names (a stored study's own
+    metric, written before the registry) count as higher-is-better, as every metric did then."""
+    return REGISTRY[name].higher_is_better if name in REGISTRY else True
 
 
 def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:

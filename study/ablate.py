@@ -10,22 +10,33 @@ never used (neither as a trial's ``seed`` nor as its ``split_seed``), so the par
 (whose seed was lucky enough to win the search) is never replayed and counted. They are chosen
 once, recorded in the study's user attrs and reused on every re-run. Every variant runs the same
 seeds, and seed s sets both the trial's ``seed`` (initialisation, batch order, augmentation) and,
-where the space has one, its ``split_seed`` (the validation split; the test set never depends on
-it): seed s of a variant and seed s of the baseline share all of that, so the report pairs them,
+where the objective has that setting (its Config, not the TOML's names: an objective whose split
+seed defaults to 0 would otherwise train every seed on one validation split), its ``split_seed``
+(the validation split; the test set never depends on it): seed s of a variant and seed s of the
+baseline share all of that, so the report pairs them,
 and the spread over seeds includes the split (Bouthillier et al. 2021).
 
 Retuning (``--retune PARAM``). Without it every variant reuses the baseline's values of the other
 parameters, which favours the baseline (its learning rate was tuned for it). With it, every variant,
 the baseline included, first searches PARAM on validation with the same budget: the same
-``--retune-trials`` candidates spread over the parameter's range (log-spaced for a log range),
-candidate j trained on tuning seed j, where the tuning seeds are disjoint from the evaluation
-seeds and the parent's. The search of variant V is its own study ``ABLATION.retune.V``; a re-run
+``--retune-trials`` (C) candidates spread over the parameter's range (log-spaced for a log range),
+every candidate trained on the same ``--retune-seeds`` (r) tuning seeds, disjoint from the
+evaluation seeds and the parent's, and picked by its mean validation value over them
+(`variants.pick_by_mean`): r x C trials for the baseline and for every variant. (Version 2 trained
+candidate j on tuning seed j only, so its pick mostly reflected which seed drew an easy split.)
+The search of variant V is its own study ``ABLATION.retune.V``; a re-run
 finds it there (finished or not) and goes on, so the retune phase resumes like the rest. A variant
 then trains its evaluation seeds at its own best candidate. A grid rather than a sampler because
 every variant must get exactly the same candidates and conditions: only its pick may differ.
 
-An ablation study from before this design (reused seeds 0..K-1, no seed list) is refused, never
-mixed with new trials: its seeds may include the parent's own.
+Failures. A cell that failed for a reason of its own configuration (`records.TRIAL_FAILURES`:
+the loss diverged) is a result of its variant, never re-run; one that failed for the
+infrastructure's reason (cuda_oom, cuda_error, ...) is re-run once by every `ablate` run
+(`infrastructure_cells`); the report withholds the star where either is missing.
+
+An ablation study from before this design (version 2: split per seed from the TOML's names, one
+tuning seed per candidate; or older: reused seeds 0..K-1) is refused, never mixed with new trials;
+`report` still shows a version-2 table as it ran.
 """
 
 from __future__ import annotations
@@ -33,15 +44,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from objectives import contract
 from objectives.errors import InputError
-from study import records, storage
+from study import records, registry, storage
 from study.records import AblationRecord
+from study.run.loop import TrialsFailing
 from study.run.options import RunOptions
 from study.run.output import Output
 from study.run.samplers import make_pruner
@@ -49,17 +63,20 @@ from study.run.session import Session, check_adoptable
 from study.run.trainer import TrialTrainer
 from study.space import Param, SearchSpace
 from study.variants import (
+    DEFAULT_RETUNE_SEEDS,
     DEFAULT_RETUNE_TRIALS,
     DEFAULT_SEEDS,
     EVAL_SEED_START,
     TUNE_SEED_START,
     Variant,
     candidates,
+    check_retune_seeds,
     check_retune_trials,
     check_seeds,
     fresh_seeds,
     parent_seeds,
     parent_space,
+    pick_by_mean,
     retune_param,
     text,
     variants,
@@ -75,10 +92,12 @@ class AblationOptions:
     retune: str | None = None
     retune_trials: int = DEFAULT_RETUNE_TRIALS
     study_name: str | None = None
+    retune_seeds: int = DEFAULT_RETUNE_SEEDS
 
     def __post_init__(self) -> None:
         check_seeds(self.seeds)
         check_retune_trials(self.retune_trials)
+        check_retune_seeds(self.retune_seeds)
 
 
 def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Output) -> optuna.Study:
@@ -94,7 +113,8 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
     tuned_param = retune_param(space, ablation.retune) if ablation.retune else None
     study_name = ablation.study_name or f"{name}{records.ABLATION_SUFFIX}"
     existing = _existing(store, study_name, url, parent.direction)
-    plan = _plan(name, parent, space, found, ablation, existing)
+    split = splits_per_seed(registry.objective_module(space))
+    plan = _plan(name, parent, space, found, ablation, existing, split)
     if existing is not None:
         _check_same_plan(existing, plan, ablation, url)
 
@@ -120,7 +140,7 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
     out.line(f"ablation of {name} ({plan.mode}): {len(found)} variants x {len(plan.seeds)} seeds {plan.seeds}: "
              + "; ".join(v.name for v in found))
     deadline = None if opts.timeout is None else time.monotonic() + opts.timeout
-    split = "split_seed" in session.prep.space.names()
+    split = bool(plan.split_per_seed)  # as the plan recorded it (the same objective: checked above)
     configs = {v.name: {**session.prep.space.fixed, **session.prep.space.pinned, **v.values} for v in found}
     if plan.retune is not None:
         picked = {}
@@ -137,6 +157,7 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
                 plan.retune,
                 split,
                 _left(deadline),
+                maximize=parent.direction == optuna.study.StudyDirection.MAXIMIZE,
             )
             if value is None:
                 out.line("stopped before the retune phase finished; run ablate again to continue")
@@ -150,11 +171,55 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
     sampler = optuna.samplers.GridSampler(
         {records.VARIANT: [v.name for v in found], records.SEED: list(plan.seeds)}, seed=0
     )
-    session.optimize(study, _AblationObjective(study, configs, list(plan.seeds), split, session.trainer), target=target,
+    objective = _AblationObjective(study, configs, list(plan.seeds), split, session.trainer)
+    session.optimize(study, objective, target=target,
                      sampler=sampler, pruner=make_pruner(session.prep.space), timeout=_left(deadline),
                      max_failures=None)  # a failed cell (nan_loss) is a result; an environment error still stops
+    _rerun_infrastructure(session, study, objective, _left(deadline))
     session.summary(study)
     return study
+
+
+def splits_per_seed(module: ModuleType) -> bool:
+    """Whether seed s of an ablation also sets ``split_seed``: whenever the objective's Config
+    (`module`'s) has that setting (`objectives.contract.settings`), whether or not the TOML names
+    it; the runner sets it like any other setting."""
+    return "split_seed" in contract.settings(module.Config)
+
+
+def infrastructure_cells(study: optuna.Study) -> list[dict[str, Any]]:
+    """The grid cells (params) without a complete trial whose every failure was the
+    infrastructure's (not `records.is_trial_failure`), latest attempt finished: `ablate` runs each
+    again. A cell that failed for its own reason (nan_loss) keeps that result."""
+    trials = study.get_trials(deepcopy=False)
+    cells: dict[tuple[Any, Any], list[optuna.trial.FrozenTrial]] = {}
+    for t in trials:
+        if records.VARIANT in t.params and records.SEED in t.params:
+            cells.setdefault((t.params[records.VARIANT], t.params[records.SEED]), []).append(t)
+    out = []
+    for (variant, seed), attempts in cells.items():
+        states = {t.state for t in attempts}
+        if TrialState.COMPLETE in states or TrialState.RUNNING in states or TrialState.WAITING in states:
+            continue
+        failed = [t for t in attempts if t.state == TrialState.FAIL]
+        if failed and not any(records.is_trial_failure(records.TrialRecord.from_trial(t).fail_reason) for t in failed):
+            out.append({records.VARIANT: variant, records.SEED: seed})
+    return out
+
+
+def _rerun_infrastructure(session: Session, study: optuna.Study, objective: Any, timeout: float | None) -> None:
+    """Run once more every cell `infrastructure_cells` finds (one at a time, so a cell that fails
+    again stops only itself: the report then withholds the star that needs it)."""
+    for params in infrastructure_cells(study):
+        session.out.line(f"re-running {params[records.VARIANT]} seed {params[records.SEED]} "
+                         f"(it failed for a reason of the machine, not of the variant)")
+        study.enqueue_trial(params)
+        finished = records.count(study, records.FINISHED)
+        try:
+            session.optimize(study, objective, target=finished + 1, sampler=optuna.samplers.RandomSampler(seed=0),
+                             pruner=make_pruner(session.prep.space), timeout=timeout, max_failures=1)
+        except TrialsFailing:
+            continue
 
 
 def is_embedded(dataset: str) -> bool:
@@ -164,12 +229,13 @@ def is_embedded(dataset: str) -> bool:
 
 
 def _plan(name: str, parent: optuna.Study, space: SearchSpace, found: list[Variant], ablation: AblationOptions,
-          existing: optuna.Study | None) -> AblationRecord:
+          existing: optuna.Study | None, split: bool) -> AblationRecord:
     """What the ablation study records: the variants, the evaluation seeds (fresh, or as recorded
-    by the first run) and the retune grid with its tuning seeds."""
+    by the first run), whether a seed draws the split too, and the retune grid with its r tuning
+    seeds (shared by every candidate)."""
     if existing is not None:
         recorded = AblationRecord.from_study(existing)
-        seeds, retune = recorded.seeds, recorded.retune
+        seeds, retune, split = recorded.seeds, recorded.retune, bool(recorded.split_per_seed)
     else:
         used = parent_seeds(parent, space.study.seed)
         seeds, retune = fresh_seeds(ablation.seeds, used, EVAL_SEED_START), None
@@ -177,13 +243,14 @@ def _plan(name: str, parent: optuna.Study, space: SearchSpace, found: list[Varia
             values = candidates(
                 retune_param(space, ablation.retune), {**space.fixed, **space.pinned}, ablation.retune_trials
             )
-            retune = {"param": ablation.retune, "trials": ablation.retune_trials, "candidates": values,
-                      "tuning_seeds": fresh_seeds(len(values), used | set(seeds), TUNE_SEED_START)}
+            retune = {"param": ablation.retune, "trials": ablation.retune_trials, "seeds": ablation.retune_seeds,
+                      "candidates": values,
+                      "tuning_seeds": fresh_seeds(ablation.retune_seeds, used | set(seeds), TUNE_SEED_START)}
     return AblationRecord(
         parent=name, mode="factorial" if ablation.factors else "one-at-a-time", factors=list(ablation.factors),
         baseline=found[0].name, variants={v.name: v.values for v in found}, levels={v.name: v.levels for v in found},
         seeds=seeds, retune=retune, metric=space.study.metric, objective=space.study.objective,
-        dataset=records.StudyRecord.from_study(parent).dataset)
+        dataset=records.StudyRecord.from_study(parent).dataset, split_per_seed=split)
 
 
 def seeded(values: Mapping[str, Any], seed: int, split: bool) -> dict[str, Any]:
@@ -209,7 +276,7 @@ class _AblationObjective:
 
 
 class _RetuneObjective:
-    """One candidate of a variant's retune grid, trained on the tuning seed of its position."""
+    """One cell of a variant's retune grid: a candidate on one of the tuning seeds."""
 
     def __init__(
         self,
@@ -234,33 +301,50 @@ class _RetuneObjective:
             value = trial.suggest_int(self.param.name, int(low), int(high))
         else:
             value = trial.suggest_float(self.param.name, float(low), float(high), log=self.param.log)
-        seed = self.seeds[int(np.argmin([abs(c - value) for c in self.candidates]))]
+        seed = trial.suggest_categorical(records.TUNE_SEED, self.seeds)
         return self.trainer(self.study, trial, seeded({**self.values, self.param.name: value}, seed, self.split))
 
 
 def _retune(session: Session, name: str, variant: Variant, values: dict[str, Any], param: Param,
-            retune: Mapping[str, Any], split: bool, timeout: float | None) -> int | float | None:
-    """Run (or resume) the retune grid of one variant; its best candidate, or None when the
-    timeout stopped it first."""
+            retune: Mapping[str, Any], split: bool, timeout: float | None, *, maximize: bool) -> int | float | None:
+    """Run (or resume) the retune grid (candidates x tuning seeds) of one variant; the candidate
+    with the best mean over the tuning seeds, or None when the timeout stopped it first."""
     settings = session.prep.space.study
     study = session.study(name, settings.direction, records.is_retune_study)
     records.write_retune_plan(study, variant.name, param.name, retune)
-    grid = optuna.samplers.GridSampler({param.name: list(retune["candidates"])}, seed=0)
-    target = len(retune["candidates"])
+    if any(study.user_attrs.get(k) != retune[k] for k in ("candidates", "tuning_seeds")):
+        # e.g. left behind by a deleted version-2 ablation of the same name (one seed per candidate)
+        raise InputError(f"{name} holds another retune plan (other candidates or tuning seeds); delete it (optuna "
+                         f"delete-study --study-name '{name}') or choose another --study-name")
+    grid = optuna.samplers.GridSampler(
+        {param.name: list(retune["candidates"]), records.TUNE_SEED: list(retune["tuning_seeds"])}, seed=0)
+    target = len(retune["candidates"]) * len(retune["tuning_seeds"])
     if session.announce(study, target):
         session.optimize(study, _RetuneObjective(study, values, param, retune, split, session.trainer), target=target,
                          sampler=grid, pruner=make_pruner(session.prep.space), timeout=timeout, max_failures=None)
     if not grid.is_exhausted(study):
         return None
-    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-        raise InputError(
-            f"retune of {variant.name}: no candidate of {param.name} finished (see {name}); nothing to evaluate"
-        )
-    best = study.best_trial.params[param.name]
-    session.out.line(
-        f"{variant.name}: {param.name} retuned to {text(best)} (validation {settings.metric} {study.best_value:.4f})"
-    )
+    results = retune_results(study, param.name, retune)
+    best = pick_by_mean(results, len(retune["tuning_seeds"]), maximize=maximize)
+    if best is None:
+        raise InputError(f"retune of {variant.name}: no candidate of {param.name} finished on all "
+                         f"{len(retune['tuning_seeds'])} tuning seeds (see {name}); nothing to evaluate")
+    mean = float(np.mean(results[best]))
+    session.out.line(f"{variant.name}: {param.name} retuned to {text(best)} (mean validation {settings.metric} "
+                     f"{mean:.4f} over {len(retune['tuning_seeds'])} tuning seeds)")
     return best
+
+
+def retune_results(study: optuna.Study, param: str, retune: Mapping[str, Any]) -> dict[Any, list[float]]:
+    """Per candidate (in the plan's order), its validation values on the tuning seeds, NaN where
+    that seed failed or has not run."""
+    values: dict[tuple[Any, Any], float] = {}
+    for t in study.get_trials(deepcopy=False):
+        if param in t.params and records.TUNE_SEED in t.params and t.state.is_finished():
+            key = (t.params[param], t.params[records.TUNE_SEED])
+            if t.state == TrialState.COMPLETE or key not in values:
+                values[key] = float(t.value) if t.state == TrialState.COMPLETE else float("nan")
+    return {c: [values.get((c, s), float("nan")) for s in retune["tuning_seeds"]] for c in retune["candidates"]}
 
 
 def _existing(store: optuna.storages.BaseStorage, name: str, url: str,
@@ -276,6 +360,13 @@ def _existing(store: optuna.storages.BaseStorage, name: str, url: str,
         return study
     if not study.get_trials(deepcopy=False):
         return None  # created but never given its plan (a crash in between): start it afresh
+    if AblationRecord.is_reported(study):
+        raise InputError(
+            f"{name} was made by an older ablate (version {study.user_attrs.get(records.ABLATION_VERSION_KEY)}: "
+            f"retune on one seed per candidate, split per seed from the TOML) and is not resumed with other "
+            f"semantics; `report` still shows it: choose a new name with --study-name or delete it (optuna "
+            f"delete-study --study-name '{name}' --storage {storage.mask(url)})"
+        )
     raise InputError(
         f"{name} was made by an older ablate (seeds 0..K-1, possibly the parent's own) and is not mixed with new "
         f"trials: delete it (optuna delete-study --study-name '{name}' --storage {storage.mask(url)}) "
@@ -288,9 +379,10 @@ def _check_same_plan(study: optuna.Study, plan: AblationRecord, ablation: Ablati
     trial), factors, number of seeds and retuning."""
     recorded = AblationRecord.from_study(study)
     retune = recorded.retune or {}
-    wanted = (ablation.retune, ablation.retune_trials) if ablation.retune else (None, None)
+    wanted = (ablation.retune, ablation.retune_trials, ablation.retune_seeds) if ablation.retune else (None, None, None)
     same = (recorded.variants == plan.variants and recorded.factors == plan.factors
-            and len(recorded.seeds) == ablation.seeds and (retune.get("param"), retune.get("trials")) == wanted)
+            and len(recorded.seeds) == ablation.seeds
+            and (retune.get("param"), retune.get("trials"), retune.get("seeds")) == wanted)
     if not same:
         raise InputError(
             f"{study.study_name} exists with other variants, seeds or --retune; run it with its own settings, "

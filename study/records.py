@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.metrics import METRIC_NAMES
 from study.report_layout import ReportLayout
 
-METRICS = METRIC_NAMES  # the metrics every split records and the report tabulates (all higher-is-better)
+METRICS = METRIC_NAMES  # the metrics every split records and the report tabulates (directions: objectives.metrics)
 SPLITS = ("val", "test")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts toward a study's target
 STALE = "stale worker"  # how a FAIL trial without a recorded reason is shown (its worker died)
@@ -41,6 +41,16 @@ RESUMED_FROM = "resumed_from"  # {"trial": n, "epoch": e}: the checkpoint this a
 RESUME_OF = "resume_of"  # set on a re-queued interrupted trial: the number of the one it re-runs
 INTERRUPTED = "interrupted"  # the fail reason of a trial stopped by Ctrl-C / SIGTERM
 HEARTBEAT = "heartbeat"  # the fail reason of a trial whose worker stopped sending heartbeats (killed, lost)
+# fail reasons caused by the trial's own configuration (`objectives.train.Diverged.reason`): in an
+# ablation such a seed is a result of its variant (it counts as a failure), never re-run. Any other
+# reason (cuda_oom, cuda_error, heartbeat, interrupted, an exception of the environment) is the
+# infrastructure's: `ablate` re-runs the cell, and a cell still missing only withholds the star.
+TRIAL_FAILURES = frozenset({"nan_loss", "diverged"})
+
+
+def is_trial_failure(reason: str | None) -> bool:
+    """Whether a failed trial's recorded reason is its own configuration's (`TRIAL_FAILURES`)."""
+    return reason in TRIAL_FAILURES
 
 
 def metrics_key(split: str) -> str:
@@ -73,9 +83,12 @@ PARENT, MODE, FACTORS, BASELINE, VARIANTS, LEVELS, SEEDS, RETUNE = (
     "parent", "mode", "factors", "baseline", "variants", "levels", "seeds", "retune")
 RETUNED = "retuned"  # variant -> its retuned value (None where the parameter is inactive)
 ABLATION_VERSION_KEY = "ablation_version"
-ABLATION_VERSION = 2  # an ablation study with fresh, recorded seeds (older ones reused 0..K-1)
+ABLATION_VERSION = 3  # 3: split per seed from the objective's settings, retune on r seeds per candidate
+REPORTED_VERSIONS = (2, 3)  # what `report` reads (2: fresh seeds, retune one seed per candidate)
+SPLIT_PER_SEED = "split_per_seed"  # an ablation's plan: whether seed s also drew the validation split
 VARIANT = "variant"  # the ablation grid's params (variant, seed); a retune study's attr `variant`
 SEED = "seed"
+TUNE_SEED = "tune_seed"  # a retune study's grid param (version 3): the tuning seed of the cell
 PARAM = "param"  # a retune study's attrs: variant, param and the plan's retune mapping
 
 
@@ -317,6 +330,7 @@ class AblationRecord:
     dataset: str | None = None
     retuned: Mapping[str, Any] | None = None
     version: int | None = ABLATION_VERSION
+    split_per_seed: bool | None = None  # recorded from version 3 on (None: a version-2 plan)
 
     @classmethod
     def from_study(cls, study: optuna.Study) -> AblationRecord:
@@ -327,12 +341,19 @@ class AblationRecord:
             baseline=attrs[BASELINE], variants=attrs[VARIANTS], levels=attrs.get(LEVELS, {}), seeds=attrs[SEEDS],
             retune=attrs.get(RETUNE), metric=attrs[METRIC], objective=attrs.get(OBJECTIVE), dataset=attrs.get(DATASET),
             retuned=attrs.get(RETUNED), version=attrs.get(ABLATION_VERSION_KEY),
+            split_per_seed=attrs.get(SPLIT_PER_SEED),
         )
 
     @staticmethod
     def is_current(study: optuna.Study) -> bool:
-        """Made by this design (fresh recorded seeds); an older ablation lacks the marker."""
+        """Made by this design (version 3); `ablate` resumes only these."""
         return study.user_attrs.get(ABLATION_VERSION_KEY) == ABLATION_VERSION
+
+    @staticmethod
+    def is_reported(study: optuna.Study) -> bool:
+        """An ablation `report` tabulates: this version or one before it that recorded its seeds
+        (each reported as it ran; never resumed, see `study.ablate._existing`)."""
+        return study.user_attrs.get(ABLATION_VERSION_KEY) in REPORTED_VERSIONS
 
     @property
     def factorial(self) -> bool:
@@ -352,6 +373,7 @@ class AblationRecord:
             METRIC: self.metric,
             OBJECTIVE: self.objective,
             DATASET: self.dataset,
+            SPLIT_PER_SEED: self.split_per_seed,
         }
 
     def write(self, study: optuna.Study) -> None:

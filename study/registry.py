@@ -73,9 +73,19 @@ def recorded_space(study: Any, *, objective: str | None = None) -> SearchSpace |
     record = StudyRecord.from_study(study)
     if not record.space_text:
         return None
-    space = load_space_text(record.space_text, stored_label(study.study_name), study.study_name)
+    space = load_space_text(record.space_text, stored_label(study.study_name), study.study_name,
+                            direction=stored_direction(study))
     trusted_objective(space.study.objective, study.study_name, objective)
     return with_recorded_settings(space, study)
+
+
+def stored_direction(study: Any) -> str | None:
+    """The direction a stored study ran with ("maximize"/"minimize"), None when it has none (not
+    a single-objective Optuna study): the stored TOML is re-read with it, never re-checked."""
+    try:
+        return "maximize" if study.direction.name == "MAXIMIZE" else "minimize"
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def stored_label(study_name: str) -> Path:

@@ -3,12 +3,14 @@ every problem one line naming file, parameter and problem (`SpaceError`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from objectives import metrics
 from study import report_layout
 from study.report_layout import ReportLayout
 from study.schema1 import SCHEMA1_OBJECTIVES
@@ -59,9 +61,14 @@ def load_space(path: Path, name: str | None = None) -> SearchSpace:
     return load_space_text(text, path, name)
 
 
-def load_space_text(text: str, path: Path, name: str | None = None) -> SearchSpace:
+def load_space_text(text: str, path: Path, name: str | None = None, *, direction: str | None = None) -> SearchSpace:
     """Parse and validate a search space from its TOML text; `path` names it in messages (and
-    is the file it came from, or the one a stored study recorded)."""
+    is the file it came from, or the one a stored study recorded).
+
+    `direction` is given for a stored space: the direction its study actually ran with. Then the
+    metric is not checked against the registry and the direction is the study's, so a study made
+    before the registry (e.g. ``metric = "loss"`` under the old default ``maximize``) reports and
+    resumes as it ran; only a new study gets the checks of `_check_metric`."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -90,6 +97,10 @@ def load_space_text(text: str, path: Path, name: str | None = None) -> SearchSpa
         raise SpaceError(f"{where}: [study]: {exc}") from None
     if not isinstance(study.objective, str) or not study.objective:
         raise SpaceError(f"{where}: [study].objective must be a module name, got {study.objective!r}")
+    if direction is not None:
+        study = dataclasses.replace(study, direction=direction)
+    else:
+        study = _check_metric(study, "direction" in study_doc, where)
     for key, allowed in (("direction", DIRECTIONS), ("sampler", SAMPLERS), ("pruner", PRUNERS)):
         if getattr(study, key) not in allowed:
             raise SpaceError(f"{where}: [study].{key} = {getattr(study, key)!r}; expected one of {', '.join(allowed)}")
@@ -189,6 +200,24 @@ def _parse_param(name: str, spec: Any, where: str, fixed: Mapping[str, Any], ear
         raise SpaceError(f"{at}: log and step cannot be combined")
     return param
 
+
+
+def _check_metric(study: StudySettings, explicit: bool, where: str) -> StudySettings:
+    """`study` with its metric checked against `objectives.metrics.REGISTRY` and its direction
+    defaulted from the metric where the TOML omits it; an explicit direction that contradicts the
+    metric is an error (maximising the loss keeps the worst epoch and prunes the good trials)."""
+    try:
+        found = metrics.metric(study.metric)
+    except (ValueError, TypeError):
+        raise SpaceError(f"{where}: [study].metric = {study.metric!r} is unknown; known: "
+                         f"{', '.join(metrics.REGISTRY)}") from None
+    if not explicit:
+        return dataclasses.replace(study, direction=found.direction)
+    if study.direction in DIRECTIONS and study.direction != found.direction:
+        raise SpaceError(f"{where}: [study].direction = {study.direction!r} contradicts metric = {study.metric!r} "
+                         f"({'higher' if found.higher_is_better else 'lower'} is better): write "
+                         f"direction = {found.direction!r} or leave it out")
+    return study
 
 
 def _table(doc: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:

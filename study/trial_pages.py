@@ -32,6 +32,7 @@ import optuna
 from optuna.artifacts import upload_artifact
 from optuna.storages import BaseStorage
 
+from objectives.metrics import REGISTRY
 from study.renderer import receive as renderer_receive
 from study.renderer import send as renderer_send
 
@@ -45,7 +46,7 @@ class ArtifactStore(Protocol):
     def write(self, artifact_id: str, content_body: BinaryIO) -> None: ...
 
 
-METRICS = ("kappa", "accuracy", "balanced_accuracy", "macro_f1", "loss")  # the note's columns, in this order
+METRICS = tuple(REGISTRY)  # the note's columns, in the registry's order (kappa, ..., loss)
 
 
 @dataclass(frozen=True)

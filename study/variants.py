@@ -23,8 +23,10 @@ from study.space import Param, SearchSpace
 BASELINE = "baseline"  # the ablation variant that is the parent study's best configuration
 MIN_SEEDS = 3  # 2 seeds leave one degree of freedom: a t interval as wide as the metric's range
 DEFAULT_SEEDS = 5
-DEFAULT_RETUNE_TRIALS = 8
+DEFAULT_RETUNE_TRIALS = 8  # C: candidates of the retuned parameter per variant
 MIN_RETUNE_TRIALS = 2
+DEFAULT_RETUNE_SEEDS = 2  # r: tuning seeds every candidate runs (budget r x C per variant, baseline included)
+MIN_RETUNE_SEEDS = 1
 EVAL_SEED_START = 1000  # above the seeds a search uses (study seed + trial number)
 TUNE_SEED_START = 2000
 
@@ -48,6 +50,29 @@ def check_seeds(seeds: int) -> None:
 def check_retune_trials(trials: int) -> None:
     if trials < MIN_RETUNE_TRIALS:
         raise InputError(f"--retune-trials {trials}: at least {MIN_RETUNE_TRIALS} candidates")
+
+
+def check_retune_seeds(seeds: int) -> None:
+    if seeds < MIN_RETUNE_SEEDS:
+        raise InputError(f"--retune-seeds {seeds}: at least {MIN_RETUNE_SEEDS} tuning seed per candidate")
+
+
+def pick_by_mean(results: Mapping[Any, Sequence[float]], seeds: int, *, maximize: bool) -> Any | None:
+    """The candidate with the best mean validation value over its `seeds` tuning seeds, among
+    those that finished on all of them (a candidate that diverged on one seed is not picked: its
+    mean would be over its lucky seeds). Ties go to the first candidate in `results`' order (the
+    smaller value). None when no candidate finished on every seed. One seed per candidate (the
+    version-2 design) mostly picked the candidate whose seed drew the easiest validation split;
+    every candidate now runs the same seeds, so they share that luck."""
+    best, best_mean = None, math.nan
+    for candidate, values in results.items():
+        finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+        if len(finite) < seeds or len(values) != len(finite):
+            continue
+        mean = float(np.mean(finite))
+        if best is None or (mean > best_mean if maximize else mean < best_mean):
+            best, best_mean = candidate, mean
+    return best
 
 
 def parent_space(parent: optuna.Study, objective: str | None = None) -> SearchSpace:

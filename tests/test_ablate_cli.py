@@ -12,6 +12,7 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats as scipy_stats
 
+from study import ablate, variants
 from study.report.ablation import ABLATION_COLUMNS
 
 from conftest import run_cli, storage_of
@@ -97,6 +98,9 @@ def test_ablation_csv_equals_the_storage(ablated):
             assert row["mean"] == pytest.approx(a.mean()) and row.delta == pytest.approx((a - b).mean())
             if np.all(a == b):
                 continue  # no spread to test
+            if np.ptp(a - b) == 0:  # a constant non-zero difference: no p, no interval, no star
+                assert pd.isna(row.p) and pd.isna(row.ci_low) and row.note == "constant difference" and not row.star
+                continue
             expected = scipy_stats.ttest_rel(a, b)
             assert (row.ci_low, row.ci_high) == pytest.approx(tuple(expected.confidence_interval(0.95)))
             assert row.p == pytest.approx(expected.pvalue) and row.p <= row.p_holm <= 1
@@ -156,7 +160,7 @@ def test_refusals_are_one_line_and_write_nothing(made):
 def test_factorial_with_retune_then_report_of_a_named_ablation(made, tmp_path):
     root, data, torch_home = made
     result = run_cli("ablate", "abl", "--factors", "loss", "--seeds", "3", "--retune", "lr", "--retune-trials", "3",
-                     "--data", str(data),
+                     "--retune-seeds", "2", "--data", str(data),
                      "--study-name", "abl.retuned", cwd=root, torch_home=torch_home)
     assert result.returncode == 0, result.stderr
     url = storage_of(root)
@@ -165,13 +169,17 @@ def test_factorial_with_retune_then_report_of_a_named_ablation(made, tmp_path):
     retune = study.user_attrs["retune"]
     assert retune["param"] == "lr" and retune["candidates"] == pytest.approx([1e-3, 0.007071, 0.05], rel=1e-3)
     seeds, tuning = set(study.user_attrs["seeds"]), set(retune["tuning_seeds"])
-    assert len(tuning) == 3 and not tuning & seeds and not (tuning | seeds) & parent_seeds(parent)
+    assert len(tuning) == 2 and not tuning & seeds and not (tuning | seeds) & parent_seeds(parent)
+    assert retune["seeds"] == 2 and study.user_attrs["ablation_version"] == 3
+    assert study.user_attrs["split_per_seed"] is True  # from the objective's settings
     for variant, picked in study.user_attrs["retuned"].items():
         search = optuna.load_study(study_name=f"abl.retuned.retune.{variant}", storage=url)
         tried = sorted(t.params["lr"] for t in search.trials if t.state == TrialState.COMPLETE)
-        assert tried == pytest.approx(retune["candidates"])  # every variant gets the same candidates
+        # every variant gets the same candidates, each on both tuning seeds
+        assert tried == pytest.approx(sorted(retune["candidates"] * 2))
         assert {t.user_attrs["config"]["seed"] for t in search.trials} == tuning
-        assert picked == search.best_trial.params["lr"]
+        assert all(t.user_attrs["config"]["seed"] == t.params["tune_seed"] for t in search.trials)
+        assert picked == variants.pick_by_mean(ablate.retune_results(search, "lr", retune), 2, maximize=True)
         evaluated = [t for t in study.trials if t.params["variant"] == variant]
         assert len(evaluated) == 3 and all(t.user_attrs["config"]["lr"] == picked for t in evaluated)
 

@@ -17,7 +17,14 @@ from study.cli.common import (
     validated,
 )
 from study.space import PRUNERS
-from study.variants import DEFAULT_RETUNE_TRIALS, DEFAULT_SEEDS, check_retune_trials, check_seeds
+from study.variants import (
+    DEFAULT_RETUNE_SEEDS,
+    DEFAULT_RETUNE_TRIALS,
+    DEFAULT_SEEDS,
+    check_retune_seeds,
+    check_retune_trials,
+    check_seeds,
+)
 
 
 def no_pruning(text: str) -> str:
@@ -49,10 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retune",
         metavar="PARAM",
-        help="a numeric parameter every variant (baseline included) re-searches on validation first",
+        help="a numeric parameter every variant (baseline included) re-searches on validation first "
+        "(recommended: --retune lr when a variant changes the loss: focal and CE want different step sizes)",
     )
-    parser.add_argument("--retune-trials", type=validated(int, check_retune_trials), metavar="N",
+    parser.add_argument("--retune-trials", type=validated(int, check_retune_trials), metavar="C",
                         help=f"candidates of --retune per variant (default {DEFAULT_RETUNE_TRIALS})")
+    parser.add_argument("--retune-seeds", type=validated(int, check_retune_seeds), metavar="R",
+                        help=f"tuning seeds every candidate runs, picked by the mean (default {DEFAULT_RETUNE_SEEDS}; "
+                             f"budget R x C trials per variant)")
     parser.add_argument("--study-name", help="store the ablation under this name (default: NAME.ablation)")
     add_data(parser, "dataset folder (default: the one the study ran on)")
     add_layout(parser)
@@ -74,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     from study.run.options import RunOptions
     from study.run.output import Output
 
-    if args.retune_trials is not None and args.retune is None:
-        raise InputError("--retune-trials needs --retune PARAM")
+    for flag, value in (("--retune-trials", args.retune_trials), ("--retune-seeds", args.retune_seeds)):
+        if value is not None and args.retune is None:
+            raise InputError(f"{flag} needs --retune PARAM")
     check_layout(args)
     factors = tuple(f.strip() for f in args.factors.split(",") if f.strip()) if args.factors else ()
     seeds = args.trials_per_cell if args.trials_per_cell is not None else args.seeds
@@ -85,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         retune=args.retune,
         study_name=args.study_name,
         retune_trials=DEFAULT_RETUNE_TRIALS if args.retune_trials is None else args.retune_trials,
+        retune_seeds=DEFAULT_RETUNE_SEEDS if args.retune_seeds is None else args.retune_seeds,
     )
     opts = RunOptions(objective=args.objective, results_dir=args.results, storage_url=args.storage, data=args.data,
                       layout=args.layout, timeout=args.timeout, device=args.device)

@@ -12,12 +12,14 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from objectives.metrics import higher_is_better
 from study import tables
-from study.records import METRICS, SEED, VARIANT, AblationRecord, TrialRecord
+from study.records import METRICS, SEED, VARIANT, AblationRecord, TrialRecord, is_trial_failure
 from study.report import stats
 from study.report.frames import HEADLINE, metric_label
 
-ABLATION_COLUMNS = ("variant", "metric", "n", "mean", "std", "delta", "ci_low", "ci_high", "p", "p_holm", "p_improve")
+ABLATION_COLUMNS = ("variant", "metric", "n", "mean", "std", "delta", "ci_low", "ci_high", "p", "p_holm", "p_improve",
+                    "failed", "missing", "p_holm_worst", "star", "note")
 SIGNIFICANT = 0.05  # the mark in the ablation table: Holm-adjusted p below this
 TEST_METRICS = (HEADLINE, *(m for m in METRICS if m != HEADLINE))  # the order of an ablation table's test rows
 
@@ -29,6 +31,49 @@ def ablation_metrics(metric: str) -> list[str]:
     return [f"test_{head}", *(f"test_{m}" for m in TEST_METRICS if m != head), f"val_{metric}"]
 
 
+def seed_outcomes(study: optuna.Study, plan: AblationRecord) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Per variant, its failed seeds (no complete trial, a failure of the trial's own:
+    `records.is_trial_failure`, e.g. nan_loss) and its missing seeds (no complete trial and no
+    such failure: not run yet, or failed for the infrastructure's reason and not re-run)."""
+    trials = study.get_trials(deepcopy=False)
+    done = {(t.params.get(VARIANT), t.params.get(SEED)) for t in trials if t.state == TrialState.COMPLETE}
+    own = {(t.params.get(VARIANT), t.params.get(SEED)) for t in trials
+           if t.state == TrialState.FAIL and is_trial_failure(TrialRecord.from_trial(t).fail_reason)}
+    failed = {n: [s for s in plan.seeds if (n, s) not in done and (n, s) in own] for n in plan.variants}
+    missing = {n: [s for s in plan.seeds if (n, s) not in done and (n, s) not in own] for n in plan.variants}
+    return failed, missing
+
+
+def worst_filled(arms: dict[str, dict[int, float]], failed: dict[str, list[int]], *,
+                 maximize: bool) -> dict[str, dict[int, float]]:
+    """`arms` with every failed seed scored at the worst value observed for the metric anywhere in
+    the ablation (the minimum where higher is better): the star rule's test that a variant's
+    advantage does not rest on dropping the seeds where it diverged (survivor bias)."""
+    observed = [v for arm in arms.values() for v in arm.values() if math.isfinite(v)]
+    if not observed:
+        return arms
+    worst = min(observed) if maximize else max(observed)
+    return {name: {**arm, **{s: worst for s in failed.get(name, [])}} for name, arm in arms.items()}
+
+
+def starred(p_holm: float, p_holm_worst: float, delta: float, delta_worst: float, failed: int, missing: int) -> bool:
+    """The `*` of a contrast: Holm-adjusted p below `SIGNIFICANT`; with failed seeds in its arms,
+    only if it also holds (same sign, Holm p below the mark) with the failures scored at the worst
+    value; never with a missing cell (an infrastructure failure not re-run: its seed is not
+    missing at random, e.g. a larger model's out-of-memory)."""
+    if missing or not p_holm < SIGNIFICANT:
+        return False
+    if failed:
+        return bool(p_holm_worst < SIGNIFICANT and np.sign(delta_worst) == np.sign(delta))
+    return True
+
+
+STAR_RULES = (
+    "; a star also needs every seed present in both arms, and where a seed failed (the loss diverged) the "
+    "result must hold with it scored at the worst value observed in the ablation. "
+)
+
+
 def ablation_frame(study: optuna.Study) -> pd.DataFrame:
     """The ablation study as `ABLATION_COLUMNS`, one row per variant and metric.
 
@@ -36,34 +81,60 @@ def ablation_frame(study: optuna.Study) -> pd.DataFrame:
     paired by seed, with the t interval, the paired test's p, the Holm-adjusted p (family: one
     metric across the non-baseline variants) and p_improve; the baseline's delta is 0 and its
     contrast columns empty. Factorial: the cells (n, mean, std) and then the main effects and
-    interactions (`stats.factorial_effects`), Holm over those effect rows."""
+    interactions (`stats.factorial_effects`), Holm over those effect rows.
+
+    Every row also counts its failed and missing seeds (`seed_outcomes`; an effect row: those of
+    all cells), gives the Holm p of the same family with failures scored at the worst value
+    (`worst_filled`) and whether it earns the `*` (`starred`)."""
     plan = AblationRecord.from_study(study)
     names = list(plan.variants)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    failed, missing = seed_outcomes(study, plan)
     blocks = []
     for metric in ablation_metrics(plan.metric):
-        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE if metric.startswith("val_") else True
+        if metric.startswith("val_"):
+            maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        else:
+            maximize = higher_is_better(metric.removeprefix("test_"))
         arms = {
             name: {int(t.params[SEED]): _ablation_value(t, metric) for t in complete if t.params.get(VARIANT) == name}
             for name in names
         }
+        filled = worst_filled(arms, failed, maximize=maximize)
         if plan.factorial:
-            rows = [_row(name, metric, stats.summarize(arms[name])) for name in names]
+            rows = [{**_row(name, metric, stats.summarize(arms[name])), "failed": len(failed[name]),
+                     "missing": len(missing[name])} for name in names]
             factors = plan.factors
             levels = {f: list(dict.fromkeys(plan.levels[name][f] for name in names)) for f in factors}
-            cells = {tuple(plan.levels[name][f] for f in factors): arms[name] for name in names}
-            effects = stats.factorial_effects(cells, factors, levels, plan.levels[plan.baseline], maximize=maximize)
+            reference = plan.levels[plan.baseline]
+
+            def effects_of(values: dict[str, dict[int, float]]) -> list[stats.Effect]:
+                cells = {tuple(plan.levels[name][f] for f in factors): values[name] for name in names}
+                return stats.factorial_effects(cells, factors, levels, reference, maximize=maximize)
+
+            effects = effects_of(arms)
             tested = [
-                _row(e.name, metric, e.summary or stats.Summary(e.contrast.n, math.nan, math.nan), e.contrast)
+                {**_row(e.name, metric, e.summary or stats.Summary(e.contrast.n, math.nan, math.nan), e.contrast),
+                 "failed": sum(len(v) for v in failed.values()), "missing": sum(len(v) for v in missing.values())}
                 for e in effects
             ]
+            worst = [e.contrast for e in effects_of(filled)]
         else:
             base = arms[plan.baseline]
-            rows = [{**_row(plan.baseline, metric, stats.summarize(base)), "delta": 0.0}]
-            tested = [_row(name, metric, stats.summarize(arms[name]), stats.paired(arms[name], base, maximize=maximize))
-                      for name in names if name != plan.baseline]
+            rows = [{**_row(plan.baseline, metric, stats.summarize(base)), "delta": 0.0,
+                     "failed": len(failed[plan.baseline]), "missing": len(missing[plan.baseline])}]
+            others = [name for name in names if name != plan.baseline]
+            tested = [{**_row(name, metric, stats.summarize(arms[name]), stats.paired(arms[name], base,
+                                                                                      maximize=maximize)),
+                       "failed": len(failed[name]) + len(failed[plan.baseline]),
+                       "missing": len(missing[name]) + len(missing[plan.baseline])} for name in others]
+            worst = [stats.paired(filled[name], filled[plan.baseline], maximize=maximize) for name in others]
         for row, adjusted in zip(tested, stats.holm([row["p"] for row in tested])):
             row["p_holm"] = adjusted
+        for row, contrast, adjusted in zip(tested, worst, stats.holm([c.p for c in worst])):
+            row["p_holm_worst"] = adjusted
+            row["star"] = starred(row["p_holm"], adjusted, row["delta"], contrast.delta, row["failed"],
+                                  row["missing"])
         blocks.append(pd.DataFrame(rows + tested, columns=list(ABLATION_COLUMNS)))
     frame = pd.concat(blocks, ignore_index=True)
     order = {name: i for i, name in enumerate(dict.fromkeys(frame.variant))}
@@ -74,10 +145,12 @@ def ablation_frame(study: optuna.Study) -> pd.DataFrame:
 
 def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """The ablation study's raw rows (`ablation_frame`), the wide table a reader sees (per
-    variant: mean ± std and delta [95 % CI] of the headline metrics, a * where p_holm < 0.05)
-    and a caption that says what the table can and cannot support."""
+    variant: mean ± std and delta [95 % CI] of the headline metrics, a * where `starred`; a
+    `failed` column where some variant has failed seeds, so a table without failures keeps its
+    width) and a caption that says what the table can and cannot support."""
     plan = AblationRecord.from_study(study)
     table = ablation_frame(study)
+    failed, _ = seed_outcomes(study, plan)
     metric = plan.metric
     headline = ablation_metrics(metric)[0]
     retune = plan.retune
@@ -89,6 +162,7 @@ def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str
         test, val = by_metric.loc[headline], by_metric.loc[f"val_{metric}"]
         share = test["p_improve"]
         row: dict[str, Any] = {"variant": name, "n": int(test["n"]),
+                               **({"failed": _failed_text(failed[name])} if any(failed.values()) else {}),
                                metric_label(headline): tables.mean_std(test["mean"], test["std"]),
                                "Δ [95% CI]": _delta_text(test, name == plan.baseline and not plan.factorial),
                                "P(better)": tables.DASH if pd.isna(share) else f"{share:.2f}",
@@ -121,8 +195,14 @@ def _row(variant: str, metric: str, summary: stats.Summary, contrast: stats.Cont
             ci_high=contrast.ci_high,
             p=contrast.p,
             p_improve=contrast.p_improve,
+            note=contrast.note or None,
         )
     return row
+
+
+def _failed_text(seeds: list[int]) -> str:
+    """A variant's failed seeds as the table shows them: ``0`` or ``1 (seed 1003)``."""
+    return f"{len(seeds)} (seed {', '.join(map(str, seeds))})" if seeds else "0"
 
 
 def _delta_text(row: pd.Series, baseline: bool) -> str:
@@ -130,9 +210,12 @@ def _delta_text(row: pd.Series, baseline: bool) -> str:
         return "reference"
     if pd.isna(row["delta"]):
         return tables.DASH
-    mark = "*" if row["p_holm"] < SIGNIFICANT else ""
+    mark = "*" if isinstance(row["star"], (bool, np.bool_)) and row["star"] else ""
     low, high = tables.metric(row["ci_low"], signed=True), tables.metric(row["ci_high"], signed=True)
-    interval = "" if pd.isna(row["ci_low"]) else f" [{low}, {high}]"
+    if isinstance(row["note"], str):
+        interval = f" ({row['note']})"  # e.g. a constant difference: no interval to show
+    else:
+        interval = "" if pd.isna(row["ci_low"]) else f" [{low}, {high}]"
     return f"{tables.metric(row['delta'], signed=True)}{interval}{mark}"
 
 
@@ -141,10 +224,15 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
     seeds = plan.seeds
     parent, baseline = plan.parent or "?", plan.baseline
     metrics = sorted(set(table.metric), key=ablation_metrics(plan.metric).index)
+    if plan.split_per_seed is None:  # version 2: as it ran
+        split = "and, where the TOML named split_seed, the validation split"
+    elif plan.split_per_seed:
+        split = "and the validation split"
+    else:
+        split = "but not the validation split (the objective has no split_seed: one split for every seed)"
     common = (
         f"Every variant ran the same {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}; none used by {parent}); "
-        "seed s sets "
-        "the initialisation, batch order, augmentation and the validation split, never the test set. Mean ± std "
+        f"seed s sets the initialisation, batch order, augmentation {split}, never the test set. Mean ± std "
         f"over seeds; Δ and P(better) are on {metric_label(headline)}. "
     )
     if plan.factorial:
@@ -158,8 +246,8 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
             "t interval. "
             "Rows interaction:f x g: Δ = y11 - y10 - y01 + y00 per seed (0 = reference level), its mean and 95 % t "
             "interval. "
-            f"* = Holm-adjusted paired t-test p < {SIGNIFICANT} (family: one metric across the effect rows). Cell "
-            "rows have no test."
+            f"* = Holm-adjusted paired t-test p < {SIGNIFICANT} (family: one metric across the effect rows){STAR_RULES}"
+            " Cell rows have no test."
         )
     else:
         text = (
@@ -170,7 +258,8 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
             + f"Δ = variant - baseline, paired by seed (only seeds both "
             "finished), with the 95 % t interval of the paired differences; * = Holm-adjusted paired t-test p < "
             f"{SIGNIFICANT} "
-            f"(family: one metric across the {len(plan.variants) - 1} variants). P(better) = share of seeds on which "
+            f"(family: one metric across the {len(plan.variants) - 1} variants){STAR_RULES} P(better) = share of seeds "
+            "on which "
             "the "
             "variant beats the baseline (ties count one half)."
         )
@@ -178,12 +267,16 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
              "its favour (the table shows validation's mean ± std only; the CSV has every metric's difference).")
     retune = plan.retune
     if retune:
+        tuning = len(retune.get("tuning_seeds", []))
+        how = (f"each on the same {tuning} tuning seeds, picked by the mean validation value ({tuning} x "
+               f"{len(retune['candidates'])} trials per variant)" if "seeds" in retune else
+               "each on one tuning seed of its own (version 2: the pick partly reflects which seed drew an easy "
+               "validation split)")
         text += (
             f" {retune['param']} was retuned for every variant, the baseline included, on validation: the same "
-            f"{len(retune['candidates'])} candidates ({', '.join(tables.cell(c) for c in retune['candidates'])}) on "
-            "tuning seeds "
-            "disjoint from the evaluation seeds; the column gives each variant's pick. The other parameters keep "
-            "the baseline's values."
+            f"{len(retune['candidates'])} candidates ({', '.join(tables.cell(c) for c in retune['candidates'])}), "
+            f"{how}, on tuning seeds disjoint from the evaluation seeds; the column gives each variant's pick. The "
+            "other parameters keep the baseline's values."
         )
     else:
         shared = {
@@ -192,10 +285,24 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
         text += (" No parameter was retuned: the variants share the baseline's values of the other parameters"
                  + (f" ({', '.join(f'{k} {tables.cell(v)}' for k, v in shared.items())})" if shared else "")
                  + ", tuned for the baseline, so a variant may lose for want of its own (see ablate --retune).")
-    missing = _missing_seeds(study, plan)
+    if changes_loss(plan):
+        text += " " + loss_confound(retune)
+    notes = sorted(set(table.note.dropna()))
+    if notes:
+        text += (" Rows marked (constant difference): every seed gave the same non-zero Δ, so the t-test has no "
+                 "spread to work with (p and the interval are left empty, and no star): with this few seeds and a "
+                 "metric in coarse steps, a constant difference is not certainty.")
+    failed, _ = seed_outcomes(study, plan)
+    if any(failed.values()):
+        text += (" Failed = seeds whose training failed for a reason of the variant (the loss diverged): "
+                 + "; ".join(f"{name} seed {', '.join(map(str, s))}" for name, s in failed.items() if s)
+                 + "; they are not in the pairing, and the star needs the result to hold with them scored at the "
+                 "worst value observed in this ablation.")
+    missing = {name: seeds for name, seeds in seed_outcomes(study, plan)[1].items() if seeds}
     if missing:
         text += (
-            " Not finished, so not paired: "
+            " Not finished (a failure of the machine not re-run yet, or not run), so not paired, and no star for "
+            "a contrast that needs them: "
             + "; ".join(f"{name} seed {', '.join(map(str, s))}" for name, s in missing.items())
             + "."
         )
@@ -212,11 +319,23 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
     return text
 
 
-def _missing_seeds(study: optuna.Study, plan: AblationRecord) -> dict[str, list[int]]:
-    done = {
-        (t.params.get(VARIANT), t.params.get(SEED))
-        for t in study.get_trials(deepcopy=False)
-        if t.state == TrialState.COMPLETE
-    }
-    missing = {name: [s for s in plan.seeds if (name, s) not in done] for name in plan.variants}
-    return {name: seeds for name, seeds in missing.items() if seeds}
+LOSS_PARAMS = ("loss", "focal_gamma")  # the settings whose change changes the loss function
+
+
+def changes_loss(plan: AblationRecord) -> bool:
+    """Whether some variant (or factor) changes the loss against the baseline."""
+    base = plan.variants[plan.baseline]
+    if plan.factorial:
+        return any(f in LOSS_PARAMS for f in plan.factors)
+    return any(values.get(p) != base.get(p) for values in plan.variants.values() for p in LOSS_PARAMS)
+
+
+def loss_confound(retune: Any) -> str:
+    """The caption's sentence on a loss contrast: the loss also sets the effective step size."""
+    text = ("A change of loss also changes the effective step size: focal loss scales the cross-entropy gradient by "
+            "about (1 - p_t)^gamma, so at p_t = 0.9 its gradient is ~3 % of CE's, and at one learning rate the "
+            "effective step sizes differ 5-35x over training.")
+    if retune and retune.get("param") == "lr":
+        return text + " lr was retuned for every variant, which removes most of that confound."
+    return text + (" The learning rate was not retuned per variant, so Δ mixes the loss with the step size; "
+                   "run ablate --retune lr to separate them.")

@@ -119,7 +119,7 @@ def build_report(
     sections.append("## Optimization history\n\n![history](history.png)\n")
 
     if ablation is not None:
-        if not AblationRecord.is_current(ablation):
+        if not AblationRecord.is_reported(ablation):
             sections.append(
                 f"## Ablation study\n\n{ablation.study_name} was made by an older `ablate` (seeds 0..K-1, possibly the "
                 f"parent's own, compared unpaired) and is not reported; delete it and run `ablate` again.\n"

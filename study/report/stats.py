@@ -46,6 +46,10 @@ class Contrast:
     ci_high: float
     p: float
     p_improve: float
+    note: str = ""  # why p and the interval are empty though pairs exist (`CONSTANT`)
+
+
+CONSTANT = "constant difference"  # the note of a contrast whose paired differences have no spread
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,11 @@ def paired(arm: PerSeed, reference: PerSeed, *, maximize: bool, improve: bool = 
 
     The interval and p come from ``scipy.stats.ttest_rel`` (the t interval on the paired
     differences: a percentile bootstrap undercovers at 3-5 seeds). With identical arms the
-    differences have no spread and t is undefined; p is then 1 and the interval [0, 0].
-    `improve` False leaves p_improve empty (an interaction has no better side)."""
+    differences have no spread and t is undefined; p is then 1 and the interval [0, 0]. A
+    constant non-zero difference has no spread either: the t-test would say p = 0 with a
+    zero-width interval, a certainty that 3-5 seeds (often on a metric with coarse steps) cannot
+    give; p and the interval are then NaN with the note `CONSTANT`, so Holm leaves it out and it
+    gets no star. `improve` False leaves p_improve empty (an interaction has no better side)."""
     seeds = sorted(s for s in arm if s in reference and math.isfinite(arm[s]) and math.isfinite(reference[s]))
     a = np.array([arm[s] for s in seeds], dtype=float)
     b = np.array([reference[s] for s in seeds], dtype=float)
@@ -84,6 +91,9 @@ def paired(arm: PerSeed, reference: PerSeed, *, maximize: bool, improve: bool = 
     diffs = a - b
     if np.all(diffs == 0):
         return Contrast(len(seeds), 0.0, 0.0, 0.0, 1.0, share)
+    scale = max(float(np.abs(diffs).max()), 1e-300)
+    if float(np.ptp(diffs)) <= 1e-12 * scale:
+        return Contrast(len(seeds), float(diffs.mean()), math.nan, math.nan, math.nan, share, CONSTANT)
     with warnings.catch_warnings():
         # near-constant differences make scipy warn about precision; its result (t large, p
         # small) is still the test's answer, so the warning adds nothing to the table

@@ -51,6 +51,7 @@ class RunOptions:
         if self.space is not None:
             # the text too: a space resumed from a study's record may have no file on this machine
             doc["space"] = {"file": str(self.space.path), "name": self.space.name, "text": self.space.text,
+                            "direction": self.space.study.direction,
                             "fixed": dict(self.space.fixed), "pins": dict(self.space.pinned)}
         for key in ("results_dir", "data"):
             doc[key] = None if doc[key] is None else str(doc[key])
@@ -63,7 +64,9 @@ class RunOptions:
         space = doc.pop("space")
         if space is not None:
             if space.get("text"):
-                loaded = load_space_text(space["text"], Path(space["file"]), space["name"])
+                # as the parent parsed it (a stored space keeps the direction its study ran with)
+                loaded = load_space_text(space["text"], Path(space["file"]), space["name"],
+                                         direction=space.get("direction"))
             else:
                 loaded = load_space(Path(space["file"]), space["name"])
             loaded = loaded.with_settings(**{k: v for k, v in space.get("fixed", {}).items() if k in loaded.fixed})
