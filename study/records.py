@@ -53,7 +53,9 @@ def confusion_key(split: str) -> str:
     return f"{split}_confusion"
 
 
-TEST_INTERVALS = "test_intervals"  # {"intervals": {metric: [low, high]}, "methods", "dropped", "resamples", "seed", "level"}
+# {"intervals": {metric: [low, high]}, "methods", "dropped", "resamples", "seed", "level"}: 95 % patient
+# bootstrap intervals of the test metrics (``recall_<c>`` per class), computed once as the trial ends
+TEST_INTERVALS = "test_intervals"
 
 
 def interval_key(metric: str, end: str) -> str:
