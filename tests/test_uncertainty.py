@@ -144,3 +144,66 @@ def test_coverage_of_the_accuracy_interval_is_about_95_percent() -> None:
 def test_coverage_of_the_accuracy_interval_is_about_95_percent_many_reps() -> None:
     measured = coverage(reps=1000, n_groups=150, B=2000, seed=1)
     assert 0.93 <= measured <= 0.97, measured
+
+
+def _interval_record() -> dict:
+    rng = np.random.default_rng(5)
+    probabilities, labels, groups = _predictions(100, 3, rng)
+    return uq.interval_record(uq.test_intervals(probabilities, labels, groups, B=300, seed=0), seed=0)
+
+
+def test_notes_load_trials_and_tables_show_recorded_intervals_and_say_when_missing() -> None:
+    import optuna
+
+    from study.api import load_trials
+    from study.records import TEST_INTERVALS, TrialRecord
+    from study.report.frames import cell_table, page_view, trial_frame
+    from study.trial_pages import Page, note
+
+    record = _interval_record()
+    low, high = record["intervals"]["kappa"]
+    test = {"kappa": 0.5, "accuracy": 0.6, "loss": 1.0}
+    shown = note(Page("s", 1, "COMPLETE", "kappa", val=test, test=test, intervals=record))
+    assert f"[{low:.3f}, {high:.3f}]" in shown and "300 resamples" in shown
+    old = note(Page("s", 1, "COMPLETE", "kappa", val=test, test=test))
+    assert "Test intervals missing (older run)." in old and "[" not in old.split("| test |")[1].split("\n")[0]
+
+    study = optuna.create_study(direction="maximize")
+    for number, arch in enumerate(["a", "b"]):
+        trial = study.ask()
+        trial.set_user_attr("config", {"arch": arch})
+        trial.set_user_attr("test_metrics", {"kappa": 0.5, "accuracy": 0.6, "balanced_accuracy": 0.4,
+                                             "macro_f1": 0.3, "recall": [0.1, 0.2, 0.3]})
+        trial.set_user_attr("class_names", ["x", "y", "z"])
+        if number == 0:
+            trial.set_user_attr(TEST_INTERVALS, record)
+        study.tell(trial, 0.5)
+    frame = load_trials(study)
+    assert frame.loc[0, "test_kappa_low"] == low and frame.loc[0, "test_kappa_high"] == high
+    assert frame.loc[0, "test_recall_z_high"] == record["intervals"]["recall_2"][1]
+    assert np.isnan(frame.loc[1, "test_kappa_low"])  # an older trial: no interval, NaN
+    assert TrialRecord.from_trial(study.trials[1]).interval("kappa") is None
+    cells = page_view(cell_table(trial_frame(study), True, ["arch"]), "kappa")
+    column = [c for c in cells.columns if c.startswith("test")][0]
+    assert cells[column].tolist() == [f"0.500 [{low:.3f}, {high:.3f}]", "0.500"]
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_report_best_trial_table_shows_test_intervals_or_says_they_are_missing(recorded: bool) -> None:
+    import optuna
+
+    from study.records import TEST_INTERVALS, StudyRecord
+    from study.report.build import _settings_section
+
+    record = _interval_record()
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    trial.set_user_attr("test_metrics", {"kappa": 0.5, "accuracy": 0.6, "balanced_accuracy": 0.4, "macro_f1": 0.3})
+    trial.set_user_attr("val_metrics", {"kappa": 0.5, "accuracy": 0.6, "balanced_accuracy": 0.4, "macro_f1": 0.3})
+    if recorded:
+        trial.set_user_attr(TEST_INTERVALS, record)
+    study.tell(trial, 0.5)
+    text = _settings_section(study, StudyRecord.from_study(study), "memory")
+    low, high = record["intervals"]["accuracy"]
+    assert (f"0.600 [{low:.3f}, {high:.3f}]" in text) == recorded
+    assert ("Test intervals missing (older run)" in text) != recorded
