@@ -188,3 +188,30 @@ def test_cli_run_stores_predictions_and_intervals_readable_from_the_storage_alon
     assert report.returncode == 0, report.stderr
     text = (results / "dr_focal" / "report.md").read_text()
     assert "95 % interval from a bootstrap over test patients" in text and "missing (older run)" not in text
+
+
+def test_fit_resumed_from_its_last_checkpoint_keeps_the_best_validation_probabilities(splits_dr) -> None:
+    saved: list[bytes] = []
+
+    def save(state: dict) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        saved.append(buffer.getvalue())
+
+    from objectives.train import Checkpointing
+
+    cfg = FitConfig(epochs=2, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16)
+    first = fit(build_model("convnet", 5, pretrained=False, seed=0), build_loss("ce", class_counts=[1] * 5),
+                splits_dr, cfg, Runtime(), lambda e, r: None, Checkpointing(save=save))
+    state = torch.load(io.BytesIO(saved[-1]), weights_only=True)  # after the last epoch: nothing left to train
+    resumed = fit(build_model("convnet", 5, pretrained=False, seed=0), build_loss("ce", class_counts=[1] * 5),
+                  splits_dr, cfg, Runtime(), lambda e, r: None, Checkpointing(save=save, resume=state))
+    assert resumed.best_epoch == first.best_epoch
+    assert resumed.val.probabilities.shape == (len(splits_dr.val), 5)
+    np.testing.assert_allclose(resumed.val.probabilities, first.val.probabilities, atol=1e-3)
+
+
+@pytest.fixture
+def splits_dr(dr_dir: Path):
+    return load_splits(find_dataset(dr_dir, num_classes=5), image_size=32, val_fraction=0.25, split_seed=0,
+                       cache_dir=None)
