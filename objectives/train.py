@@ -11,7 +11,6 @@ that epoch, for reporting.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -98,9 +97,32 @@ def autocast_dtype(capability: tuple[int, int] | None) -> torch.dtype | None:
 
 @dataclass(frozen=True)
 class Evaluation:
+    """One split's loss, metrics and confusion matrix, and each image's softmax probabilities
+    (n x K float32, in the ImageSet's row order: what endpoints, calibration and the test
+    intervals are computed from). Not compared by value (arrays)."""
+
     loss: float
     metrics: dict[str, float | list[float]]
     confusion: list[list[int]]
+    probabilities: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def checkpointed(self) -> dict:
+        """The checkpoint form: plain fields, probabilities as a float16 tensor (a weights-only
+        `torch.load` reads tensors, not numpy arrays; float16 halves a big split's share)."""
+        plain = {"loss": self.loss, "metrics": self.metrics, "confusion": self.confusion}
+        if self.probabilities is not None:
+            plain["probabilities"] = torch.from_numpy(np.asarray(self.probabilities, dtype=np.float16))
+        return plain
+
+    @classmethod
+    def from_checkpoint(cls, state: Mapping) -> Evaluation:
+        """An `Evaluation` from `checkpointed` (or an older checkpoint without probabilities)."""
+        probabilities = state.get("probabilities")
+        if probabilities is not None:
+            probabilities = np.asarray(probabilities.float().numpy() if torch.is_tensor(probabilities)
+                                       else probabilities, dtype=np.float32)
+        return cls(loss=state["loss"], metrics=state["metrics"], confusion=state["confusion"],
+                   probabilities=probabilities)
 
 
 @dataclass(frozen=True)
@@ -164,7 +186,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
     if state is not None:
         model.load_state_dict(state["model"])
         curves = {k: list(v) for k, v in state["curves"].items()}
-        best = (state["best_score"], state["best_epoch"], state["best_model"], Evaluation(**state["best_val"]))
+        best = (state["best_score"], state["best_epoch"], state["best_model"],
+                Evaluation.from_checkpoint(state["best_val"]))
         torch.set_rng_state(state["torch_rng"])
         batches.generator.set_state(state["batch_rng"])
     for epoch in range(first, cfg.epochs + 1):
@@ -204,7 +227,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
                 "epoch": epoch, "phase": phase, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {}, "curves": curves,
                 "best_score": best[0], "best_epoch": best[1], "best_model": best[2],
-                "best_val": dataclasses.asdict(best[3]),
+                "best_val": best[3].checkpointed(),
                 "torch_rng": torch.get_rng_state(), "batch_rng": batches.generator.get_state(),
             })
             last_saved = time.monotonic()
@@ -280,6 +303,7 @@ def evaluate(model: nn.Module, images: ImageSet, splits: Splits, runtime: Runtim
     k = splits.num_classes
     confusion = torch.zeros((k, k), dtype=torch.long, device=runtime.device)
     loss_sum = torch.zeros((), device=runtime.device)
+    probabilities: list[torch.Tensor] = []
     batches = DeviceBatches(
         images,
         batch_size=runtime.eval_batch_size,
@@ -295,6 +319,9 @@ def evaluate(model: nn.Module, images: ImageSet, splits: Splits, runtime: Runtim
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         confusion += metrics.confusion_matrix(y, logits.argmax(1), k)
+        probabilities.append(torch.softmax(logits.float(), dim=1))  # stays on the device until the end
     counts = confusion.cpu().numpy()
     loss = loss_sum.item() / max(len(images), 1)
-    return Evaluation(loss=loss, metrics=metrics.summarize(counts), confusion=counts.astype(np.int64).tolist())
+    probs = (torch.cat(probabilities).cpu().numpy() if probabilities else np.zeros((0, k))).astype(np.float32)
+    return Evaluation(loss=loss, metrics=metrics.summarize(counts), confusion=counts.astype(np.int64).tolist(),
+                      probabilities=probs)

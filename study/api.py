@@ -46,7 +46,9 @@ def load_trials(name: str | optuna.Study, storage: str | None = None, results: s
     parameter (NaN in a trial where it was not active: `focal_gamma` of a cross-entropy trial),
     `best_epoch, seconds, fail_reason`, then `val_<metric>` and `test_<metric>` for every metric
     the trial recorded (`val_kappa`, `test_kappa`, `test_recall_<class>`, ...). Running and waiting
-    trials are left out: they have nothing to show yet."""
+    trials are left out: they have nothing to show yet. Each test metric's 95 % patient-bootstrap
+    interval, recorded when the trial ended, is `test_<metric>_low` / `test_<metric>_high` (NaN
+    for an older trial that recorded none)."""
     study = _study(name, storage, results)
     trials = _finished(study)
     params = list(dict.fromkeys(p for t in trials for p in t.params))
@@ -182,7 +184,25 @@ def _record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
                 row.update({f"{split}_{metric}_{c}": math.nan if v is None else v for c, v in zip(names, value)})
             else:
                 row[f"{split}_{metric}"] = math.nan if value is None else value
+    from study.records import TEST_INTERVALS
+
+    row.update(_interval_columns(attrs.get(TEST_INTERVALS), classes))
     return row
+
+
+def _interval_columns(record: dict[str, Any] | None, classes: list[str]) -> dict[str, float]:
+    """`test_<metric>_low` / `test_<metric>_high` from the intervals the trial recorded when it
+    ended (never recomputed here); per-class recall named by class like `test_recall_<class>`.
+    A trial without them (an older run, a pruned trial) has no such columns (NaN in the frame)."""
+    from study.records import interval_key
+
+    out: dict[str, float] = {}
+    for metric, bounds in ((record or {}).get("intervals") or {}).items():
+        if metric.startswith("recall_") and metric[7:].isdigit() and int(metric[7:]) < len(classes):
+            metric = f"recall_{classes[int(metric[7:])]}"
+        for end, value in zip(("low", "high"), bounds):
+            out[interval_key(metric, end)] = math.nan if value is None else float(value)
+    return out
 
 
 def _frame(rows: list[dict[str, Any]], leading: list[str]) -> pd.DataFrame:

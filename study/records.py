@@ -63,6 +63,32 @@ def confusion_key(split: str) -> str:
     return f"{split}_confusion"
 
 
+# {"intervals": {metric: [low, high]}, "methods", "dropped", "resamples", "seed", "level"}: 95 % patient
+# bootstrap intervals of the test metrics (``recall_<c>`` per class), computed once as the trial ends
+TEST_INTERVALS = "test_intervals"
+
+
+def interval_key(metric: str, end: str) -> str:
+    """``test_<metric>_low`` / ``test_<metric>_high``: the columns `load_trials` shows."""
+    return f"test_{metric}_{end}"
+
+
+# ---------------------------------------------------------------- trial and study system attrs
+# (`study.predictions` writes and reads them: compressed, chunked arrays the dashboard never lists)
+PREDICTIONS = "predictions"  # trial: predictions:<split> header, predictions:<split>:<i> chunks
+PREDICTION_ROWS = "prediction_rows"  # study: prediction_rows:<rows>:<split> header, ...:<i> chunks
+
+
+def predictions_key(split: str) -> str:
+    """The trial system attr of a split's probabilities header (its chunks add ``:<i>``)."""
+    return f"{PREDICTIONS}:{split}"
+
+
+def rows_key(rows: str, split: str) -> str:
+    """The study system attr of a split's labels and groups under manifest hash `rows`."""
+    return f"{PREDICTION_ROWS}:{rows}:{split}"
+
+
 # ---------------------------------------------------------------- study user attrs
 SPACE_HASH = "space_hash"
 SPACE_FILE = "space_file"
@@ -114,6 +140,7 @@ class TrialRecord:
     resumed_from: Mapping[str, int] | None
     resume_of: int | None
     retry_of: int | None  # the latest attempt a heartbeat retry re-runs (Optuna's retry history)
+    test_intervals: Mapping[str, Any] | None = None  # TEST_INTERVALS; None: an older trial, or not complete
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
@@ -128,7 +155,7 @@ class TrialRecord:
             val_confusion=attrs.get(confusion_key("val")), test_confusion=attrs.get(confusion_key("test")),
             class_names=attrs.get(CLASS_NAMES, []), fail_reason=attrs.get(FAIL_REASON), seconds=attrs.get(SECONDS),
             split_hash=attrs.get(SPLIT_HASH), resumed_from=attrs.get(RESUMED_FROM), resume_of=attrs.get(RESUME_OF),
-            retry_of=history[-1] if history else None,
+            retry_of=history[-1] if history else None, test_intervals=attrs.get(TEST_INTERVALS),
         )
 
     @property
@@ -143,6 +170,14 @@ class TrialRecord:
 
     def metrics(self, split: str) -> Mapping[str, Any]:
         return self.val_metrics if split == "val" else self.test_metrics
+
+    def interval(self, metric: str) -> tuple[float, float] | None:
+        """The recorded 95 % test interval of `metric` (``recall_<c>`` per class), None where the
+        trial has none (an older run) or the metric has none."""
+        bounds = (self.test_intervals or {}).get("intervals", {}).get(metric)
+        if bounds is None or None in bounds:
+            return None
+        return float(bounds[0]), float(bounds[1])
 
     def shown_reason(self) -> str:
         """The failure reason as `list` and `report` show it."""
@@ -186,6 +221,11 @@ class TrialWriter:
         for split, (loss, metrics, confusion) in evaluations.items():
             self.trial.set_user_attr(metrics_key(split), {"loss": loss, **metrics})
             self.trial.set_user_attr(confusion_key(split), confusion)
+
+
+def write_test_intervals(trial: optuna.Trial, record: Mapping[str, Any]) -> None:
+    """The trial's test intervals (`study.report.uncertainty.interval_record`), once, as it ends."""
+    trial.set_user_attr(TEST_INTERVALS, dict(record))
 
 
 def record_stale_failure(storage: optuna.storages.RDBStorage, trial_id: int) -> None:

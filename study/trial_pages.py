@@ -70,6 +70,7 @@ class Page:
     confusion: Sequence[Sequence[int]] | None = None
     class_names: Sequence[str] = ()
     seconds: float | None = None
+    intervals: Mapping[str, Any] | None = None  # records.TEST_INTERVALS; None: an older run, or no test
 
 
 def note(page: Page) -> str:
@@ -90,9 +91,17 @@ def note(page: Page) -> str:
     if shown:
         lines += ["", "| split | " + " | ".join(m.replace("_", " ") for m in shown) + " |",
                   "| :-- | " + " | ".join("--:" for _ in shown) + " |"]
+        bounds = (page.intervals or {}).get("intervals", {})
         for split, values in (("validation", page.val), ("test", page.test)):
             if values:
-                lines.append(f"| {split} | " + " | ".join(_number(values.get(m), m) for m in shown) + " |")
+                cells = [_number(values.get(m), m) + (_bounds(bounds.get(m)) if split == "test" else "")
+                         for m in shown]
+                lines.append(f"| {split} | " + " | ".join(cells) + " |")
+        if page.test and page.intervals:
+            lines.append(f"\nTest: 95 % intervals [low, high] from a bootstrap over test patients "
+                         f"({page.intervals.get('resamples')} resamples).")
+        elif page.test and page.state == "COMPLETE":
+            lines.append("\nTest intervals missing (older run).")
     sampled = {k: v for k, v in page.params.items()}
     rest = {k: v for k, v in page.config.items() if k not in sampled}
     if sampled:
@@ -240,6 +249,13 @@ def _number(value: Any, metric: str = "") -> str:
     if not isinstance(value, (int, float)):
         return str(value)
     return f"{value:.4g}" if metric == "loss" else f"{value:.3f}"
+
+
+def _bounds(bounds: Sequence[float | None] | None) -> str:
+    """`` [low, high]`` of a recorded interval; empty where there is none (the loss, an old run)."""
+    if not bounds or any(b is None for b in bounds):
+        return ""
+    return f" [{bounds[0]:.3f}, {bounds[1]:.3f}]"
 
 
 def _value(value: Any) -> str:

@@ -32,6 +32,7 @@ from study.report.frames import (
     page_view,
     shorten,
     trial_frame,
+    with_interval,
 )
 from study.report.importance import FANOVA_SEEDS, _importance_display, _importance_figure, importance_table
 
@@ -247,10 +248,20 @@ def _settings_section(study: optuna.Study, record: StudyRecord, storage_label: s
     if best is None:
         return "## Settings\n\n" + "\n".join(lines) + "\n"
     lines.append(f"- best: trial {best.number}, " + ", ".join(f"{k}={tables.cell(v)}" for k, v in best.params.items()))
-    metrics = pd.DataFrame([{"split": shown, **{shorten(n, SHORT): tables.metric(best.metrics(split).get(n, np.nan))
-                                                for n in METRICS}}
-                            for shown, split in (("validation", "val"), ("test", "test"))])
-    return "## Settings and best trial\n\n" + "\n".join(lines) + "\n\n" + tables.markdown(metrics)
+    def shown(split: str, name: str) -> str:
+        value = best.metrics(split).get(name, np.nan)
+        bounds = best.interval(name) if split == "test" else None
+        return with_interval(value, *bounds) if bounds else tables.metric(value)
+
+    metrics = pd.DataFrame([{"split": label, **{shorten(n, SHORT): shown(split, n) for n in METRICS}}
+                            for label, split in (("validation", "val"), ("test", "test"))])
+    if best.test_intervals:
+        note = (f"Test: [low, high] = 95 % interval from a bootstrap over test patients (images where ungrouped), "
+                f"{best.test_intervals.get('resamples')} resamples, recorded when the trial ended.")
+    else:
+        note = "Test intervals missing (older run): this trial recorded no per-image predictions."
+    return ("## Settings and best trial\n\n" + "\n".join(lines) + "\n\n" + tables.markdown(metrics)
+            + "\n" + note + "\n")
 
 
 def _history_figure(study: optuna.Study, path: Path) -> Path:

@@ -24,7 +24,9 @@ from study.report_layout import ReportLayout
 NUMERIC_BINS = 3
 SHORT = {"balanced_accuracy": "bal_acc", "accuracy": "acc", "macro_f1": "f1"}  # column names in tables
 HEADLINE = "kappa"  # the test metric a table leads with where the study's metric is not a test metric
-_LEVEL_COLUMNS = {"n", "pruned", "failed", "best", "mean", "std", "best_trial",
+ENDS = ("low", "high")  # a test metric's recorded 95 % interval: test_<metric>_low / _high
+_INTERVAL_COLUMNS = tuple(records.interval_key(name, end) for name in METRICS for end in ENDS)
+_LEVEL_COLUMNS = {"n", "pruned", "failed", "best", "mean", "std", "best_trial", *_INTERVAL_COLUMNS,
                   *(f"{split}_{name}" for split in SPLITS for name in METRICS)}  # what `_level_stats` adds
 SAMPLED = "sampled:"  # column prefix of a trial's sampled params (absent where a condition was false)
 
@@ -43,6 +45,10 @@ def trial_frame(study: optuna.Study) -> pd.DataFrame:
         for split in SPLITS:
             for name in METRICS:
                 row[f"{split}_{name}"] = record.metrics(split).get(name, np.nan)
+        for name in METRICS:
+            bounds = record.interval(name)
+            for end, value in zip(ENDS, bounds or (np.nan, np.nan)):
+                row[records.interval_key(name, end)] = value
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -131,8 +137,10 @@ def _level_stats(group: pd.DataFrame, maximize: bool) -> dict[str, Any]:
         for split in SPLITS:
             for name in METRICS:
                 result[f"{split}_{name}"] = float(best[f"{split}_{name}"])
+        result.update({c: float(best[c]) if c in best else np.nan for c in _INTERVAL_COLUMNS})
     else:
         result.update({f"{s}_{n}": np.nan for s in SPLITS for n in METRICS})
+        result.update({c: np.nan for c in _INTERVAL_COLUMNS})
     return result
 
 
@@ -152,8 +160,10 @@ def columns_caption(metric: str) -> str:
     """What the columns of `page_view` hold, for the captions of the factor and cell tables."""
     return (f"n (pr., f.) = complete trials (pruned, failed); {metric_label(test_headline(metric))} = the row's best "
             f"trial (chosen on validation) on test; best val (#) = that trial's validation {metric} and its number; "
-            f"val mean ± std = validation {metric} over the row's complete trials. The CSV has every metric of the "
-            f"best trial, validation and test.")
+            f"val mean ± std = validation {metric} over the row's complete trials. [low, high] = the test "
+            f"metric's 95 % interval from a bootstrap over test patients (images where ungrouped), recorded when the "
+            f"trial ended; a value without one comes from an older run that recorded none. The CSV has every metric "
+            f"of the best trial, validation and test, and the intervals.")
 
 
 def page_view(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -165,11 +175,20 @@ def page_view(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     keys = [c for c in frame.columns if c not in _LEVEL_COLUMNS]
     shown = frame[keys].copy()
     shown["n (pr., f.)"] = [f"{n} ({p}, {f})" for n, p, f in zip(frame.n, frame.pruned, frame.failed)]
-    shown[metric_label(headline)] = frame[headline].map(tables.metric)
+    shown[metric_label(headline)] = [with_interval(v, row.get(f"{headline}_low"), row.get(f"{headline}_high"))
+                                     for v, (_, row) in zip(frame[headline], frame.iterrows())]
     shown["best val (#)"] = [tables.DASH if pd.isna(b) else f"{tables.metric(b)} (#{int(t)})"
                              for b, t in zip(frame.best, frame.best_trial)]
     shown["val mean ± std"] = [tables.mean_std(m, s) for m, s in zip(frame["mean"], frame["std"])]
     return shown
+
+
+def with_interval(value: Any, low: Any, high: Any) -> str:
+    """``0.812 [0.760, 0.861]``; the bare value where no interval was recorded (an older run)."""
+    text = tables.metric(value)
+    if low is None or high is None or pd.isna(low) or pd.isna(high) or pd.isna(value):
+        return text
+    return f"{text} [{tables.metric(low)}, {tables.metric(high)}]"
 
 
 def shorten(column: str, short: dict[str, str]) -> str:

@@ -15,7 +15,9 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.contract import TrialContext, flat
 from objectives.train import Checkpointing, Runtime
 from study import paths
-from study.records import INTERRUPTED, TrialRecord, TrialWriter
+from study.predictions import Predictions, split_rows, write_predictions
+from study.records import INTERRUPTED, TrialRecord, TrialWriter, write_test_intervals
+from study.report.uncertainty import RESAMPLES, interval_record, test_intervals
 from study.run.checkpoints import OWNER, checkpoint_file, checkpoint_owner, resume_state, save_checkpoint
 from study.run.data import DataCache
 from study.run.failures import failure_reason, first_line, without_frames
@@ -109,11 +111,35 @@ class TrialTrainer:
         evaluations = {split: (evaluation.loss, evaluation.metrics, evaluation.confusion)
                        for split, evaluation in (("val", result.val), ("test", result.test))}
         writer.result(seconds, result.curves, result.best_epoch, evaluations)
+        intervals = _keep_predictions(study, trial, splits, result, self.data.manifest_hash(config)
+                                      if splits.manifest is not None else None)
         metrics = {split: {"loss": loss, **values} for split, (loss, values, _) in evaluations.items()}
         self.pages.attach(trial, page("COMPLETE", config=recorded, best_epoch=result.best_epoch, val=metrics["val"],
                                       test=metrics["test"], curves=result.curves, confusion=result.test.confusion,
-                                      class_names=list(splits.class_names), seconds=seconds))
+                                      class_names=list(splits.class_names), seconds=seconds,
+                                      intervals=intervals))
         return metric_value(result.val.loss, result.val.metrics, settings.metric)
+
+
+def _keep_predictions(study: optuna.Study, trial: optuna.Trial, splits: Any, result: Any,
+                      split_hash: str | None) -> dict[str, Any] | None:
+    """Store the best epoch's val and test probabilities (`study.predictions`), then compute the
+    test metrics' patient-bootstrap intervals once, seeded by the trial's number, and record them
+    (`records.TEST_INTERVALS`); returns that record (None where the objective gave no probabilities)."""
+    kept: dict[str, Predictions] = {}
+    for split, evaluation in (("val", result.val), ("test", result.test)):
+        if getattr(evaluation, "probabilities", None) is None:
+            continue
+        labels, groups = split_rows(splits, split)
+        kept[split] = Predictions(evaluation.probabilities, labels, groups)
+        write_predictions(study, trial, split, kept[split], split_hash)
+    test = kept.get("test")
+    if test is None or not len(test.labels):
+        return None
+    record = interval_record(test_intervals(test.probabilities, test.labels, test.groups, B=RESAMPLES,
+                                            seed=trial.number), seed=trial.number)
+    write_test_intervals(trial, record)
+    return record
 
 
 def _save(own: Path, spent: list[Path], owner: dict[str, Any], state: dict) -> None:

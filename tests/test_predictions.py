@@ -1,0 +1,217 @@
+"""Per-image predictions in the storage (`study.predictions`): chunked round trips on real
+storages, one rows record per manifest, row order checked against a real trained model, and the
+best epoch's probabilities surviving a checkpoint."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from objectives.data import find_dataset, load_splits
+from objectives.losses import build_loss
+from objectives.metrics import summarize
+from objectives.models import build_model
+from objectives.train import Evaluation, FitConfig, Runtime, fit
+from study import predictions as pr
+from study.records import predictions_key, rows_key
+from tests.conftest import class_image
+
+
+def _storage(tmp_path: Path, kind: str):
+    return optuna.storages.InMemoryStorage() if kind == "memory" else f"sqlite:///{tmp_path / 'p.db'}"
+
+
+def _random(n: int, k: int, groups: int, seed: int = 0) -> pr.Predictions:
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(k), size=n).astype(np.float32)
+    return pr.Predictions(p, rng.integers(0, k, n), np.sort(rng.integers(0, groups, n)))
+
+
+def test_encode_chunks_stay_under_mysql_text_and_round_trip() -> None:
+    a = np.random.default_rng(0).random((7000, 5)).astype(np.float16)
+    chunks = pr.encode(a)
+    assert len(chunks) > 1 and all(len(c) < 60_000 for c in chunks)
+    np.testing.assert_array_equal(pr.decode(chunks, "float16", a.shape), a)
+
+
+def test_group_index_is_the_rank_of_the_name_and_ungrouped_rows_are_their_own() -> None:
+    np.testing.assert_array_equal(pr.group_index(["b", "a", "b", "c"]), [1, 0, 1, 2])
+    assert len(set(pr.group_index(["", "", "a"]).tolist())) == 3
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_write_then_read_from_the_storage_alone(tmp_path: Path, kind: str) -> None:
+    study = optuna.create_study(storage=_storage(tmp_path, kind), study_name="s")
+    val, test = _random(300, 5, 150, seed=1), _random(7000, 5, 3500, seed=2)
+    trials = []
+    for _ in range(2):
+        trial = study.ask()
+        pr.write_predictions(study, trial, "val", val, "hash-a")
+        pr.write_predictions(study, trial, "test", test, "hash-a")
+        study.tell(trial, 0.5)
+        trials.append(trial)
+    old = study.ask()
+    study.tell(old, 0.1)  # a trial of an older version: no predictions
+    loaded = optuna.load_study(study_name="s", storage=study._storage)
+    frozen = loaded.get_trials()
+    got = pr.read_predictions(loaded, frozen[0], "test")
+    assert got is not None
+    np.testing.assert_array_equal(got.labels, test.labels)
+    np.testing.assert_array_equal(got.groups, test.groups)
+    np.testing.assert_allclose(got.probabilities, test.probabilities, atol=1e-3)  # float16
+    assert got.probabilities.dtype == np.float32
+    assert pr.read_predictions(loaded._storage, frozen[1], "val") == pr.read_predictions(loaded, frozen[0], "val")
+    assert pr.read_predictions(loaded, frozen[2], "test") is None
+    header = frozen[0].system_attrs[predictions_key("test")]
+    assert header["rows"] == "hash-a" and header["n"] == 7000 and header["k"] == 5
+    assert all(len(str(v)) < 60_000 for t in frozen for v in t.system_attrs.values())
+    assert all(len(str(v)) < 60_000 for v in loaded._storage.get_study_system_attrs(loaded._study_id).values())
+    assert not any(k.startswith("predictions") for t in frozen for k in t.user_attrs)  # the dashboard's table
+    rows = [k for k in loaded._storage.get_study_system_attrs(loaded._study_id) if k.startswith("prediction_rows")]
+    assert rows_key("hash-a", "test") in rows and rows_key("hash-a", "val") in rows
+    # a second trial with the same manifest adds no rows record; another manifest adds its own
+    trial = loaded.ask()
+    pr.write_predictions(loaded, trial, "val", _random(280, 5, 140, seed=3), "hash-b")
+    keys = set(loaded._storage.get_study_system_attrs(loaded._study_id))
+    assert rows_key("hash-b", "val") in keys and len([k for k in keys if k.endswith(":val")]) == 2
+
+
+def _grouped_dr(root: Path, patients: int, seed: int) -> Path:
+    """A DR-lab folder whose names are <patient>_left|right: one or two eyes per patient, the
+    eyes of a patient one grade apart at most."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for split, first in (("train", 0), ("test", 1000)):
+        names, labels = [], []
+        for p in range(first, first + patients):
+            grade = int(rng.choice(5, p=[0.5, 0.15, 0.2, 0.1, 0.05]))
+            for eye in ("left", "right")[: int(rng.integers(1, 3))]:
+                names.append(f"{p}_{eye}")
+                labels.append(grade)
+        for name, label in zip(names, labels):
+            class_image(label, 32, rng).save(root / f"{name}.jpeg", quality=92)
+        (root / f"{split}_img.csv").write_text("image\n" + "".join(f"{n}\n" for n in names))
+        (root / f"{split}_label.csv").write_text("level\n" + "".join(f"{x}\n" for x in labels))
+    return root
+
+
+def test_rows_line_up_with_the_imageset_and_stored_probabilities_give_the_recorded_accuracy(tmp_path: Path) -> None:
+    files = find_dataset(_grouped_dr(tmp_path / "dr", patients=40, seed=0), num_classes=5)
+    assert files.train.groups is not None
+    splits = load_splits(files, image_size=32, val_fraction=0.25, split_seed=0, cache_dir=None)
+    cfg = FitConfig(epochs=2, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16, metric="accuracy")
+    result = fit(build_model("convnet", 5, pretrained=False, seed=0), build_loss("ce", class_counts=[1] * 5),
+                 splits, cfg, Runtime(), lambda e, r: None)
+    study = optuna.create_study(storage=_storage(tmp_path, "sqlite"), study_name="s")
+    trial = study.ask()
+    for split, evaluation in (("val", result.val), ("test", result.test)):
+        labels, groups = pr.split_rows(splits, split)
+        images = getattr(splits, split)
+        np.testing.assert_array_equal(labels, images.labels[images.index])  # the true labels, in row order
+        names = [files.test.ids[i] if split == "test" else files.train.ids[i] for i in images.index]
+        patients = [Path(n).stem.split("_")[0] for n in names]
+        assert groups.max() + 1 == len(set(patients))  # one group per patient ...
+        for a in range(len(names)):  # ... and two eyes share theirs
+            assert all((groups[a] == groups[b]) == (patients[a] == patients[b]) for b in range(len(names)))
+        assert evaluation.probabilities.shape == (len(images), 5)
+        np.testing.assert_allclose(evaluation.probabilities.sum(1), 1.0, atol=1e-5)
+        pr.write_predictions(study, trial, split, pr.Predictions(evaluation.probabilities, labels, groups), "h")
+    study.tell(trial, 0.0)
+    stored = pr.read_predictions(study, study.trials[0], "test")
+    cm = np.zeros((5, 5), dtype=int)
+    np.add.at(cm, (stored.labels, stored.probabilities.argmax(1)), 1)
+    assert cm.tolist() == result.test.confusion
+    assert summarize(cm)["accuracy"] == result.test.metrics["accuracy"]
+
+
+def test_best_validation_probabilities_survive_a_weights_only_checkpoint() -> None:
+    p = np.random.default_rng(0).dirichlet(np.ones(5), size=50).astype(np.float32)
+    evaluation = Evaluation(0.5, {"accuracy": 0.5}, [[1]], probabilities=p)
+    buffer = io.BytesIO()
+    torch.save({"best_val": evaluation.checkpointed()}, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert state["best_val"]["probabilities"].dtype == torch.float16
+    back = Evaluation.from_checkpoint(state["best_val"])
+    np.testing.assert_allclose(back.probabilities, p, atol=1e-3)
+    assert back.probabilities.dtype == np.float32
+    assert Evaluation.from_checkpoint({"loss": 1.0, "metrics": {}, "confusion": []}).probabilities is None  # older
+
+
+@pytest.mark.slow
+def test_cli_run_stores_predictions_and_intervals_readable_from_the_storage_alone(tmp_path: Path,
+                                                                                 torch_home: Path) -> None:
+    """`python -m study run` on grouped data: every complete trial holds val and test predictions
+    whose rows line up with split.csv, the recorded test accuracy from them, and its intervals,
+    which `load_trials`, `report` and the trial note show."""
+    import csv
+
+    from study.api import load_trials
+    from study.predictions import read_predictions
+    from study.records import TEST_INTERVALS
+    from tests.conftest import run_cli
+
+    data = _grouped_dr(tmp_path / "dr", patients=40, seed=1)
+    results = tmp_path / "results"
+    run = run_cli("run", "dr_focal", "--data", str(data), "--trials", "2", "--set", "image_size=32", "--set",
+                  "epochs=2", "--set", "arch=resnet18", "--set", "batch_size=16", "--results", str(results),
+                  cwd=tmp_path, torch_home=torch_home)
+    assert run.returncode == 0, run.stderr
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    study = optuna.load_study(study_name="dr_focal", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete
+    rows = list(csv.DictReader((results / "dr_focal" / "split.csv").open()))
+    test_rows = [r for r in rows if r["split"] == "test"]
+    for trial in complete:
+        got = read_predictions(study._storage, trial, "test")  # the storage alone, no study object
+        val = read_predictions(study, trial, "val")
+        assert got is not None and val is not None
+        assert got.labels.tolist() == [int(r["label"]) for r in test_rows]
+        assert got.groups.max() + 1 == len({r["group"] for r in test_rows})
+        assert len(val.labels) == sum(r["split"] == "val" for r in rows)
+        accuracy = float((got.probabilities.argmax(1) == got.labels).mean())
+        assert accuracy == pytest.approx(trial.user_attrs["test_metrics"]["accuracy"])
+        record = trial.user_attrs[TEST_INTERVALS]
+        assert record["resamples"] == 2000 and record["seed"] == trial.number
+        low, high = record["intervals"]["accuracy"]
+        assert low <= accuracy <= high
+    frame = load_trials(study)
+    assert {"test_kappa_low", "test_kappa_high", "test_accuracy_low"} <= set(frame.columns)
+    report = run_cli("report", "dr_focal", "--results", str(results), "--format", "md", cwd=tmp_path,
+                     torch_home=torch_home)
+    assert report.returncode == 0, report.stderr
+    text = (results / "dr_focal" / "report.md").read_text()
+    assert "95 % interval from a bootstrap over test patients" in text and "missing (older run)" not in text
+
+
+def test_fit_resumed_from_its_last_checkpoint_keeps_the_best_validation_probabilities(splits_dr) -> None:
+    saved: list[bytes] = []
+
+    def save(state: dict) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        saved.append(buffer.getvalue())
+
+    from objectives.train import Checkpointing
+
+    cfg = FitConfig(epochs=2, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16)
+    first = fit(build_model("convnet", 5, pretrained=False, seed=0), build_loss("ce", class_counts=[1] * 5),
+                splits_dr, cfg, Runtime(), lambda e, r: None, Checkpointing(save=save))
+    state = torch.load(io.BytesIO(saved[-1]), weights_only=True)  # after the last epoch: nothing left to train
+    resumed = fit(build_model("convnet", 5, pretrained=False, seed=0), build_loss("ce", class_counts=[1] * 5),
+                  splits_dr, cfg, Runtime(), lambda e, r: None, Checkpointing(save=save, resume=state))
+    assert resumed.best_epoch == first.best_epoch
+    assert resumed.val.probabilities.shape == (len(splits_dr.val), 5)
+    np.testing.assert_allclose(resumed.val.probabilities, first.val.probabilities, atol=1e-3)
+
+
+@pytest.fixture
+def splits_dr(dr_dir: Path):
+    return load_splits(find_dataset(dr_dir, num_classes=5), image_size=32, val_fraction=0.25, split_seed=0,
+                       cache_dir=None)
