@@ -171,7 +171,7 @@ def test_resampled_kappa_equals_recounting():
     rng = np.random.default_rng(6)
     per_group = rng.integers(0, 3, (3, 12, 4, 4))  # (S, G, K, K)
     w = resample_weights(12, 15, seed=2)
-    assert resampled_confusions(per_group, w).shape == (15, 3, 4, 4)
+    assert resampled_confusions(w, per_group).shape == (15, 3, 4, 4)
     got = resampled_kappa(per_group, w)
     assert got.shape == (15, 3)
     for b in range(15):

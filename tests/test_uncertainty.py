@@ -49,12 +49,12 @@ def test_group_confusions_sum_to_the_whole_matrix() -> None:
 def test_stratified_weights_keep_each_stratum_count_and_are_seeded() -> None:
     groups = np.arange(50)
     strata = np.array([0] * 40 + [1] * 8 + [2] * 2)
-    w = uq.resample_weights(groups, 500, seed=3, strata=strata)
+    w = uq.resample_weights(uq.group_count(groups), 500, seed=3, strata=strata)
     assert w.shape == (500, 50)
     np.testing.assert_array_equal(w[:, strata == 2].sum(1), 2)
     np.testing.assert_array_equal(w[:, strata == 1].sum(1), 8)
-    np.testing.assert_array_equal(w, uq.resample_weights(groups, 500, seed=3, strata=strata))
-    plain = uq.resample_weights(groups, 500, seed=3)
+    np.testing.assert_array_equal(w, uq.resample_weights(uq.group_count(groups), 500, seed=3, strata=strata))
+    plain = uq.resample_weights(uq.group_count(groups), 500, seed=3)
     np.testing.assert_array_equal(plain.sum(1), 50)
     assert (plain[:, strata == 2].sum(1) == 0).any()  # unstratified: a rare stratum goes missing
 

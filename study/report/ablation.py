@@ -15,11 +15,13 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.metrics import higher_is_better
 from study import tables
 from study.records import METRICS, SEED, VARIANT, AblationRecord, TrialRecord, is_trial_failure
-from study.report import stats
+from study.report import ablation_intervals, stats
 from study.report.frames import HEADLINE, metric_label
 
 ABLATION_COLUMNS = ("variant", "metric", "n", "mean", "std", "delta", "ci_low", "ci_high", "p", "p_holm", "p_improve",
-                    "failed", "missing", "p_holm_worst", "star", "note")
+                    "failed", "missing", "p_holm_worst", "star", "covers", "note")
+SEEDS_AND_PATIENTS = "seeds+patients"  # `covers`: a test Δ's interval over seeds and test patients
+SEEDS_ONLY = "seeds"  # `covers`: the paired t over seeds (validation; a test Δ without stored predictions)
 SIGNIFICANT = 0.05  # the mark in the ablation table: Holm-adjusted p below this
 TEST_METRICS = (HEADLINE, *(m for m in METRICS if m != HEADLINE))  # the order of an ablation table's test rows
 
@@ -90,50 +92,69 @@ def ablation_frame(study: optuna.Study) -> pd.DataFrame:
     names = list(plan.variants)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     failed, missing = seed_outcomes(study, plan)
+    by_arm: dict[str, dict[int, FrozenTrial]] = {name: {} for name in names}
+    for t in complete:
+        if t.params.get(VARIANT) in by_arm:
+            by_arm[t.params[VARIANT]][int(t.params[SEED])] = t
+    test_metrics = [m.removeprefix("test_") for m in ablation_metrics(plan.metric) if m.startswith("test_")]
+    replicates = ablation_intervals.test_replicates(study, by_arm, test_metrics)
     blocks = []
     for metric in ablation_metrics(plan.metric):
         if metric.startswith("val_"):
             maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         else:
             maximize = higher_is_better(metric.removeprefix("test_"))
-        arms = {
-            name: {int(t.params[SEED]): _ablation_value(t, metric) for t in complete if t.params.get(VARIANT) == name}
-            for name in names
-        }
+        arms = {name: {seed: _ablation_value(t, metric) for seed, t in by_arm[name].items()} for name in names}
         filled = worst_filled(arms, failed, maximize=maximize)
+        found = None if metric.startswith("val_") or replicates is None else replicates[metric.removeprefix("test_")]
+        covers = SEEDS_ONLY if found is None else SEEDS_AND_PATIENTS
         if plan.factorial:
             rows = [{**_row(name, metric, stats.summarize(arms[name])), "failed": len(failed[name]),
                      "missing": len(missing[name])} for name in names]
             factors = plan.factors
             levels = {f: list(dict.fromkeys(plan.levels[name][f] for name in names)) for f in factors}
             reference = plan.levels[plan.baseline]
+            cells = {tuple(plan.levels[name][f] for f in factors): name for name in names}
 
-            def effects_of(values: dict[str, dict[int, float]]) -> list[stats.Effect]:
-                cells = {tuple(plan.levels[name][f] for f in factors): values[name] for name in names}
-                return stats.factorial_effects(cells, factors, levels, reference, maximize=maximize)
+            def effects_of(values: dict[str, dict[int, float]], found: ablation_intervals.Replicates | None
+                           ) -> list[tuple[stats.Effect, stats.Contrast]]:
+                effects = stats.factorial_effects({cell: values[name] for cell, name in cells.items()}, factors,
+                                                  levels, reference, maximize=maximize)
+                if found is None:
+                    return [(e, e.contrast) for e in effects]
+                wide = ablation_intervals.factorial_intervals(found, cells, factors, levels, reference)
+                return [(e, wide.get(e.name, e.contrast)) for e in effects]
 
-            effects = effects_of(arms)
+            effects = effects_of(arms, found)
             tested = [
-                {**_row(e.name, metric, e.summary or stats.Summary(e.contrast.n, math.nan, math.nan), e.contrast),
+                {**_row(e.name, metric, e.summary or stats.Summary(e.contrast.n, math.nan, math.nan), contrast),
                  "failed": sum(len(v) for v in failed.values()), "missing": sum(len(v) for v in missing.values())}
-                for e in effects
+                for e, contrast in effects
             ]
-            worst = [e.contrast for e in effects_of(filled)]
+            worst = [c for _, c in effects_of(filled, found and found.filled(failed, filled))]
         else:
             base = arms[plan.baseline]
             rows = [{**_row(plan.baseline, metric, stats.summarize(base)), "delta": 0.0,
                      "failed": len(failed[plan.baseline]), "missing": len(missing[plan.baseline])}]
             others = [name for name in names if name != plan.baseline]
-            tested = [{**_row(name, metric, stats.summarize(arms[name]), stats.paired(arms[name], base,
-                                                                                      maximize=maximize)),
+
+            def contrast(values: dict[str, dict[int, float]], found: ablation_intervals.Replicates | None,
+                         name: str) -> stats.Contrast:
+                if found is None:
+                    return stats.paired(values[name], values[plan.baseline], maximize=maximize)
+                return ablation_intervals.paired_interval(found, name, plan.baseline, maximize=maximize)
+
+            tested = [{**_row(name, metric, stats.summarize(arms[name]), contrast(arms, found, name)),
                        "failed": len(failed[name]) + len(failed[plan.baseline]),
                        "missing": len(missing[name]) + len(missing[plan.baseline])} for name in others]
-            worst = [stats.paired(filled[name], filled[plan.baseline], maximize=maximize) for name in others]
+            worst = [contrast(filled, found and found.filled(failed, filled), name) for name in others]
+        for row in tested:
+            row["covers"] = covers
         for row, adjusted in zip(tested, stats.holm([row["p"] for row in tested])):
             row["p_holm"] = adjusted
-        for row, contrast, adjusted in zip(tested, worst, stats.holm([c.p for c in worst])):
+        for row, contrast_, adjusted in zip(tested, worst, stats.holm([c.p for c in worst])):
             row["p_holm_worst"] = adjusted
-            row["star"] = starred(row["p_holm"], adjusted, row["delta"], contrast.delta, row["failed"],
+            row["star"] = starred(row["p_holm"], adjusted, row["delta"], contrast_.delta, row["failed"],
                                   row["missing"])
         blocks.append(pd.DataFrame(rows + tested, columns=list(ABLATION_COLUMNS)))
     frame = pd.concat(blocks, ignore_index=True)
@@ -242,11 +263,10 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
             "trial's value). "
             + common
             + f"Rows main:f=l: the level's marginal mean over the other factors' cells; Δ = that minus the reference "
-            f"level's ({reference}, the best trial's), computed per seed and then paired across seeds with the 95 % "
-            "t interval. "
-            "Rows interaction:f x g: Δ = y11 - y10 - y01 + y00 per seed (0 = reference level), its mean and 95 % t "
+            f"level's ({reference}, the best trial's), computed per seed and then paired across seeds, with its 95 % interval. "
+            "Rows interaction:f x g: Δ = y11 - y10 - y01 + y00 per seed (0 = reference level), its mean and 95 % "
             "interval. "
-            f"* = Holm-adjusted paired t-test p < {SIGNIFICANT} (family: one metric across the effect rows){STAR_RULES}"
+            f"* = Holm-adjusted p < {SIGNIFICANT} (family: one metric across the effect rows){STAR_RULES}"
             " Cell rows have no test."
         )
     else:
@@ -256,13 +276,14 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
             f"the parameters that change with it. "
             + common
             + f"Δ = variant - baseline, paired by seed (only seeds both "
-            "finished), with the 95 % t interval of the paired differences; * = Holm-adjusted paired t-test p < "
+            "finished), with its 95 % interval; * = Holm-adjusted p < "
             f"{SIGNIFICANT} "
             f"(family: one metric across the {len(plan.variants) - 1} variants){STAR_RULES} P(better) = share of seeds "
             "on which "
             "the "
             "variant beats the baseline (ties count one half)."
         )
+    text += " " + _interval_text(table)
     text += (" Test metrics are the headline: validation chose the baseline, so validation differences are biased in "
              "its favour (the table shows validation's mean ± std only; the CSV has every metric's difference).")
     retune = plan.retune
@@ -339,3 +360,18 @@ def loss_confound(retune: Any) -> str:
         return text + " lr was retuned for every variant, which removes most of that confound."
     return text + (" The learning rate was not retuned per variant, so Δ mixes the loss with the step size; "
                    "run ablate --retune lr to separate them.")
+
+
+def _interval_text(table: pd.DataFrame) -> str:
+    """What the Δ intervals of the table cover, from its `covers` column."""
+    test = table[table.metric.str.startswith("test_") & table.covers.notna()]
+    if not test.empty and (test.covers == SEEDS_AND_PATIENTS).all():
+        return ("The intervals and p of test Δ cover two sources of uncertainty: the seeds (paired) and the test "
+                f"patients (a cluster bootstrap of the test split's patients, {ablation_intervals.RESAMPLES} "
+                "resamples, each arm and seed rescored on the same resampled patients; variance components with a "
+                "Welch-Satterthwaite t). They do not cover drawing another training set: the table speaks for the "
+                "population this test set was sampled from. Validation Δ (CSV) use the paired t over seeds (the "
+                "validation split varies with the seed).")
+    return ("The intervals and p cover the seeds only (paired t): the trials stored no per-image test predictions "
+            "(an older run), so this test set is treated as the population and every test Δ shares its luck; stars "
+            "are optimistic (11-21 % false positives in simulated null ablations).")

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from study.report.uncertainty import quadratic_kappas, resample_weights, resampled_confusions
+
 CONFIDENCE = 0.95
 
 
@@ -131,28 +133,6 @@ def welch_satterthwaite(v_seed: float, seed_df: int, v_pat: float, pat_df: float
     return math.inf if denominator == 0 else (v_seed + v_pat) ** 2 / denominator
 
 
-def resample_weights(groups: int, resamples: int, seed: int, strata: np.ndarray | None = None) -> np.ndarray:
-    """(resamples, groups) int counts: how often each group (patient; image when ungrouped) is
-    drawn in each cluster-bootstrap replicate, G draws with replacement per replicate.
-
-    With `strata` (one label per group, e.g. the patient's worst grade) each stratum is resampled
-    within itself, keeping its size, so a class held by 2 patients is present in every replicate.
-    Counts rather than indices: a linear statistic is then a matrix product with per-group sums,
-    and every arm and seed multiplied by the same row sees the same patients."""
-    rng = np.random.default_rng(seed)
-    if strata is None:
-        return rng.multinomial(groups, np.full(groups, 1.0 / groups), size=resamples).astype(np.int64)
-    strata = np.asarray(strata)
-    if strata.shape != (groups,):
-        raise ValueError(f"strata must have one label per group ({groups}); got shape {strata.shape}")
-    weights = np.zeros((resamples, groups), dtype=np.int64)
-    for label in np.unique(strata):
-        members = np.flatnonzero(strata == label)
-        weights[:, members] = rng.multinomial(len(members), np.full(len(members), 1.0 / len(members)),
-                                              size=resamples)
-    return weights
-
-
 def resampled_metric(per_group_counts: np.ndarray, weights: np.ndarray, totals: np.ndarray) -> np.ndarray:
     """A ratio metric (accuracy: correct / images) in every replicate: (weights @ counts) /
     (weights @ totals).
@@ -167,35 +147,9 @@ def resampled_metric(per_group_counts: np.ndarray, weights: np.ndarray, totals: 
         return numerator / denominator.reshape((-1,) + (1,) * (numerator.ndim - 1))
 
 
-def resampled_confusions(per_group_confusions: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Confusion matrices in every replicate: weights (B, G) with per-group counts (..., G, K, K)
-    give (B, ..., K, K), e.g. (B, S, K, K) from (S, G, K, K)."""
-    confusions = np.asarray(per_group_confusions, dtype=float)
-    moved = np.moveaxis(confusions, -3, 0)  # (G, ..., K, K)
-    return np.tensordot(np.asarray(weights, dtype=float), moved, axes=(1, 0))
-
-
-def quadratic_kappas(confusions: np.ndarray) -> np.ndarray:
-    """Quadratic weighted kappa of every (K, K) matrix in (..., K, K), vectorised; the same value
-    as objectives.metrics.quadratic_kappa on each (0 where undefined: no images, one class)."""
-    cm = np.asarray(confusions, dtype=float)
-    k = cm.shape[-1]
-    if k < 2:
-        return np.zeros(cm.shape[:-2])
-    grades = np.arange(k)
-    w = (grades[:, None] - grades[None, :]) ** 2 / (k - 1) ** 2
-    total = cm.sum(axis=(-2, -1))
-    rows, cols = cm.sum(axis=-1), cm.sum(axis=-2)
-    safe_total = np.where(total == 0, 1.0, total)
-    denominator = np.einsum("...i,ij,...j->...", rows, w, cols) / safe_total
-    observed = (cm * w).sum(axis=(-2, -1))
-    defined = (total > 0) & (denominator != 0)
-    return np.where(defined, 1.0 - observed / np.where(defined, denominator, 1.0), 0.0)
-
-
 def resampled_kappa(per_group_confusions: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Quadratic kappa in every replicate: (..., G, K, K) counts and (B, G) weights -> (B, ...)."""
-    return quadratic_kappas(resampled_confusions(per_group_confusions, weights))
+    return quadratic_kappas(resampled_confusions(weights, per_group_confusions))
 
 
 Cell = tuple[Any, ...]  # one level per factor, in the order of `factors`

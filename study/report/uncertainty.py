@@ -47,15 +47,18 @@ class Interval:
     dropped: int = 0
 
 
-def resample_weights(groups: np.ndarray, B: int, seed: int, strata: np.ndarray | None = None) -> np.ndarray:
-    """(B, G) int counts: how often each of the G groups (`groups` holds 0..G-1) is drawn in each
-    of B cluster-bootstrap resamples. With `strata` (one label per group), groups are drawn
-    within each stratum, so each resample keeps every stratum's group count."""
-    G = int(np.max(groups)) + 1 if len(groups) else 0
+def resample_weights(groups: int, B: int, seed: int, strata: np.ndarray | None = None) -> np.ndarray:
+    """(B, G) int counts: how often each of the G = `groups` groups (patients; images when
+    ungrouped) is drawn in each of B cluster-bootstrap resamples, G draws with replacement each.
+    With `strata` (one label per group, e.g. the patient's worst grade), groups are drawn within
+    each stratum, keeping its size, so a class held by 2 patients is present in every resample.
+    Counts rather than indices: a statistic of summed counts is then one matrix product with the
+    per-group counts, and every arm and seed multiplied by the same row sees the same patients."""
+    G = int(groups)
     rng = np.random.default_rng(seed)
     strata = np.zeros(G, dtype=np.int64) if strata is None else np.asarray(strata)
-    if len(strata) != G:
-        raise ValueError(f"strata has {len(strata)} labels for {G} groups")
+    if strata.shape != (G,):
+        raise ValueError(f"strata must have one label per group ({G}); got shape {strata.shape}")
     # uniform draws of group indices, counted per resample: a multinomial with equal
     # probabilities, ~10x faster than Generator.multinomial row by row for thousands of groups
     rows = np.arange(B, dtype=np.int64)[:, None] * G
@@ -67,6 +70,11 @@ def resample_weights(groups: np.ndarray, B: int, seed: int, strata: np.ndarray |
     return counts.reshape(B, G)
 
 
+def group_count(groups: np.ndarray) -> int:
+    """G of group indices 0..G-1."""
+    return int(np.max(groups)) + 1 if len(groups) else 0
+
+
 def group_confusions(groups: np.ndarray, labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
     """(G, k, k) counts: each group's confusion matrix (rows: true class, columns: predicted)."""
     groups = np.asarray(groups, dtype=np.int64)
@@ -76,11 +84,11 @@ def group_confusions(groups: np.ndarray, labels: np.ndarray, predicted: np.ndarr
 
 
 def resampled_confusions(weights: np.ndarray, confusions: np.ndarray) -> np.ndarray:
-    """(B, k, k): the confusion matrix of each resample (weights x per-group confusions, one
-    BLAS product; exact, since the counts are small integers held exactly in float64)."""
-    G, k, _ = confusions.shape
-    flat = weights.astype(np.float64) @ confusions.reshape(G, k * k).astype(np.float64)
-    return flat.reshape(-1, k, k)
+    """The confusion matrices of every resample: weights (B, G) with per-group counts
+    (..., G, k, k) give (B, ..., k, k), e.g. (B, S, k, k) from (S, G, k, k). One BLAS product,
+    exact: the counts are small integers, held exactly in float64."""
+    moved = np.moveaxis(np.asarray(confusions, dtype=np.float64), -3, 0)  # (G, ..., k, k)
+    return np.tensordot(np.asarray(weights, dtype=np.float64), moved, axes=(1, 0))
 
 
 def batched_metrics(confusions: np.ndarray) -> dict[str, np.ndarray]:
@@ -107,24 +115,27 @@ def batched_metrics(confusions: np.ndarray) -> dict[str, np.ndarray]:
         accuracy = np.where(total > 0, hits.sum(axis=1) / total, 0.0)
         balanced = np.where(n_present > 0, np.where(present, np.nan_to_num(recall), 0.0).sum(axis=1) / n_present, 0.0)
         macro_f1 = np.where(n_seen > 0, np.where(seen, f1, 0.0).sum(axis=1) / n_seen, 0.0)
-        kappa = _batched_kappa(cm, total, true_counts, pred_counts)
+        kappa = quadratic_kappas(cm)
     return {"accuracy": accuracy, "balanced_accuracy": balanced, "macro_f1": macro_f1, "kappa": kappa,
             "recall": recall}
 
 
-def _batched_kappa(cm: np.ndarray, total: np.ndarray, true_counts: np.ndarray, pred_counts: np.ndarray) -> np.ndarray:
-    """Quadratic weighted kappa of each matrix; 0 where undefined (`objectives.metrics.quadratic_kappa`)."""
-    k = cm.shape[1]
+def quadratic_kappas(confusions: np.ndarray) -> np.ndarray:
+    """Quadratic weighted kappa of every (K, K) matrix in (..., K, K), vectorised; the same value
+    as objectives.metrics.quadratic_kappa on each (0 where undefined: no images, one class)."""
+    cm = np.asarray(confusions, dtype=float)
+    k = cm.shape[-1]
     if k < 2:
-        return np.zeros(len(cm))
+        return np.zeros(cm.shape[:-2])
     grades = np.arange(k)
     w = (grades[:, None] - grades[None, :]) ** 2 / (k - 1) ** 2
-    safe_total = np.where(total > 0, total, 1.0)
-    # sum_ij w_ij * t_i * p_j / total, without the (B, k, k) outer product
-    denominator = np.einsum("bi,ij,bj->b", true_counts, w, pred_counts) / safe_total
-    observed = np.einsum("bij,ij->b", cm, w)
-    ok = (total > 0) & (denominator != 0)
-    return np.where(ok, 1.0 - observed / np.where(ok, denominator, 1.0), 0.0)
+    total = cm.sum(axis=(-2, -1))
+    rows, cols = cm.sum(axis=-1), cm.sum(axis=-2)
+    safe_total = np.where(total == 0, 1.0, total)
+    denominator = np.einsum("...i,ij,...j->...", rows, w, cols) / safe_total
+    observed = (cm * w).sum(axis=(-2, -1))
+    defined = (total > 0) & (denominator != 0)
+    return np.where(defined, 1.0 - observed / np.where(defined, denominator, 1.0), 0.0)
 
 
 def percentile_interval(estimate: float, replicates: np.ndarray, level: float = LEVEL) -> Interval:
@@ -168,8 +179,7 @@ def bca_interval(estimate: float, replicates: np.ndarray, jackknife: np.ndarray,
 
 def worst_class(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(G,) each group's highest label (a patient's worse eye), the stratum of its resampling."""
-    G = int(np.max(groups)) + 1
-    worst = np.full(G, -1, dtype=np.int64)
+    worst = np.full(group_count(groups), -1, dtype=np.int64)
     np.maximum.at(worst, np.asarray(groups, dtype=np.int64), np.asarray(labels, dtype=np.int64))
     return worst
 
@@ -187,7 +197,7 @@ def test_intervals(probabilities: np.ndarray, labels: np.ndarray, groups: np.nda
     per_group = group_confusions(groups, labels, predicted, k)
     whole = per_group.sum(axis=0)
     estimate = batched_metrics(whole)
-    weights = resample_weights(groups, B, seed, strata=worst_class(groups, labels))
+    weights = resample_weights(group_count(groups), B, seed, strata=worst_class(groups, labels))
     replicates = batched_metrics(resampled_confusions(weights, per_group))
     jackknife = batched_metrics(whole[None] - per_group)  # leave one group out, every group at once
     out = {name: percentile_interval(float(estimate[name][0]), replicates[name]) for name in SUMMARY_METRICS}
