@@ -285,3 +285,22 @@ def test_class_indices_are_checked_against_the_data_when_the_file_leaves_the_cla
     named = GOOD.replace("num_classes = 5", 'class_names = ["a", "b"]')
     with pytest.raises(SpaceError, match="'c' is not a class \\(a, b\\)"):
         load_space(write(tmp_path, named + '[report.endpoints]\nx = { positive = ["c"] }\n'))
+
+
+def test_the_roc_figure_and_its_points(tmp_path: Path):
+    from study.report import endpoint_figures
+    from study.report.calibration import reliability_points, top_label
+
+    rng = np.random.default_rng(5)
+    scores, positive = rng.integers(0, 10, size=60) / 9.0, rng.random(60) < 0.4
+    fpr, tpr = endpoint_figures.roc_points(scores, positive)
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1) and (np.diff(fpr) >= 0).all()
+    assert np.trapezoid(tpr, fpr) == pytest.approx(ep.auc(scores, positive))  # ties: the diagonal step, 1/2
+    split = binary(scores, positive, np.repeat(np.arange(30), 2))
+    result = ep.evaluate_endpoint(split, split, POS, B=200)
+    roc = endpoint_figures.roc_figure(split, result, "best trial: pos", tmp_path / "roc_pos.png")
+    reliability = endpoint_figures.reliability_figure(
+        [("top label", reliability_points(*top_label(split.probabilities, split.labels))), ("empty", [])],
+        "calibration", tmp_path / "reliability.png")
+    for path in (roc, reliability):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
