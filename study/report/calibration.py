@@ -28,6 +28,7 @@ from study.report.endpoints import (
     Endpoint,
     Interval,
     SplitPredictions,
+    compact,
     is_positive,
     n_groups,
     percentile_interval,
@@ -138,7 +139,7 @@ def evaluate_calibration(test: SplitPredictions, endpoints: tuple[Endpoint, ...]
     from B cluster-bootstrap resamples of the test patients (unstratified: no figure here needs
     both classes in a resample; seeded)."""
     p = np.asarray(test.probabilities, dtype=np.float64)
-    labels, groups = np.asarray(test.labels), np.asarray(test.groups)
+    labels, groups = np.asarray(test.labels), compact(test.groups)
     weights = resample_weights(groups, B, seed).astype(np.float64)
     g = n_groups(groups)
     per_image = brier_per_image(p, labels)

@@ -118,6 +118,13 @@ def is_positive(labels: np.ndarray, endpoint: Endpoint) -> np.ndarray:
     return np.isin(np.asarray(labels), endpoint.positive)
 
 
+def compact(groups: np.ndarray) -> np.ndarray:
+    """Group indices renumbered 0..G-1 in order of their values: a split's groups may be indices
+    into a study-wide list (a patient of another split would otherwise be an empty group here,
+    counted as a negative patient with no images)."""
+    return np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+
+
 def n_groups(groups: np.ndarray) -> int:
     groups = np.asarray(groups)
     return int(groups.max()) + 1 if groups.size else 0
@@ -378,6 +385,10 @@ def _level(level: str, val_scores: np.ndarray, val_positive: np.ndarray, scores:
     points = []
     for rule, threshold in choose_thresholds(val_scores, val_positive).items():
         val_sens, val_spec = sens_spec(val_scores, val_positive, threshold)
+        if not np.isfinite(threshold):  # validation lacks positives (or negatives): no operating point
+            missing = Interval(math.nan, math.nan, math.nan, "none")
+            points.append(OperatingPoint(rule, threshold, val_sens, val_spec, missing, missing))
+            continue
         called = scores >= threshold
         points.append(OperatingPoint(rule, threshold, val_sens, val_spec,
                                      _proportion(called, positive, groups, weights),
@@ -393,9 +404,9 @@ def evaluate_endpoint(val: SplitPredictions, test: SplitPredictions, endpoint: E
     label, the same resamples for both levels)."""
     check(endpoint, np.asarray(test.probabilities).shape[1])
     val_s, val_p = score(val.probabilities, endpoint), is_positive(val.labels, endpoint)
-    s, p, groups = score(test.probabilities, endpoint), is_positive(test.labels, endpoint), np.asarray(test.groups)
+    s, p, groups = score(test.probabilities, endpoint), is_positive(test.labels, endpoint), compact(test.groups)
     patient_s, patient_p = per_patient(s, p, groups)
-    val_patient_s, val_patient_p = per_patient(val_s, val_p, np.asarray(val.groups))
+    val_patient_s, val_patient_p = per_patient(val_s, val_p, compact(val.groups))
     weights = resample_weights(groups, B, seed, strata=patient_p.astype(int)).astype(np.float64)
     patients = np.arange(patient_s.size)
     image = _level("image", val_s, val_p, s, p, groups, weights)
@@ -418,7 +429,10 @@ def check(endpoint: Endpoint, num_classes: int) -> None:
 class SeedPoint:
     """One operating point of one seed: threshold from that seed's validation split, test figures,
     and per-test-patient counts (G, 4): detected positives, positives, cleared negatives,
-    negatives, so the caller can resample patients jointly across arms (weights @ counts)."""
+    negatives, so the caller can resample patients jointly across arms (weights @ counts). Rows
+    are the test split's distinct group indices in ascending order (`compact`), the same for
+    every seed and variant scored on the same test split; at patient level a row is one
+    patient's 0/1 counts."""
 
     rule: str
     threshold: float
@@ -444,8 +458,8 @@ def ablation(runs: Sequence[tuple[SplitPredictions, SplitPredictions]], endpoint
     out = []
     for index, (val, test) in enumerate(runs):
         val_s, val_p = score(val.probabilities, endpoint), is_positive(val.labels, endpoint)
-        val_g = np.asarray(val.groups)
-        s, p, g = score(test.probabilities, endpoint), is_positive(test.labels, endpoint), np.asarray(test.groups)
+        val_g = compact(val.groups)
+        s, p, g = score(test.probabilities, endpoint), is_positive(test.labels, endpoint), compact(test.groups)
         levels = {"image": (val_s, val_p, s, p, g),
                   "patient": (*per_patient(val_s, val_p, val_g), *per_patient(s, p, g), np.arange(n_groups(g)))}
         for level, (vs, vp, ts, tp, groups) in levels.items():
