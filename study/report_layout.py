@@ -1,4 +1,5 @@
-"""The [report] table of a study's TOML: which factors form the report's cells and figures.
+"""The [report] table of a study's TOML: which factors form the report's cells and figures, and
+the binary endpoints (`[report.endpoints]`) the report evaluates.
 
 `ReportLayout` is what `load_space` parses from ``[report]`` (schema 2) and what a study records as
 its user attr ``report``, so `report` reads it from the storage alone. A study that recorded none
@@ -15,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
-KEYS = {"cells", "figures", "labels"}
+from study.report.endpoints import Endpoint
+
+KEYS = {"cells", "figures", "labels", "endpoints"}
+ENDPOINT_KEYS = {"positive"}
 _LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")  # labels name figure files
 
 
@@ -25,12 +29,14 @@ class ReportLayout:
     (`cells`), those whose combinations each get the confusion figure of their best trial
     (`figures`, named ``confusion_<label>_<label>.png``), and the labels of factor values in those
     names (`labels`: factor -> value as TOML writes it -> label; the value itself otherwise).
-    A factor that the study's trials never vary is left out."""
+    A factor that the study's trials never vary is left out. `endpoints`: binary groupings of
+    classes (`study.report.endpoints`), none by default."""
 
     cells: tuple[str, ...] = ("arch", "pretrained", "loss")
     figures: tuple[str, ...] = ("arch", "pretrained")
     labels: Mapping[str, Mapping[str, str]] = field(
         default_factory=lambda: _frozen({"pretrained": {"true": "pretrained", "false": "scratch"}}))
+    endpoints: tuple[Endpoint, ...] = ()
 
     def label(self, factor: str, value: Any) -> str:
         """How a value of `factor` appears in a figure's name."""
@@ -38,15 +44,22 @@ class ReportLayout:
 
     def record(self) -> dict[str, Any]:
         """As the study stores it (user attr ``report``)."""
-        return {"cells": list(self.cells), "figures": list(self.figures),
-                "labels": {factor: dict(values) for factor, values in self.labels.items()}}
+        record = {"cells": list(self.cells), "figures": list(self.figures),
+                  "labels": {factor: dict(values) for factor, values in self.labels.items()}}
+        if self.endpoints:  # left out when none: a study without endpoints records what it always did
+            record["endpoints"] = {e.name: {"positive": list(e.positive)} for e in self.endpoints}
+        return record
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any] | None) -> ReportLayout:
-        """The layout a study recorded; the defaults for a study that recorded none."""
+        """The layout a study recorded; the defaults for a study that recorded none (and no
+        endpoints for one recorded before endpoints existed)."""
         if not record:
             return cls()
-        return cls(tuple(record.get("cells", ())), tuple(record.get("figures", ())), _frozen(record.get("labels", {})))
+        endpoints = tuple(Endpoint(name, tuple(int(c) for c in spec["positive"]))
+                          for name, spec in record.get("endpoints", {}).items())
+        return cls(tuple(record.get("cells", ())), tuple(record.get("figures", ())), _frozen(record.get("labels", {})),
+                   endpoints)
 
 
 def value_text(value: Any) -> str:
@@ -66,6 +79,7 @@ def parse(doc: Mapping[str, Any], values: Mapping[str, tuple[Any, ...] | None]) 
     unknown = sorted(set(doc) - KEYS)
     if unknown:
         raise ValueError(f": unknown key {unknown[0]!r} (allowed: {', '.join(sorted(KEYS))})")
+    endpoints = parse_endpoints(doc["endpoints"], values) if "endpoints" in doc else ()
     lists = {}
     for key in ("cells", "figures"):
         if key not in doc:
@@ -79,7 +93,7 @@ def parse(doc: Mapping[str, Any], values: Mapping[str, tuple[Any, ...] | None]) 
                 raise ValueError(f".{key}: {factor!r} is not a setting in [fixed] or [space]")
         lists[key] = tuple(names)
     if "labels" not in doc:
-        return ReportLayout(lists["cells"], lists["figures"])
+        return ReportLayout(lists["cells"], lists["figures"], endpoints=endpoints)
     labels = doc["labels"]
     if not isinstance(labels, dict) or not all(isinstance(v, dict) for v in labels.values()):
         raise ValueError('.labels must be a table of tables, like { pretrained = { true = "pretrained" } }')
@@ -92,7 +106,68 @@ def parse(doc: Mapping[str, Any], values: Mapping[str, tuple[Any, ...] | None]) 
                 raise ValueError(f".labels.{factor}: {value!r} is not a value of {factor} ({', '.join(sorted(texts))})")
             if not isinstance(label, str) or not _LABEL.match(label):
                 raise ValueError(f".labels.{factor}.{value}: {label!r} must be letters, digits, '_', '.', '+' or '-'")
-    return ReportLayout(lists["cells"], lists["figures"], _frozen(labels))
+    return ReportLayout(lists["cells"], lists["figures"], _frozen(labels), endpoints)
+
+
+def parse_endpoints(doc: Any, values: Mapping[str, tuple[Any, ...] | None]) -> tuple[Endpoint, ...]:
+    """`[report.endpoints]`: name -> ``{ positive = [...] }``, the classes that make the endpoint
+    positive (``referable = { positive = [2, 3, 4] }``: grades 2-4 of DR).
+
+    Classes are 0-based indices, the columns of the stored probabilities. Names are accepted too
+    (``positive = ["moderate", "severe"]``), but only where the file fixes ``class_names`` in
+    [fixed]: otherwise the names come from the data and the file cannot be checked before a run,
+    so a name that matches no class would surface only in the report. Names are turned into
+    indices here, so the study records indices either way. Where the file fixes the class count
+    (``num_classes`` > 0 or ``class_names``) indices are checked against it here; otherwise
+    `study.report.endpoints.check` checks them against the predictions when the report runs.
+    An endpoint name names files (``roc_<name>.png``): letters, digits, '_', '.', '+', '-'."""
+    if not isinstance(doc, dict):
+        raise ValueError('.endpoints must be a table, like { referable = { positive = [2, 3, 4] } }')
+    names = _fixed(values, "class_names")
+    names = list(names) if isinstance(names, list) and names else None
+    count = _fixed(values, "num_classes")
+    count = len(names) if names else (count if isinstance(count, int) and not isinstance(count, bool) and count > 0
+                                       else None)
+    out = []
+    for name, spec in doc.items():
+        at = f".endpoints.{name}"
+        if not _LABEL.match(name):
+            raise ValueError(f"{at}: the name must be letters, digits, '_', '.', '+' or '-'")
+        if not isinstance(spec, dict):
+            raise ValueError(f"{at} must be a table like {{ positive = [2, 3, 4] }}")
+        unknown = sorted(set(spec) - ENDPOINT_KEYS)
+        if unknown:
+            raise ValueError(f"{at}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(ENDPOINT_KEYS))})")
+        positive = spec.get("positive")
+        if not isinstance(positive, list) or not positive:
+            raise ValueError(f"{at}.positive must be a non-empty list of classes, got {positive!r}")
+        indices = []
+        for cls in positive:
+            if isinstance(cls, str):
+                if names is None:
+                    raise ValueError(f"{at}.positive: class {cls!r} by name needs class_names in [fixed]; "
+                                     f"give class indices (0-based) instead")
+                if cls not in names:
+                    raise ValueError(f"{at}.positive: {cls!r} is not a class ({', '.join(names)})")
+                cls = names.index(cls)
+            elif isinstance(cls, bool) or not isinstance(cls, int):
+                raise ValueError(f"{at}.positive: {cls!r} is neither a class index nor a class name")
+            if cls < 0 or (count is not None and cls >= count):
+                bound = f"0..{count - 1}" if count is not None else "0 or more"
+                raise ValueError(f"{at}.positive: class {cls} is out of range ({bound})")
+            if cls in indices:
+                raise ValueError(f"{at}.positive names class {cls} twice")
+            indices.append(cls)
+        if count is not None and len(indices) >= count:
+            raise ValueError(f"{at}.positive names all {count} classes: nothing would be negative")
+        out.append(Endpoint(name, tuple(indices)))
+    return tuple(out)
+
+
+def _fixed(values: Mapping[str, tuple[Any, ...] | None], name: str) -> Any:
+    """A setting's value where the file fixes it (one value), else None."""
+    held = values.get(name)
+    return held[0] if held is not None and len(held) == 1 else None
 
 
 def _frozen(labels: Mapping[str, Mapping[str, str]]) -> Mapping[str, Mapping[str, str]]:
