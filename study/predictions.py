@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -64,8 +65,31 @@ def encode(array: np.ndarray) -> list[str]:
     return [text[i:i + CHUNK] for i in range(0, len(text), CHUNK)] or [""]
 
 
+DTYPES = ("float16", "int32")  # what `encode` is given; a stored record naming another is refused
+MAX_VALUES = 1 << 30  # n x k of one record; far above any split (a stored header claiming more is damaged)
+
+
+class Unreadable(ValueError):
+    """A stored record that is not what `write_predictions` writes (damaged, or written by
+    someone else in a shared storage)."""
+
+
 def decode(chunks: Sequence[str], dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(base64.b64decode("".join(chunks))), dtype=dtype).reshape(shape)
+    """The array `encode` stored. Nothing read is trusted: the dtype must be one we write, the
+    inflated size must equal the shape's (inflating stops there, so a record cannot expand into
+    gigabytes), and any damage raises `Unreadable`."""
+    if dtype not in DTYPES or not all(isinstance(d, int) and d >= 0 for d in shape) \
+            or int(np.prod(shape)) > MAX_VALUES or not all(isinstance(c, str) for c in chunks):
+        raise Unreadable(f"a record of dtype {dtype!r} and shape {shape}")
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(base64.b64decode("".join(chunks), validate=True), size + 1)
+    except (ValueError, zlib.error) as exc:
+        raise Unreadable(str(exc)) from None
+    if len(raw) != size:
+        raise Unreadable(f"{len(raw)} bytes where {size} were expected")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 def rows_id(split_hash: str | None, labels: np.ndarray, groups: np.ndarray) -> str:
@@ -117,25 +141,46 @@ def read_predictions(study_or_storage: optuna.Study | BaseStorage, frozen_trial:
         storage, study_id = study_or_storage._storage, study_or_storage._study_id
     else:
         storage = study_or_storage
+    try:
+        return _read(storage, study_id, frozen_trial, split)
+    except (Unreadable, KeyError, TypeError, ValueError):
+        warnings.warn(f"trial {frozen_trial.number}: its stored {split} predictions are unreadable (damaged, or "
+                      "not written by study); treated as missing", stacklevel=2)
+        return None
+
+
+def _read(storage: BaseStorage, study_id: int | None, frozen_trial: FrozenTrial, split: str) -> Predictions | None:
     key = predictions_key(split)
     attrs = frozen_trial.system_attrs
     header = attrs.get(key)
     if not isinstance(header, Mapping):
         return None
     n, k = int(header["n"]), int(header["k"])
-    probabilities = decode([attrs[f"{key}:{i}"] for i in range(int(header["chunks"]))], header["dtype"], (n, k))
+    probabilities = decode([attrs[f"{key}:{i}"] for i in range(_chunks(header))], header["dtype"], (n, k))
     if study_id is None:
         study_id = _study_of(storage, frozen_trial)
         if study_id is None:
             return None
     study_attrs = storage.get_study_system_attrs(study_id)
-    rows = rows_key(header["rows"], split)
+    rows = rows_key(str(header["rows"]), split)
     rows_header: Any = study_attrs.get(rows)
     if not isinstance(rows_header, Mapping):
         return None
-    table = decode([study_attrs[f"{rows}:{i}"] for i in range(int(rows_header["chunks"]))], rows_header["dtype"],
+    table = decode([study_attrs[f"{rows}:{i}"] for i in range(_chunks(rows_header))], rows_header["dtype"],
                    (2, int(rows_header["n"])))
-    return Predictions(probabilities.astype(np.float32), table[0].astype(np.int64), table[1].astype(np.int64))
+    labels, groups = table[0].astype(np.int64), table[1].astype(np.int64)
+    if table.shape[1] != n or k < 2 or (n and (labels.min() < 0 or labels.max() >= k or groups.min() < 0
+                                               or groups.max() >= n)) \
+            or not np.isfinite(probabilities).all():
+        raise Unreadable(f"rows that do not fit the {n} x {k} predictions")
+    return Predictions(probabilities.astype(np.float32), labels, groups)
+
+
+def _chunks(header: Mapping[str, Any]) -> int:
+    count = header["chunks"]
+    if not isinstance(count, int) or not 0 < count <= MAX_VALUES // CHUNK + 1:
+        raise Unreadable(f"{count!r} chunks")
+    return count
 
 
 def _study_of(storage: BaseStorage, trial: FrozenTrial) -> int | None:

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from study.report.endpoints import Endpoint
+
+
+REFERABLE_DR = Endpoint("referable", (2, 3, 4))  # moderate or worse: the screening endpoint of DR papers
 
 @dataclass(frozen=True)
 class Schema1Objective:
@@ -22,6 +26,7 @@ class Schema1Objective:
 
     embedded_dataset: str
     settings: Mapping[str, Any]
+    endpoints: tuple[Endpoint, ...] = ()  # the report's binary endpoints (schema 1 had no [report])
 
 
 SCHEMA1_OBJECTIVES: Mapping[str, Schema1Objective] = MappingProxyType({
@@ -31,7 +36,7 @@ SCHEMA1_OBJECTIVES: Mapping[str, Schema1Objective] = MappingProxyType({
         "arch": "resnet18", "pretrained": False, "fe_epochs": 0, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
         "epochs": 15, "batch_size": 32, "step_size": 0, "step_gamma": 0.1, "loss": "ce", "focal_gamma": 0.0,
         "focal_alpha": "none", "hflip": True, "vflip": True, "crop_padding": 0, "seed": 0,
-    })),
+    }), (REFERABLE_DR,)),
     "cifar_loss": Schema1Objective("digits", MappingProxyType({
         "image_size": 32, "val_fraction": 0.1, "split_seed": 0, "group_by": "auto", "norm_mean": (), "norm_std": (),
         "num_classes": 0, "class_names": (),

@@ -129,7 +129,7 @@ def load_space_text(text: str, path: Path, name: str | None = None, *, direction
         param = next((p for p in params if p.name == key), None)
         if param is not None and not param.admits(embedded[key], {**fixed, **embedded}):
             raise SpaceError(f"{where}: [embedded].{key} = {embedded[key]!r}: outside the declared [space] values")
-    report = ReportLayout()
+    report = ReportLayout(endpoints=legacy.endpoints) if legacy is not None else ReportLayout()
     if "report" in doc:
         values = {**{name: (value,) for name, value in fixed.items()}, **{p.name: p.choices for p in params}}
         try:

@@ -65,6 +65,10 @@ def ablation_with_predictions(*, store=True, fail=None):
             trial.set_user_attr("test_metrics", {m: measured[m] for m in METRIC_NAMES})
             if store:
                 write_predictions(study, trial, "test", Predictions(probabilities, labels, groups), "hash")
+                own = np.random.default_rng([seed, len(name)])  # each seed its own validation split
+                val_labels, val_groups = make_rows(own)
+                write_predictions(study, trial, "val", Predictions(predictions(own, val_labels, 0.7), val_labels,
+                                                                   val_groups), f"val-{seed}")
             study.tell(trial, measured["kappa"])
     return study
 

@@ -72,6 +72,13 @@ def test_report_writes_tables_and_figures_matching_the_storage(made):
     # 7 complete trials: too few for importances, and the report says so instead of printing noise
     assert "need at least 20 complete trials" in report and not (out / "importance.csv").exists()
     assert "$\\pm$" in (out / "factors.tex").read_text() and "\\toprule" in (out / "factors.tex").read_text()
+    # the clinical section: from the stored per-image predictions, thresholds on validation
+    assert "## Endpoints and calibration" in report and (out / "calibration.csv").is_file()
+    assert (out / "reliability_best.png").is_file()
+    endpoints = pd.read_csv(out / "endpoints.csv")
+    assert set(endpoints.level) == {"image", "patient"} and set(endpoints.endpoint) == {"referable"}
+    assert (endpoints.auc_low <= endpoints.auc).all() and (endpoints.auc <= endpoints.auc_high).all()
+    assert (out / "roc_referable_best.png").is_file()
 
 
 def test_tex_tables_compile(made):

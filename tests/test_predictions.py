@@ -4,6 +4,7 @@ best epoch's probabilities surviving a checkpoint."""
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
@@ -215,3 +216,42 @@ def test_fit_resumed_from_its_last_checkpoint_keeps_the_best_validation_probabil
 def splits_dr(dr_dir: Path):
     return load_splits(find_dataset(dr_dir, num_classes=5), image_size=32, val_fraction=0.25, split_seed=0,
                        cache_dir=None)
+
+
+def test_a_damaged_or_foreign_record_reads_as_missing_with_a_warning():
+    """Nothing read from a shared storage is trusted: a header claiming a huge array, chunks that
+    are not ours, rows that do not fit the predictions -> None and one warning, never a crash or a
+    decompression into gigabytes."""
+    import warnings as warnings_
+
+    import zlib as zlib_
+
+    from study.predictions import Predictions, decode, read_predictions, write_predictions
+    from study.records import predictions_key
+
+    rng = np.random.default_rng(0)
+    study = optuna.create_study()
+    trial = study.ask()
+    probabilities = rng.random((6, 3)).astype(np.float32)
+    write_predictions(study, trial, "test", Predictions(probabilities, np.array([0, 1, 2, 0, 1, 2]),
+                                                        np.array([0, 0, 1, 1, 2, 2])), "h")
+    key = predictions_key("test")
+    header = study.trials[0].system_attrs[key]
+    bomb = base64.b64encode(zlib_.compress(bytes(50_000_000))).decode()  # 50 MB of zeros in ~50 KB
+    damaged = [
+        {**header, "n": 10**9},  # more values than any split
+        {**header, "dtype": "object"},
+        {**header, "chunks": -1},
+        {**header, "n": 5},  # the rows record has 6
+        {**header, "k": 2},
+    ]
+    for bad in damaged:
+        study._storage.set_trial_system_attr(trial._trial_id, key, bad)
+        with warnings_.catch_warnings(record=True) as caught:
+            warnings_.simplefilter("always")
+            assert read_predictions(study, study.trials[0], "test") is None, bad
+        assert len(caught) == 1 and "unreadable" in str(caught[0].message)
+    with pytest.raises(ValueError):
+        decode([bomb], "float16", (6, 3))  # inflating stops at the expected size
+    study._storage.set_trial_system_attr(trial._trial_id, key, header)
+    assert read_predictions(study, study.trials[0], "test") is not None

@@ -263,7 +263,8 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
             "trial's value). "
             + common
             + f"Rows main:f=l: the level's marginal mean over the other factors' cells; Δ = that minus the reference "
-            f"level's ({reference}, the best trial's), computed per seed and then paired across seeds, with its 95 % interval. "
+            f"level's ({reference}, the best trial's), computed per seed and then paired across seeds, with its 95 % "
+            "interval. "
             "Rows interaction:f x g: Δ = y11 - y10 - y01 + y00 per seed (0 = reference level), its mean and 95 % "
             "interval. "
             f"* = Holm-adjusted p < {SIGNIFICANT} (family: one metric across the effect rows){STAR_RULES}"

@@ -20,8 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from study.predictions import Predictions, read_predictions
-from study.report import contrasts, stats
-from study.report import uncertainty
+from study.report import contrasts, stats, uncertainty
 
 RESAMPLES = 2000  # cluster-bootstrap replicates of the test patients
 SEED = 0  # the replicates are seeded: a report is reproducible

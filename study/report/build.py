@@ -22,6 +22,7 @@ from objectives.errors import InputError
 from study import figures, paths, tables
 from study.records import METRICS, AblationRecord, DataSummary, StudyRecord, Summary, TrialRecord
 from study.report.ablation import ablation_table
+from study.report.clinical import write_ablation_endpoints, write_clinical
 from study.report.frames import (
     SHORT,
     best_trials_per_cell,
@@ -116,6 +117,9 @@ def build_report(
         section, written = _best_trials_section(picked, metric, out)
         files += written
         sections.append(section)
+        section, written = write_clinical(study, picked, layout.endpoints, out, formats)
+        files += written
+        sections.append(section)
     files.append(_history_figure(study, out / "history.png"))
     sections.append("## Optimization history\n\n![history](history.png)\n")
 
@@ -131,6 +135,9 @@ def build_report(
             table, display, caption = ablation_table(ablation)
             files += tables.write(table, display, out / "ablation_study", formats, caption)
             sections.append("## Ablation study\n\n" + caption + "\n\n" + tables.markdown(display))
+            section, written = write_ablation_endpoints(ablation, layout.endpoints, out, formats)
+            files += written
+            sections.append(section)
 
     markdown = f"# Study {study.study_name}\n\n" + "\n".join(sections)
     report_path = out / "report.md"

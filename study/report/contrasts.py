@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from study.report.uncertainty import quadratic_kappas, resample_weights, resampled_confusions
+from study.report.uncertainty import quadratic_kappas, resampled_confusions
 
 CONFIDENCE = 0.95
 
