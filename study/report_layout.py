@@ -16,12 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from study.report.endpoints import Endpoint
-
 KEYS = {"cells", "figures", "labels", "endpoints"}
 ENDPOINT_KEYS = {"positive"}
 _LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")  # labels name figure files
 
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A named binary grouping of classes (`[report.endpoints]`): `positive` are class indices
+    (0-based); `study.report.endpoints` evaluates it."""
+
+    name: str
+    positive: tuple[int, ...]
 
 @dataclass(frozen=True)
 class ReportLayout:

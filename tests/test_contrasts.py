@@ -20,14 +20,12 @@ from objectives.metrics import quadratic_kappa
 from study.report import stats as ablation_stats
 from study.report.contrasts import (
     factorial_contrasts,
-    quadratic_kappas,
-    resample_weights,
-    resampled_confusions,
     resampled_kappa,
     resampled_metric,
     variance_components_interval,
     welch_satterthwaite,
 )
+from study.report.uncertainty import quadratic_kappas, resample_weights, resampled_confusions
 
 # ---------------------------------------------------------------- the interval on hand numbers
 

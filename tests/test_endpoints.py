@@ -153,7 +153,7 @@ def test_resample_weights_draw_groups_with_replacement_within_strata_reproducibl
     assert (w == ep.resample_weights(groups, 500, seed=7, strata=strata)).all()
     assert not (w == ep.resample_weights(groups, 500, seed=8, strata=strata)).all()
     assert w.mean() == pytest.approx(1.0) and 0.8 < w.var() < 1.2  # multinomial: variance (1 - 1/G) per group
-    with pytest.raises(ValueError, match="one entry per group"):
+    with pytest.raises(ValueError, match="one label per group"):
         ep.resample_weights(groups, 5, 0, strata=np.zeros(60))
 
 

@@ -223,7 +223,6 @@ def test_a_damaged_or_foreign_record_reads_as_missing_with_a_warning():
     are not ours, rows that do not fit the predictions -> None and one warning, never a crash or a
     decompression into gigabytes."""
     import warnings as warnings_
-
     import zlib as zlib_
 
     from study.predictions import Predictions, decode, read_predictions, write_predictions

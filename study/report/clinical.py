@@ -26,7 +26,8 @@ from study.predictions import Predictions, read_predictions
 from study.records import SEED, VARIANT, AblationRecord
 from study.report import calibration, contrasts, endpoints, stats, uncertainty
 from study.report.endpoint_figures import reliability_figure, roc_figure
-from study.report.endpoints import Endpoint, EndpointResult
+from study.report.endpoints import EndpointResult
+from study.report_layout import Endpoint
 
 RULE_LABELS = {"sensitivity>=0.90": "sens≥90% (val)", "youden": "Youden (val)"}
 MISSING = "no stored predictions (a trial of a run before predictions were kept)"

@@ -31,6 +31,10 @@ from statistics import NormalDist
 
 import numpy as np
 
+from study.predictions import Predictions
+from study.report import uncertainty
+from study.report_layout import Endpoint
+
 LEVEL = 0.95
 SENSITIVITY_TARGET = 0.90
 NEAR_BOUND = 0.1  # sensitivity/specificity within this of 0 or 1 get BCa instead of percentile
@@ -39,22 +43,7 @@ CONDITIONAL = ("conditional on the threshold chosen on validation: the interval 
 RULES = ("sensitivity>=0.90", "youden")
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """A named binary grouping of classes: `positive` are class indices (0-based)."""
-
-    name: str
-    positive: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class SplitPredictions:
-    """One split's per-image predictions: `probabilities` (n, K), `labels` (n,) class indices,
-    `groups` (n,) patient indices 0..G-1 (ungrouped: each image its own group)."""
-
-    probabilities: np.ndarray
-    labels: np.ndarray
-    groups: np.ndarray
+SplitPredictions = Predictions  # one split's probabilities (n, K), labels and group indices (`study.predictions`)
 
 
 @dataclass(frozen=True)
@@ -200,23 +189,9 @@ def sens_spec(scores: np.ndarray, positive: np.ndarray, threshold: float) -> tup
 # ---------------------------------------------------------------- resampling
 
 def resample_weights(groups: np.ndarray, B: int, seed: int, strata: np.ndarray | None = None) -> np.ndarray:
-    """(B, G) counts: how often each of the G groups (patients) is drawn in each of B cluster
-    bootstrap resamples (each row sums to G). `groups` (n,) are per-image group indices 0..G-1;
-    `strata` (G,), optional, a stratum per group: each stratum is resampled within itself (its
-    row sums are kept), e.g. the patient's endpoint label so every resample has positives.
-    Seeded (numpy's default_rng), so a report is reproducible."""
-    g = n_groups(groups)
-    rng = np.random.default_rng(seed)
-    strata = np.zeros(g, dtype=np.int64) if strata is None else np.asarray(strata)
-    if strata.shape != (g,):
-        raise ValueError(f"strata must have one entry per group ({g}), got shape {strata.shape}")
-    weights = np.zeros((B, g), dtype=np.int64)
-    for stratum in np.unique(strata):
-        members = np.flatnonzero(strata == stratum)
-        m = members.size
-        draws = rng.integers(0, m, size=(B, m)) + (np.arange(B) * m)[:, None]  # row r's draws, offset by r*m
-        weights[:, members] = np.bincount(draws.ravel(), minlength=B * m).reshape(B, m)
-    return weights
+    """(B, G) counts of the groups of per-image indices `groups` (0..G-1) in B cluster-bootstrap
+    resamples, stratified by `strata` (G,): `uncertainty.resample_weights` for an index array."""
+    return uncertainty.resample_weights(n_groups(groups), B, seed, strata)
 
 
 def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray, chunk: int = 256) -> np.ndarray:
