@@ -174,10 +174,11 @@ class TrialRecord:
     def interval(self, metric: str) -> tuple[float, float] | None:
         """The recorded 95 % test interval of `metric` (``recall_<c>`` per class), None where the
         trial has none (an older run) or the metric has none."""
-        bounds = (self.test_intervals or {}).get("intervals", {}).get(metric)
-        if bounds is None or None in bounds:
+        try:  # a stored record is not trusted: anything but two numbers reads as none
+            low, high = (self.test_intervals or {}).get("intervals", {}).get(metric)
+            return float(low), float(high)
+        except (AttributeError, TypeError, ValueError):
             return None
-        return float(bounds[0]), float(bounds[1])
 
     def shown_reason(self) -> str:
         """The failure reason as `list` and `report` show it."""

@@ -9,6 +9,7 @@ its user attr ``report``, so `report` reads it from the storage alone. A study t
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -63,10 +64,26 @@ class ReportLayout:
         endpoints for one recorded before endpoints existed)."""
         if not record:
             return cls()
-        endpoints = tuple(Endpoint(name, tuple(int(c) for c in spec["positive"]))
-                          for name, spec in record.get("endpoints", {}).items())
+        endpoints = _recorded_endpoints(record.get("endpoints", {}))
         return cls(tuple(record.get("cells", ())), tuple(record.get("figures", ())), _frozen(record.get("labels", {})),
                    endpoints)
+
+
+def _recorded_endpoints(stored: Any) -> tuple[Endpoint, ...]:
+    """The endpoints a study recorded, read without trusting the storage: anything but a table of
+    names to ``{"positive": [class indices]}`` is left out with one warning (the report then
+    shows no endpoint rather than failing on a damaged or foreign record)."""
+    try:
+        return tuple(Endpoint(str(name), tuple(_index(c) for c in spec["positive"])) for name, spec in stored.items())
+    except (AttributeError, KeyError, TypeError, ValueError):
+        warnings.warn("the study's recorded report endpoints are unreadable; none are reported", stacklevel=3)
+        return ()
+
+
+def _index(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10_000:
+        raise ValueError(f"class index {value!r}")
+    return value
 
 
 def value_text(value: Any) -> str:

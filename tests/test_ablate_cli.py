@@ -101,12 +101,20 @@ def test_ablation_csv_equals_the_storage(ablated):
             if np.ptp(a - b) == 0:  # a constant non-zero difference: no p, no interval, no star
                 assert pd.isna(row.p) and pd.isna(row.ci_low) and row.note == "constant difference" and not row.star
                 continue
+            if metric.startswith("test_"):  # over seeds and test patients, from the stored predictions
+                assert row.covers == "seeds+patients" and row.ci_low < row.delta < row.ci_high
+                assert 0 < row.p <= row.p_holm <= 1
+                continue
+            assert row.covers == "seeds"
             expected = scipy_stats.ttest_rel(a, b)
             assert (row.ci_low, row.ci_high) == pytest.approx(tuple(expected.confidence_interval(0.95)))
             assert row.p == pytest.approx(expected.pvalue) and row.p <= row.p_holm <= 1
             assert row.p_improve == pytest.approx(((a > b).sum() + 0.5 * (a == b).sum()) / len(a))
     md = (root / "results" / "abl" / "ablation_study.md").read_text()
     assert "paired by seed" in md and "Holm" in md and "No parameter was retuned" in md
+    assert "test patients" in md and "do not cover drawing another training set" in md
+    endpoints = pd.read_csv(root / "results" / "abl" / "ablation_endpoints.csv")  # dr_focal: referable DR
+    assert set(endpoints.variant) == set(study.user_attrs["variants"]) and set(endpoints.level) == {"image", "patient"}
     assert re.search(r"^\| baseline +\| +3 \|", md, re.MULTILINE)
     assert (
         "ablation_study.csv" not in md and "## Ablation study" in (root / "results" / "abl" / "report.md").read_text()

@@ -8,6 +8,7 @@ anything is written; Ctrl-C exits 130, SIGTERM 143 (`study.exits`).
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Sequence
 
 import optuna
@@ -34,10 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              line: str | None = None) -> str:
+    """A warning the tool raises (a damaged record it skips) as the CLI's other warnings look:
+    one line, no source path."""
+    return f"study: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     def command() -> int:
         args = build_parser().parse_args(argv)
         optuna.logging.set_verbosity(optuna.logging.ERROR)
+        warnings.formatwarning = _one_line
         return COMMANDS[args.command][0].run(args)
 
     return exit_code(command)

@@ -71,7 +71,9 @@ def print_summary(study: optuna.Study, metric: str, url: str, out: Output) -> No
     if summary.best is not None:
         best = summary.best
         test = best.test_metrics.get(metric, float("nan"))
-        out.line(f"best: trial {best.number} val {metric}={best.value:.4f}, test {metric}={test:.4f} "
+        bounds = best.interval(metric)
+        interval = f" [{bounds[0]:.4f}, {bounds[1]:.4f}]" if bounds else ""
+        out.line(f"best: trial {best.number} val {metric}={best.value:.4f}, test {metric}={test:.4f}{interval} "
                  f"| {' '.join(f'{k}={fmt(v)}' for k, v in best.params.items())}")
     location = storage.sqlite_file(url)
     out.line(f"results: {location if location else storage.mask(url)} (study {study.study_name})")
