@@ -40,7 +40,7 @@ def study_with_predictions(stored=(True, True, False)):
 def test_the_section_reports_both_levels_with_intervals_and_names_missing_trials(tmp_path):
     study = study_with_predictions()
     trials = study.get_trials()
-    picked = {"best": trials[0], "resnet50_scratch": trials[1], "old": trials[2]}
+    picked = {"best": trials[0], "resnet18_scratch": trials[0], "resnet50_scratch": trials[1], "old": trials[2]}
     section, files = clinical.write_clinical(study, picked, [REFERABLE], tmp_path, ["md", "csv"])
     names = {p.name for p in files}
     assert {"endpoints.csv", "endpoints.md", "calibration.csv", "roc_referable_best.png",
@@ -54,16 +54,17 @@ def test_the_section_reports_both_levels_with_intervals_and_names_missing_trials
     # the figures come from the stored predictions: AUC per image recomputed from them
     test = clinical.read_predictions(study, trials[0], "test")
     positive = endpoints.is_positive(test.labels, REFERABLE)
-    image = frame[(frame.trial == "best") & (frame.level == "image")]
+    assert set(frame.trial) == {"best = resnet18_scratch", "resnet50_scratch"}  # a trial picked twice: once
+    image = frame[(frame.trial == "best = resnet18_scratch") & (frame.level == "image")]
     assert np.allclose(image.auc, endpoints.auc(endpoints.score(test.probabilities, REFERABLE), positive))
     # thresholds come from validation: the >=90 % rule holds there, whatever it gives on test
     assert (frame[frame.rule == "sensitivity>=0.90"].val_sensitivity >= 0.9).all()
-    patients = frame[(frame.trial == "best") & (frame.level == "patient")]
+    patients = frame[(frame.trial == "best = resnet18_scratch") & (frame.level == "patient")]
     assert (patients.n == 80).all() and (image.n == 160).all()
     assert "old (trial 2): no stored predictions" in section
     assert "conditional on the threshold chosen on validation" in section
     calibration = pd.read_csv(tmp_path / "calibration.csv")
-    assert list(calibration.trial) == ["best", "resnet50_scratch"]
+    assert list(calibration.trial) == ["best = resnet18_scratch", "resnet50_scratch"]
     assert (calibration.brier_low <= calibration.brier).all() and "ece_referable" in calibration
 
 

@@ -168,6 +168,10 @@ def write_clinical(study: optuna.Study, picked: Mapping[str, FrozenTrial], wante
     """The report's endpoint and calibration section and files (`endpoints.*`, `calibration.*`,
     `roc_<endpoint>_best.png`, `reliability_best.png`) for the picked trials."""
     evidence, missing = [], []
+    labels: dict[int, list[str]] = {}  # one trial picked for several labels (best = resnet18) is evaluated once
+    for label, trial in picked.items():
+        labels.setdefault(trial.number, []).append(label)
+    picked = {" = ".join(labels[t.number]): t for t in {t.number: t for t in picked.values()}.values()}
     for label, trial in picked.items():
         found = trial_evidence(study, trial, label, wanted)
         if isinstance(found, str):
@@ -193,11 +197,11 @@ def write_clinical(study: optuna.Study, picked: Mapping[str, FrozenTrial], wante
         best = evidence[0]
         for result in best.endpoints:
             path = roc_figure(best.test, result, f"{result.endpoint.name}: {best.label} trial {best.number}, test",
-                              paths.figure_file(out, f"roc_{result.endpoint.name}_{best.label}"))
+                              paths.figure_file(out, f"roc_{result.endpoint.name}_best"))
             files.append(path)
             parts.append(f"![ROC {result.endpoint.name}]({path.name})\n")
         path = reliability_figure(_reliability_series(best, wanted), f"{best.label} trial {best.number}, test",
-                                  paths.figure_file(out, f"reliability_{best.label}"))
+                                  paths.figure_file(out, "reliability_best"))
         files.append(path)
         parts.append(f"![reliability]({path.name})\n")
     if missing:
