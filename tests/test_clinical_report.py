@@ -88,8 +88,8 @@ def test_the_ablation_endpoint_table_pairs_seeds_with_thresholds_from_each_seeds
     section, files = clinical.write_ablation_endpoints(study, [REFERABLE], tmp_path, ["csv", "md"])
     assert {p.name for p in files} == {"ablation_endpoints.csv", "ablation_endpoints.md"}
     frame = pd.read_csv(tmp_path / "ablation_endpoints.csv")
-    figures = {"auc", "sensitivity (sens≥90% (val))", "specificity (sens≥90% (val))", "sensitivity (Youden (val))",
-               "specificity (Youden (val))"}
+    figures = {"auc", "sensitivity at val sens≥90%", "specificity at val sens≥90%", "sensitivity at val Youden",
+               "specificity at val Youden"}
     assert set(frame.figure) == figures and set(frame.level) == {"image", "patient"}
     other = frame[(frame.variant == "other") & (frame.level == "patient") & (frame.figure == "auc")].iloc[0]
     # Δ is the mean paired difference of the per-seed AUCs, recomputed here from the stored predictions

@@ -30,6 +30,8 @@ from study.report.endpoints import EndpointResult
 from study.report_layout import Endpoint
 
 RULE_LABELS = {"sensitivity>=0.90": "sens≥90% (val)", "youden": "Youden (val)"}
+FIGURE_RULES = {"sensitivity>=0.90": "at val sens≥90%", "youden": "at val Youden"}  # ablation figure names
+PAGE_RULE = "sensitivity>=0.90"  # the operating point the ablation's page shows (the CSV has both)
 MISSING = "no stored predictions (a trial of a run before predictions were kept)"
 
 
@@ -311,22 +313,25 @@ def _seed_figures(val: Predictions, test: Predictions, endpoint: Endpoint, group
         for point in level.points:
             counts = w @ point.counts  # (B, 4): detected, positives, cleared, negatives
             with np.errstate(invalid="ignore", divide="ignore"):
-                found[(level.level, f"sensitivity ({RULE_LABELS.get(point.rule, point.rule)})")] = (
+                found[(level.level, f"sensitivity {FIGURE_RULES.get(point.rule, point.rule)}")] = (
                     point.sensitivity, counts[:, 0] / counts[:, 1])
-                found[(level.level, f"specificity ({RULE_LABELS.get(point.rule, point.rule)})")] = (
+                found[(level.level, f"specificity {FIGURE_RULES.get(point.rule, point.rule)}")] = (
                     point.specificity, counts[:, 2] / counts[:, 3])
     return found
 
 
 def ablation_endpoint_view(frame: pd.DataFrame) -> pd.DataFrame:
-    """The page: patient-level figures per variant, mean ± std over seeds and Δ [95 % CI]."""
-    shown = frame[frame.level == "patient"]
+    """The page: patient-level AUC and the sensitivity and specificity at the validation
+    sensitivity >= 90 % point per variant, mean ± std over seeds and Δ [95 % CI] (narrow enough
+    for a page; the CSV has the image level and the Youden point too)."""
+    page = {"auc", *(f"{what} {FIGURE_RULES[PAGE_RULE]}" for what in ("sensitivity", "specificity"))}
+    shown = frame[(frame.level == "patient") & frame.figure.isin(page)]
     rows = []
     for (variant, endpoint), group in shown.groupby(["variant", "endpoint"], sort=False):
         row = {"variant": variant, "endpoint": endpoint}
         for _, r in group.iterrows():
             delta = "reference" if r.delta == 0 and pd.isna(r.get("ci_low")) else _delta(r)
-            row[r.figure] = f"{tables.mean_std(r['mean'], r['std'])}; Δ {delta}"
+            row[f"{r.figure} (Δ)"] = f"{tables.mean_std(r['mean'], r['std'])} ({delta})"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -341,8 +346,9 @@ def _delta(row: pd.Series) -> str:
 
 
 ABLATION_ENDPOINT_CAPTION = (
-    "Endpoints of the ablation's variants on the test split, per patient (the CSV also has per image): mean ± std "
-    "over the seeds; each seed chose its thresholds on its own validation split. Δ = variant - baseline, paired by "
+    "Endpoints of the ablation's variants on the test split, per patient, at the threshold with validation "
+    "sensitivity >= 90 % (the CSV also has per image and the Youden point): mean ± std over the seeds; each seed "
+    "chose its threshold on its own validation split. Δ = variant - baseline, paired by "
     "seed, with a 95 % interval over the seeds and the test patients (one patient resample shared by every arm "
     "and seed, {resamples} resamples, stratified by the patient's endpoint label); * = Holm-adjusted p < 0.05 over "
     "the variants. With few positive test patients a sensitivity moves in large steps: read the interval, not the "
