@@ -18,6 +18,7 @@ FORMATS = ("md", "csv", "tex")
 DIGITS = 3  # every metric on the page: kappa, accuracy, F1 and their differences
 DASH = "–"  # a missing number
 PAGE_FIT = "\\small\n\\setlength{\\tabcolsep}{4pt}\n"  # inside the table group: the document's other tables keep theirs
+FIT_OPEN = "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%\n"  # shrink only a wide one
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "<": r"\textless{}", ">": r"\textgreater{}"}  # plain < > print as ¡ ¿ in LaTeX's default encoding
@@ -77,16 +78,56 @@ def latex_escape(text: str) -> str:
     return out
 
 
+STACK_AFTER = 14  # characters: a longer cell with an interval or a note puts it on a second line
+WRAP_TEXT = 28  # characters: a longer text column wraps in a paragraph column
+_SECOND_LINE = re.compile(r" (?=[\[(])")  # where a cell's interval or parenthesis starts
+
+
+def stacked(text: str, align: str = "r") -> str:
+    """A long cell (``0.595 [0.492, 0.689]``, ``0.519 ± 0.140 (-0.366 [...])``) as two lines, the
+    estimate above its interval, in a nested tabular: intervals double a column's width otherwise,
+    and a table of them would not fit a page. Plain LaTeX (booktabs is all a document needs)."""
+    escaped = latex_escape(text)
+    if len(text) <= STACK_AFTER:
+        return escaped
+    parts = _SECOND_LINE.split(text, maxsplit=1)
+    if len(parts) != 2:
+        return escaped
+    return f"\\begin{{tabular}}[t]{{@{{}}{align}@{{}}}}{latex_escape(parts[0])}\\\\{{}} {latex_escape(parts[1])}\\end{{tabular}}"
+
+
+def _header(name: str) -> str:
+    """A long header on two lines, split at the space nearest its middle."""
+    text = str(name)
+    if len(text) <= STACK_AFTER or " " not in text:
+        return latex_escape(text)
+    spaces = [i for i, ch in enumerate(text) if ch == " "]
+    cut = min(spaces, key=lambda i: abs(i - len(text) / 2))
+    return (f"\\begin{{tabular}}[b]{{@{{}}c@{{}}}}{latex_escape(text[:cut])}\\\\{{}} "
+            f"{latex_escape(text[cut + 1:])}\\end{{tabular}}")
+
+
 def latex(frame: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs `table` (caption, label, numbers right-aligned) through `Styler.to_latex`."""
-    spec = "".join("r" if numeric else "l" for numeric in numeric_columns(frame))
+    """A booktabs `table` (caption, label, numbers right-aligned) through `Styler.to_latex`; long
+    text columns wrap (a paragraph column), long numeric cells put their interval on a second
+    line (`stacked`), long headers take two lines, so the page views fit a plain article."""
     shown = frame.map(lambda v: DASH if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    numeric = numeric_columns(frame)
+    spec = ""
+    for column, is_number in zip(shown.columns, numeric):
+        longest = int(shown[column].str.len().max()) if len(shown) else 0
+        spec += "r" if is_number else (f"p{{{min(longest, 40) * 0.5:.1f}em}}" if longest > WRAP_TEXT else "l")
     styler = (shown.style.hide(axis="index")
-              .format(latex_escape)
-              .format_index(lambda name: latex_escape(str(name)), axis=1))
+              .format(lambda v: stacked(v), subset=[c for c, n in zip(shown.columns, numeric) if n])
+              .format(latex_escape, subset=[c for c, n in zip(shown.columns, numeric) if not n])
+              .format_index(_header, axis=1))
     text = styler.to_latex(column_format=spec, hrules=True, position="ht", position_float="centering",
                            caption=latex_escape(caption), label=label, environment="table")
-    return text.replace("\\centering\n", "\\centering\n" + PAGE_FIT, 1)
+    text = text.replace("\\centering\n", "\\centering\n" + PAGE_FIT, 1)
+    # the outer tabular (the first begin, the last end: cells nest their own) shrinks to the text
+    # width only when it is wider; graphicx's \\resizebox, in every LaTeX distribution
+    begin, end = text.index("\\begin{tabular}"), text.rindex("\\end{tabular}") + len("\\end{tabular}")
+    return text[:begin] + FIT_OPEN + text[begin:end] + "}" + text[end:]
 
 
 def write(frame: pd.DataFrame, display: pd.DataFrame, stem: Path, formats: Sequence[str], caption: str) -> list[Path]:

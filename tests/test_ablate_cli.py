@@ -121,7 +121,7 @@ def test_ablation_csv_equals_the_storage(ablated):
     )
     if shutil.which("pdflatex"):
         doc = root / "ablation_doc.tex"
-        doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}"
+        doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage{graphicx}\\begin{document}"
                        "\\input{results/abl/ablation_study.tex}\\input{results/abl/factors.tex}\\end{document}\n")
         result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=root,
                                 capture_output=True, text=True, timeout=120)

@@ -89,7 +89,7 @@ def test_tex_tables_compile(made):
     written = sorted((root / "results" / "abl").glob("*.tex"))
     assert {p.name for p in written} >= {"factors.tex", "cells.tex"}
     doc = root / "doc.tex"  # every table the report wrote, in one minimal document
-    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}"
+    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage{graphicx}\\begin{document}"
                    + "".join(f"\\input{{results/abl/{p.name}}}" for p in written) + "\\end{document}\n")
     result = subprocess.run(
         ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
@@ -99,6 +99,8 @@ def test_tex_tables_compile(made):
         timeout=120,
     )
     assert result.returncode == 0, result.stdout[-2000:]
+    assert {"endpoints.tex", "calibration.tex", "data.tex"} <= {p.name for p in written}
+    assert "Overfull \\hbox" not in (root / "doc.log").read_text(errors="replace")  # every table fits the page
 
 
 def test_report_bad_inputs(made, tmp_path):
