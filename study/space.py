@@ -107,7 +107,7 @@ class StudySettings:
     # the pruner's further settings (`study.run.samplers.pruner_settings`); at these defaults they
     # are left out of the fingerprint, so studies made before them keep theirs
     pruner_percentile: float = 25.0  # percentile: stop a trial below this percentile of the complete trials
-    pruner_patience: int = 0  # > 0: ask the rule only once a trial's fed value has not improved for patience + 1 FT epochs
+    pruner_patience: int = 0  # > 0: ask the rule only after patience + 1 FT epochs without a new best (PatientPruner)
     pruner_reduction_factor: int = 3  # asha and hyperband: 1 in this many trials goes on to the next rung
     pruner_min_resource: int = 1  # asha and hyperband: FT epochs every trial trains before the first rung
     pruner_feed: str = "raw"  # what the rule compares: raw | best (so far) | ema (see `pruner_ema`)
