@@ -11,7 +11,16 @@ import pytest
 from optuna.trial import TrialState
 
 from study import records
-from study.run.replay import CANDIDATES, Candidate, Curve, orders, replay, replay_order, unpruned_pick
+from study.run.replay import (
+    CANDIDATES,
+    Candidate,
+    Curve,
+    complete_curves,
+    orders,
+    replay,
+    replay_order,
+    unpruned_pick,
+)
 from study.run.reporter import Feed, Reporter
 from study.run.samplers import build_pruner, make_pruner, pruner_feed, pruner_record, pruner_settings
 from study.space import SpaceError, StudySettings
@@ -118,6 +127,18 @@ def test_a_rule_that_prunes_nothing_saves_nothing_and_keeps_the_pick(curves):
     for result in replay(curves, {"class": "NopPruner"}, orders(len(curves), 5), study_name=NAME):
         assert result.saved == 0.0 and not result.stopped and result.epochs_trained == 15 * len(curves)
         assert result.picked == unpruned_pick(curves)
+
+
+def test_a_studys_complete_curves_replay_as_recorded(curves):
+    """The curves of an unpruned study's complete trials, read back from its trials, replay to the
+    study's own pick; failed trials and pruned ones are not among them."""
+    study = optuna.create_study(study_name=NAME, direction="maximize", pruner=optuna.pruners.NopPruner())
+    run_scripted(study, [(c.fe_epochs, list(c.values)) for c in curves[:6]], returns=max)
+    study.tell(study.ask(), state=TrialState.FAIL)
+    found = complete_curves(study, "kappa")
+    assert list(found) == list(range(6)) and list(found.values()) == curves[:6]
+    result = replay(list(found.values()), {"class": "NopPruner"}, [tuple(range(6))], study_name=NAME)[0]
+    assert list(found)[result.picked] == study.best_trial.number
 
 
 def test_orders_start_with_the_recorded_one_and_are_permutations():

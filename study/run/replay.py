@@ -37,6 +37,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from study import records
 from study.run.reporter import Reporter
 from study.run.samplers import build_pruner, pruner_feed, pruner_record
 from study.space import StudySettings
@@ -181,6 +182,18 @@ def orders(n: int, count: int, seed: int = 0) -> list[tuple[int, ...]]:
         rng.shuffle(shuffled)
         result.append(tuple(shuffled))
     return result[:count]
+
+
+def complete_curves(study: optuna.Study, metric: str) -> dict[int, Curve]:
+    """The recorded curves of `study`'s COMPLETE trials, by trial number (trials whose curves lack
+    the metric are left out). Only a study run without pruning gives an unbiased set: a pruned
+    study's complete trials are the rule's survivors, and its pruned trials' curves are cut short."""
+    found: dict[int, Curve] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        curves = trial.user_attrs.get(records.CURVES, {})
+        if curves.get(f"val_{metric}"):
+            found[trial.number] = Curve.from_curves(curves, metric)
+    return found
 
 
 def unpruned_pick(curves: Sequence[Curve], direction: str = "maximize") -> int:
