@@ -175,7 +175,8 @@ def test_the_rule_is_fed_the_feeds_value_and_the_curves_keep_the_raw_one(feed, f
 
 def test_candidates_build_fresh_pruners_with_distinct_names():
     names = [c.name for c in CANDIDATES]
-    assert len(names) == len(set(names)) == 18 and names[0] == "median"
+    assert len(names) == len(set(names)) == 16 and names[0] == "median"
+    assert "patient2-median/ema" in names and "patient2-median/best" not in names  # a best-so-far never falls
     for candidate in CANDIDATES:
         record = candidate.record(15)
         assert isinstance(build_pruner(record), optuna.pruners.BasePruner)
@@ -279,6 +280,12 @@ def test_pruner_key_errors_are_one_line(study, message):
     with pytest.raises(SpaceError, match=message) as caught:
         space(study)
     assert "\n" not in str(caught.value) and str(caught.value).startswith("t.toml: [study]")
+
+
+def test_a_patience_fed_the_best_so_far_never_prunes(curves):
+    """Why CANDIDATES leave out patient rules fed the best so far: they replay as `none`."""
+    record = pruner_record(settings(pruner="median", pruner_patience=2, pruner_feed="best"), epochs=15)
+    assert not any(r.stopped for r in replay(curves, record, orders(len(curves), 5), study_name=NAME))
 
 
 def test_replay_is_cheap(curves):

@@ -119,13 +119,15 @@ def _rules() -> tuple[Candidate, ...]:
         Candidate("asha3-min3", {"pruner": "asha", "pruner_reduction_factor": 3, "pruner_min_resource": 3}),
         Candidate("hyperband", {"pruner": "hyperband"}),
     )
+    # a patience fed the best so far never fires (a best-so-far never falls below its earlier best):
+    # it would replay as `none`, so it is left out
     fed = tuple(dataclasses.replace(c, name=f"{c.name}/{feed}", keys={**c.keys, "pruner_feed": feed})
-                for feed in ("best", "ema") for c in raw)
+                for feed in ("best", "ema") for c in raw if not (feed == "best" and "pruner_patience" in c.keys))
     return raw + fed
 
 
 # The rules a benchmark or a study's what-if compares: each fed the raw value, the best so far
-# (``/best``) and an EMA with weight 0.5 (``/ema``).
+# (``/best``, but for the patient ones) and an EMA with weight 0.5 (``/ema``).
 CANDIDATES: tuple[Candidate, ...] = _rules()
 
 
