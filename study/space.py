@@ -40,7 +40,8 @@ SCHEMA = 2  # the format of the shipped files; a file without `schema` is schema
 SCHEMAS = (1, 2)
 DEFAULT_OBJECTIVE = "image_classifier"
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "percentile", "asha", "hyperband", "none")
+PRUNER_FEEDS = ("raw", "best", "ema")  # what the rule is fed: the epoch's value, the best so far, or an EMA
 DIRECTIONS = ("maximize", "minimize")
 EMBEDDED_STUDY_KEYS = {
     "trials",
@@ -103,6 +104,14 @@ class StudySettings:
     startup_trials: int = 4  # the median pruner's: trials that complete before it may stop one
     warmup_epochs: int = 1  # fine-tuning epochs every trial trains before it may be pruned
     sampler_startup_trials: int = 10  # TPE's random start-up trials (Optuna's default)
+    # the pruner's further settings (`study.run.samplers.pruner_settings`); at these defaults they
+    # are left out of the fingerprint, so studies made before them keep theirs
+    pruner_percentile: float = 25.0  # percentile: stop a trial below this percentile of the complete trials
+    pruner_patience: int = 0  # > 0: ask the rule only after patience + 1 FT epochs without a new best (PatientPruner)
+    pruner_reduction_factor: int = 3  # asha and hyperband: 1 in this many trials goes on to the next rung
+    pruner_min_resource: int = 1  # asha and hyperband: FT epochs every trial trains before the first rung
+    pruner_feed: str = "raw"  # what the rule compares: raw | best (so far) | ema (see `pruner_ema`)
+    pruner_ema: float = 0.5  # ema's weight of the newest epoch: fed = a * value + (1 - a) * fed before
     description: str = ""
 
 

@@ -20,6 +20,7 @@ from study.space import (
     DIRECTIONS,
     EMBEDDED_DATA_KEYS,
     EMBEDDED_STUDY_KEYS,
+    PRUNER_FEEDS,
     PRUNERS,
     SAMPLERS,
     SCHEMAS,
@@ -29,6 +30,15 @@ from study.space import (
     StudySettings,
 )
 
+# the pruner's further keys, and the pruners each applies to (`study.run.samplers.pruner_settings`)
+PRUNER_KEYS = {
+    "pruner_percentile": ("percentile",),
+    "pruner_patience": ("median", "percentile", "asha", "hyperband"),
+    "pruner_reduction_factor": ("asha", "hyperband"),
+    "pruner_min_resource": ("asha", "hyperband"),
+    "pruner_feed": ("median", "percentile", "asha", "hyperband"),
+    "pruner_ema": ("median", "percentile", "asha", "hyperband"),
+}
 STUDY_KEYS = {
     "objective",
     "direction",
@@ -41,6 +51,7 @@ STUDY_KEYS = {
     "warmup_epochs",
     "sampler_startup_trials",
     "description",
+    *PRUNER_KEYS,
 }
 RANGE_KEYS = {"low", "high", "log", "step", "when"}
 CHOICE_KEYS = {"choices", "when"}
@@ -108,6 +119,7 @@ def load_space_text(text: str, path: Path, name: str | None = None, *, direction
         value = getattr(study, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise SpaceError(f"{where}: [study].{key} must be a non-negative integer, got {value!r}")
+    study = _check_pruner(study, study_doc, where)
     fixed = _table(doc, "fixed", where)
     space_doc = _table(doc, "space", where)
     params: list[Param] = []
@@ -200,6 +212,40 @@ def _parse_param(name: str, spec: Any, where: str, fixed: Mapping[str, Any], ear
         raise SpaceError(f"{at}: log and step cannot be combined")
     return param
 
+
+
+def _check_pruner(study: StudySettings, given: Mapping[str, Any], where: str) -> StudySettings:
+    """`study` with its pruner keys checked (each a one-line error) and its fractions as floats (so
+    ``pruner_percentile = 30`` and ``30.0`` give one fingerprint). A key the chosen pruner does not
+    use is refused: it would be recorded and fingerprinted while changing nothing."""
+    def number(key: str, low: float, high: float, closed_high: bool) -> float:
+        value = getattr(study, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                low < value < high or (closed_high and value == high)):
+            bound = f"{high:g}]" if closed_high else f"{high:g})"
+            raise SpaceError(f"{where}: [study].{key} must be a number in ({low:g}, {bound}, got {value!r}")
+        return float(value)
+
+    def integer(key: str, low: int) -> None:
+        value = getattr(study, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise SpaceError(f"{where}: [study].{key} must be an integer >= {low}, got {value!r}")
+
+    percentile = number("pruner_percentile", 0.0, 100.0, closed_high=False)
+    ema = number("pruner_ema", 0.0, 1.0, closed_high=True)
+    integer("pruner_patience", 0)
+    integer("pruner_reduction_factor", 2)
+    integer("pruner_min_resource", 1)
+    if study.pruner_feed not in PRUNER_FEEDS:
+        raise SpaceError(f"{where}: [study].pruner_feed = {study.pruner_feed!r}; expected one of "
+                         f"{', '.join(PRUNER_FEEDS)}")
+    for key, pruners in PRUNER_KEYS.items():
+        if key in given and study.pruner in PRUNERS and study.pruner not in pruners:
+            raise SpaceError(f"{where}: [study].{key} applies to pruner = {' or '.join(map(repr, pruners))}, "
+                             f"not {study.pruner!r}: remove it")
+    if "pruner_ema" in given and study.pruner_feed != "ema":
+        raise SpaceError(f"{where}: [study].pruner_ema applies to pruner_feed = \"ema\", not {study.pruner_feed!r}")
+    return dataclasses.replace(study, pruner_percentile=percentile, pruner_ema=ema)
 
 
 def _check_metric(study: StudySettings, explicit: bool, where: str) -> StudySettings:

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
 
-from study.space import SearchSpace
+from study.run.reporter import Feed
+from study.space import SearchSpace, StudySettings
 
 # A run's sampler seed is the study's `seed` + its trials so far + this x the worker's index: a
 # resumed run does not replay the first run's random start-up suggestions, the same history
@@ -50,25 +52,65 @@ def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def pruner_settings(space: SearchSpace) -> dict[str, Any]:
-    """The pruner's class and arguments, as recorded in the study. Steps are fine-tuning epochs
-    (see `study.run.reporter`), so Hyperband's largest resource is `epochs` (a trial without FE)."""
-    settings = space.study
+    """The pruner's class and arguments, as recorded in the study (`pruner_record`)."""
+    return pruner_record(space.study, epochs=int(space.fixed.get("epochs", 1)))
+
+
+def pruner_record(settings: StudySettings, epochs: int) -> dict[str, Any]:
+    """The pruner's class and arguments for a study's [study] `settings` and its `epochs`, as the
+    study records them and `build_pruner` builds them. Steps are fine-tuning epochs (see
+    `study.run.reporter`), so Hyperband's largest resource is `epochs` (a trial without FE).
+
+    A patience wraps the rule in PatientPruner (``wrapped_pruner``: the inner record); a feed other
+    than the raw value adds ``feed`` (and ``ema``) at the top (`pruner_feed`). At the keys'
+    defaults the record is what it was before they existed."""
     if settings.pruner == "none":
         return {"class": "NopPruner"}
-    if settings.pruner == "hyperband":
-        return {
-            "class": "HyperbandPruner",
-            "min_resource": 1,
-            "max_resource": max(int(space.fixed.get("epochs", 1)), 1),
-            "reduction_factor": 3,
+    record: dict[str, Any]
+    if settings.pruner in ("hyperband", "asha"):
+        record = {
+            "class": "HyperbandPruner" if settings.pruner == "hyperband" else "SuccessiveHalvingPruner",
+            "min_resource": settings.pruner_min_resource,
+            **({"max_resource": max(epochs, 1)} if settings.pruner == "hyperband" else {"min_early_stopping_rate": 0}),
+            "reduction_factor": settings.pruner_reduction_factor,
         }
-    return {
-        "class": "MedianPruner",
-        "n_startup_trials": settings.startup_trials,
-        "n_warmup_steps": settings.warmup_epochs,
-    }
+    elif settings.pruner == "percentile":
+        record = {
+            "class": "PercentilePruner",
+            "percentile": float(settings.pruner_percentile),
+            "n_startup_trials": settings.startup_trials,
+            "n_warmup_steps": settings.warmup_epochs,
+        }
+    else:
+        record = {
+            "class": "MedianPruner",
+            "n_startup_trials": settings.startup_trials,
+            "n_warmup_steps": settings.warmup_epochs,
+        }
+    if settings.pruner_patience > 0:
+        record = {"class": "PatientPruner", "patience": settings.pruner_patience, "wrapped_pruner": record}
+    if settings.pruner_feed == "ema":
+        record = {**record, "feed": "ema", "ema": float(settings.pruner_ema)}
+    elif settings.pruner_feed != "raw":
+        record = {**record, "feed": settings.pruner_feed}
+    return record
+
+
+def build_pruner(record: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+    """A fresh pruner from a recorded `pruner_record` (Optuna's pruners keep state: build one per
+    study, or per replayed order). ``feed`` and ``ema`` are the reporter's (`pruner_feed`)."""
+    args = {k: v for k, v in record.items() if k not in ("class", "feed", "ema")}
+    if "wrapped_pruner" in args:
+        args["wrapped_pruner"] = build_pruner(args["wrapped_pruner"])
+    with warnings.catch_warnings():  # PatientPruner is "experimental" in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return getattr(optuna.pruners, record["class"])(**args)
+
+
+def pruner_feed(record: Mapping[str, Any], direction: str) -> Feed:
+    """What the reporter feeds the rule under a recorded `pruner_record` (raw when it says none)."""
+    return Feed(kind=record.get("feed", "raw"), ema=float(record.get("ema", 0.5)), maximize=direction == "maximize")
 
 
 def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
-    args = pruner_settings(space)
-    return getattr(optuna.pruners, args.pop("class"))(**args)
+    return build_pruner(pruner_settings(space))

@@ -23,6 +23,7 @@ from study.run.data import DataCache
 from study.run.failures import failure_reason, first_line, without_frames
 from study.run.prepare import Prepared
 from study.run.reporter import Reporter
+from study.run.samplers import pruner_feed, pruner_settings
 from study.space import build_config
 from study.trial_pages import Page, TrialPages
 
@@ -76,7 +77,8 @@ class TrialTrainer:
             config = build_config(self.prep.module.Config, self.prep.space.with_defaults(values))
             recorded = flat(config)
             reporter = Reporter(
-                trial, settings.metric, fe_epochs=recorded.get("fe_epochs", 0), epochs=recorded["epochs"]
+                trial, settings.metric, fe_epochs=recorded.get("fe_epochs", 0), epochs=recorded["epochs"],
+                feed=pruner_feed(pruner_settings(self.prep.space), settings.direction),
             )
             writer.config(recorded)
             splits = self.data.get(config)
