@@ -93,7 +93,8 @@ def stacked(text: str, align: str = "r") -> str:
     parts = _SECOND_LINE.split(text, maxsplit=1)
     if len(parts) != 2:
         return escaped
-    return f"\\begin{{tabular}}[t]{{@{{}}{align}@{{}}}}{latex_escape(parts[0])}\\\\{{}} {latex_escape(parts[1])}\\end{{tabular}}"
+    first, second = (latex_escape(part) for part in parts)
+    return f"\\begin{{tabular}}[t]{{@{{}}{align}@{{}}}}{first}\\\\{{}} {second}\\end{{tabular}}"
 
 
 def _header(name: str) -> str:
