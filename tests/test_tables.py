@@ -74,8 +74,8 @@ def test_the_latex_compiles_with_only_booktabs_and_fits_the_page(tmp_path: Path)
     frame = _levels()
     caption = "Δ kappa ≥ 0 -> 50% of {cells} & x_y ~ ^"
     tables.write(frame, page_view(frame, "kappa"), tmp_path / "cells", ["tex"], caption)
-    (tmp_path / "doc.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage{graphicx}\\begin{document}"
-                                      "\\input{cells.tex}\\end{document}\n")
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage{graphicx}"
+                                      "\\begin{document}\\input{cells.tex}\\end{document}\n")
     result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:]
