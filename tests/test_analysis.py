@@ -79,6 +79,7 @@ def test_report_writes_tables_and_figures_matching_the_storage(made):
     assert set(endpoints.level) == {"image", "patient"} and set(endpoints.endpoint) == {"referable"}
     assert (endpoints.auc_low <= endpoints.auc).all() and (endpoints.auc <= endpoints.auc_high).all()
     assert (out / "roc_referable_best.png").is_file()
+    assert "no pruning what-if: this study ran with a pruner" in report  # `made` runs the median pruner
 
 
 def test_tex_tables_compile(made):

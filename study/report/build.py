@@ -36,6 +36,7 @@ from study.report.frames import (
     with_interval,
 )
 from study.report.importance import FANOVA_SEEDS, _importance_display, _importance_figure, importance_table
+from study.report.whatif import write_whatif
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ def build_report(
         sections.append(f"## Parameter importance\n\n{note}\n")
     else:
         caption = (
-            f"Parameter importances for validation {metric} over {int(importance.trials.max())} complete trials: "
+            f"Parameter importances for validation {metric} over {int(importance.trials.max())} complete trials "
+            "(pruned trials are excluded: their value is an early epoch's, not a trained configuration's): "
             "fANOVA, mean ± std "
             f"over {len(FANOVA_SEEDS)} random-forest seeds, and PED-ANOVA. A conditional parameter is evaluated over "
             "the trials "
@@ -122,6 +124,9 @@ def build_report(
         sections.append(section)
     files.append(_history_figure(study, out / "history.png"))
     sections.append("## Optimization history\n\n![history](history.png)\n")
+    section, written = write_whatif(study, metric, out, formats)
+    files += written
+    sections.append(section)
 
     if ablation is not None:
         if not AblationRecord.is_reported(ablation):
