@@ -328,3 +328,23 @@ def test_7000_test_images_and_2000_resamples_take_well_under_a_few_seconds():
     start = time.perf_counter()
     result = ep.evaluate_endpoint(split, split, POS, B=2000)
     assert time.perf_counter() - start < 5.0 and result.resamples == 2000
+
+
+def test_the_roc_figure_draws_points_whose_interval_excludes_them_or_is_undefined(tmp_path):
+    """A BCa interval may lie beside its estimate, and a rule without validation positives has no
+    point: the figure draws the rest instead of failing the report."""
+    import dataclasses
+
+    from study.report.endpoint_figures import roc_figure
+
+    rng = np.random.default_rng(1)
+    labels = rng.choice(5, size=120, p=[0.6, 0.1, 0.2, 0.05, 0.05])
+    probabilities = rng.dirichlet(np.ones(5), size=120)
+    test = ep.SplitPredictions(probabilities, labels, np.repeat(np.arange(60), 2))
+    result = ep.evaluate_endpoint(test, test, REFERABLE, B=200)
+    point = result.image.points[0]
+    beside = dataclasses.replace(point, sensitivity=ep.Interval(0.5, 0.6, 0.7, "bca"),
+                                 specificity=ep.Interval(float("nan"), float("nan"), float("nan"), "none"))
+    image = dataclasses.replace(result.image, points=(beside, *result.image.points[1:]))
+    path = roc_figure(test, dataclasses.replace(result, image=image), "t", tmp_path / "roc.png")
+    assert path.stat().st_size > 1000

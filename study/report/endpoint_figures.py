@@ -10,6 +10,7 @@ threshold chosen before the test set was seen.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -41,6 +42,15 @@ def _level_label(level: LevelResult) -> str:
             f"({auc.low:.3f}-{auc.high:.3f})")
 
 
+def _bar(at: float, low: float, high: float) -> list[list[float]]:
+    """An error bar's (below, above) lengths: never negative (an interval may exclude its estimate,
+    e.g. BCa on a skewed bootstrap, or be undefined: NaN), so matplotlib always draws it."""
+    def length(value: float) -> float:
+        return value if math.isfinite(value) and value > 0 else 0.0
+
+    return [[length(at - low)], [length(high - at)]]
+
+
 def roc_figure(test: SplitPredictions, result: EndpointResult, title: str, path: Path | BinaryIO) -> Path | BinaryIO:
     """ROC curves of `result.endpoint` on `test`, per image (solid) and per patient (dashed),
     each operating point where its validation threshold lands on test, with 95 % error bars
@@ -58,8 +68,10 @@ def roc_figure(test: SplitPredictions, result: EndpointResult, title: str, path:
             marker, rule = MARKERS.get(point.rule, ("^", point.rule))
             sens, spec = point.sensitivity, point.specificity
             x, y = 1 - spec.estimate, sens.estimate
-            ax.errorbar([x], [y], xerr=[[x - (1 - spec.high)], [(1 - spec.low) - x]],
-                        yerr=[[y - sens.low], [sens.high - y]], fmt=marker, color=color, markersize=7,
+            if not (math.isfinite(x) and math.isfinite(y)):  # no operating point (validation lacked a class)
+                continue
+            ax.errorbar([x], [y], xerr=_bar(x, 1 - spec.high, 1 - spec.low), yerr=_bar(y, sens.low, sens.high),
+                        fmt=marker, color=color, markersize=7,
                         markerfacecolor="white", capsize=3, linewidth=1,
                         label=f"  {level.level}, {rule} (t={point.threshold:.3f}): "
                               f"sens {y:.2f} ({sens.low:.2f}-{sens.high:.2f}), "
