@@ -103,7 +103,8 @@ def _fundus_data(args, seed: int, work: Path) -> Path:
     from objectives import synthetic
 
     s = _fundus_settings(args)
-    root = work / "jpeg" / f"synthetic-fundus-pairs-{s['train_images']}-{s['test_images']}-{s['image_size']}px-seed{seed}"
+    name = f"synthetic-fundus-pairs-{s['train_images']}-{s['test_images']}-{s['image_size']}px-seed{seed}"
+    root = work / "jpeg" / name
     synthetic.generate(root, s["train_images"], s["test_images"], size=s["image_size"], seed=seed)
     return root
 

@@ -88,4 +88,5 @@ def test_the_goal_line_names_every_miss(bench):
     assert bench.goal_line("r", {"x": [("B0", met)]}).endswith("with r: met")
     line = bench.goal_line("r", {"x": [("B0", met)], "y": [("B0", bad)]})
     assert "missed by y B0: 40.00% saved < 50%; y B0: regret <= 0.01 in 50.0% of orders < 90%" in line
-    assert bench.shortfall([met]) == 0 and bench.shortfall([met, bad]) == pytest.approx((0.5 - 0.4) / 0.5 + (0.9 - 0.5) / 0.9)
+    assert bench.shortfall([met]) == 0
+    assert bench.shortfall([met, bad]) == pytest.approx((0.5 - 0.4) / 0.5 + (0.9 - 0.5) / 0.9)
