@@ -418,10 +418,11 @@ def main() -> None:
           f"smallest shortfall); runners-up: {', '.join(c.name for c in ranked[1:4])}")
     if not any(pools[r.name]["B"] for r in regimes):
         return
-    print(f"\nfresh pools B, {winner.name} and median (today's default):")
+    shown = list(dict.fromkeys([winner.name, CANDIDATES[0].name]))
+    print(f"\nfresh pools B, {' and '.join(shown)} (median: today's default):")
     rows = []
     for regime in regimes:
-        for name in dict.fromkeys([winner.name, CANDIDATES[0].name]):
+        for name in shown:
             for label, s in scores["B"][name][regime.name]:
                 rows.append(row(f"{regime.name} {label} {name}", s))
     print(table(["regime pool candidate", *HEADERS[1:]], rows))
