@@ -307,7 +307,7 @@ def goal_line(name: str, per_pool: dict[str, Sequence[tuple[str, Scores]]]) -> s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regimes", default="fundus,digits")
-    parser.add_argument("--pools-a", type=int, default=2, help="pools per regime to compare candidates on")
+    parser.add_argument("--pools-a", type=int, default=3, help="pools per regime to compare candidates on")
     parser.add_argument("--pools-b", type=int, default=2, help="fresh pools per regime the winner is reported on")
     parser.add_argument("--orders", type=int, default=200, help="replayed orders per pool and candidate")
     parser.add_argument("--fundus-configs", type=int, default=16)
