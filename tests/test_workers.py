@@ -43,9 +43,13 @@ def space_file(tmp_path: Path, epochs: int = 2) -> Path:
 
 
 def start(*args: str, cwd: Path) -> subprocess.Popen:
+    """`python -m study ARGS` in its own session, with SIGINT at its default: a test suite started in
+    the background of a non-interactive shell inherits SIGINT ignored, and so would the child (a
+    Ctrl-C on a terminal reaches a foreground `run` with the default)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCH_HOME": str(cwd / "no_torch_home")}
     return subprocess.Popen([sys.executable, "-m", "study", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(path_glob, folder: Path, timeout: float = 240) -> Path:
