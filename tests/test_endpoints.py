@@ -3,12 +3,12 @@ patient, cluster-bootstrap intervals, and the [report.endpoints] table of a stud
 
 import itertools
 import math
-import textwrap
 from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 import pytest
+from test_schema import write
 
 from study.report import endpoints as ep
 from study.report.endpoints import Endpoint, SplitPredictions
@@ -231,12 +231,6 @@ num_classes = 5
 [space]
 arch = { choices = ["convnet", "resnet18"] }
 """
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "s.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 def test_endpoints_are_parsed_recorded_and_read_back(tmp_path: Path):

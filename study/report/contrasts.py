@@ -26,7 +26,6 @@ Pure numpy functions on arrays: the report builds them from the stored per-image
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from study.report.stats import factorial_contrast_cells
 from study.report.uncertainty import quadratic_kappas, resampled_confusions
 
 CONFIDENCE = 0.95
@@ -170,22 +170,10 @@ def factorial_contrasts(cells: Mapping[Cell, Pair], factors: Sequence[str], leve
     contrast, and variance_components_interval then drops it (every seed averages the same
     cells)."""
     found: dict[str, Pair] = {}
-    for index, factor in enumerate(factors):
-        base = _mean_of(cells, lambda cell, index=index, factor=factor: cell[index] == reference[factor])
-        for level in levels[factor]:
-            if level == reference[factor]:
-                continue
-            arm = _mean_of(cells, lambda cell, index=index, level=level: cell[index] == level)
-            found[f"main:{factor}={level}"] = (arm[0] - base[0], arm[1] - base[1])
-    for (i, f), (j, g) in itertools.combinations(enumerate(factors), 2):
-        if len(levels[f]) != 2 or len(levels[g]) != 2:
-            continue
-        f0, g0 = reference[f], reference[g]
-        f1 = next(level for level in levels[f] if level != f0)
-        g1 = next(level for level in levels[g] if level != g0)
-        same = _mean_of(cells, lambda c, i=i, j=j: (c[i], c[j]) in ((f1, g1), (f0, g0)))
-        crossed = _mean_of(cells, lambda c, i=i, j=j: (c[i], c[j]) in ((f1, g0), (f0, g1)))
-        found[f"interaction:{f} x {g}"] = (2 * (same[0] - crossed[0]), 2 * (same[1] - crossed[1]))
+    for contrast in factorial_contrast_cells(factors, levels, reference):
+        arm, base = _mean_of(cells, contrast.arm), _mean_of(cells, contrast.base)
+        weight = 2.0 if contrast.interaction else 1.0
+        found[contrast.name] = (weight * (arm[0] - base[0]), weight * (arm[1] - base[1]))
     return found
 
 

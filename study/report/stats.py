@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,25 +146,52 @@ def factorial_effects(cells: Mapping[Cell, PerSeed], factors: Sequence[str], lev
     reference level. A seed counts for an effect only where every cell the effect averages has
     it, so every seed's estimate averages the same cells."""
     found: list[Effect] = []
-    for index, factor in enumerate(factors):
-        marginal = {level: _marginal(cells, lambda cell, level=level: cell[index] == level) for level in levels[factor]}
-        base = marginal[reference[factor]]
-        for level in levels[factor]:
-            if level == reference[factor]:
-                continue
-            arm = marginal[level]
+    for contrast in factorial_contrast_cells(factors, levels, reference):
+        if contrast.interaction:
+            # y11 + y00 against y10 + y01: their paired difference is exactly the interaction contrast
+            same = _marginal(cells, contrast.arm, weight=2.0)
+            crossed = _marginal(cells, contrast.base, weight=2.0)
+            found.append(Effect(contrast.name, None, paired(same, crossed, maximize=maximize, improve=False)))
+        else:
+            arm, base = _marginal(cells, contrast.arm), _marginal(cells, contrast.base)
             shared = {s: v for s, v in arm.items() if s in base}  # the seeds the contrast pairs
-            found.append(Effect(f"main:{factor}={level}", summarize(shared), paired(arm, base, maximize=maximize)))
+            found.append(Effect(contrast.name, summarize(shared), paired(arm, base, maximize=maximize)))
+    return found
+
+
+@dataclass(frozen=True)
+class FactorialContrast:
+    """Which cells a factorial contrast compares: the mean over the cells where `arm` holds minus
+    the mean over those where `base` holds (twice that for a 2x2 `interaction`: y11 - y10 - y01 +
+    y00 averaged over the other factors' cells)."""
+
+    name: str
+    arm: Callable[[Cell], bool]
+    base: Callable[[Cell], bool]
+    interaction: bool = False
+
+
+def factorial_contrast_cells(factors: Sequence[str], levels: Mapping[str, Sequence[Any]],
+                             reference: Mapping[str, Any]) -> list[FactorialContrast]:
+    """The main effects (each non-reference level of each factor against the reference level) and
+    the interactions of every pair of two-level factors, in table order: one definition for the
+    seed-only contrasts here and the seed-and-patient ones (`study.report.contrasts`)."""
+    found: list[FactorialContrast] = []
+    for index, factor in enumerate(factors):
+        for level in levels[factor]:
+            if level != reference[factor]:
+                found.append(FactorialContrast(
+                    f"main:{factor}={level}", lambda cell, index=index, level=level: cell[index] == level,
+                    lambda cell, index=index, base=reference[factor]: cell[index] == base))
     for (i, f), (j, g) in itertools.combinations(enumerate(factors), 2):
         if len(levels[f]) != 2 or len(levels[g]) != 2:
             continue
         f0, g0 = reference[f], reference[g]
         f1 = next(level for level in levels[f] if level != f0)
         g1 = next(level for level in levels[g] if level != g0)
-        # y11 + y00 against y10 + y01: their paired difference is exactly the interaction contrast
-        same = _marginal(cells, lambda c: (c[i], c[j]) in ((f1, g1), (f0, g0)), weight=2.0)
-        crossed = _marginal(cells, lambda c: (c[i], c[j]) in ((f1, g0), (f0, g1)), weight=2.0)
-        found.append(Effect(f"interaction:{f} x {g}", None, paired(same, crossed, maximize=maximize, improve=False)))
+        found.append(FactorialContrast(
+            f"interaction:{f} x {g}", lambda c, i=i, j=j, same=((f1, g1), (f0, g0)): (c[i], c[j]) in same,
+            lambda c, i=i, j=j, crossed=((f1, g0), (f0, g1)): (c[i], c[j]) in crossed, interaction=True))
     return found
 
 
