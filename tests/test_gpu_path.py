@@ -508,7 +508,9 @@ lr = 0.01
 arch = { choices = ["resnet18", "resnet50"] }
 batch_size = { choices = [4, 8] }
 """
-GRAPHS_PER_TRIAL = 4  # per phase (FE, FT): one for training, one for evaluation (any batch size but 1)
+# At most 2 per phase (FE, FT): one for training, one for evaluation (any batch size but 1). Torch 2.14
+# builds 4 here; torch 2.11 on the H200 machine built 3 (which one it reused was not examined): a bound.
+GRAPHS_PER_TRIAL = 4
 
 
 @pytest.mark.slow  # compiles two ResNets
@@ -532,7 +534,7 @@ def test_compile_builds_a_bounded_number_of_graphs_per_trial_and_never_hits_the_
         t.user_attrs.get("fail_reason") for t in study.trials
     ]
     per_trial = np.diff([*FRAMES_AT_START, counter.frame_count]).tolist()
-    assert per_trial == [GRAPHS_PER_TRIAL] * 3
+    assert len(set(per_trial)) == 1 and 1 <= per_trial[0] <= GRAPHS_PER_TRIAL, per_trial
 
 
 # ---------------------------------------------------------------- the GPU benchmark's helpers

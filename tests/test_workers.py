@@ -52,6 +52,11 @@ def start(*args: str, cwd: Path) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
+# The tests that interrupt a trial mid-way train on the CPU: on a GPU (an H200) a tiny 5-epoch trial
+# can end, and delete its checkpoint, between wait_for seeing trial0.pt and the signal arriving.
+ON_CPU = ("--device", "cpu")
+
+
 def wait_for(path_glob, folder: Path, timeout: float = 240) -> Path:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -112,7 +117,8 @@ def test_workers_on_postgresql(tmp_path: Path, dr_dir: Path):
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_marks_trial_and_next_run_resumes_from_its_checkpoint(tmp_path: Path, dr_dir: Path, signum, code):
     space = space_file(tmp_path, epochs=5)
-    proc = start("run", str(space), "--data", str(dr_dir), "--trials", "2", "--checkpoint-every", "0", cwd=tmp_path)
+    args = ("run", str(space), "--data", str(dr_dir), "--trials", "2", "--checkpoint-every", "0", *ON_CPU)
+    proc = start(*args, cwd=tmp_path)
     checkpoint = wait_for("trial0.pt", tmp_path / "results" / "checkpoints" / "w")
     os.killpg(proc.pid, signum)
     _, stderr = proc.communicate(timeout=120)
@@ -124,7 +130,7 @@ def test_interrupt_marks_trial_and_next_run_resumes_from_its_checkpoint(tmp_path
     assert checkpoint.exists()
     saved_epochs = len(first.user_attrs["curves"]["epoch"])
 
-    again = run_cli("run", str(space), "--data", str(dr_dir), "--trials", "2", "--checkpoint-every", "0", cwd=tmp_path)
+    again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "re-running interrupted trial 0" in again.stdout
     study = optuna.load_study(study_name="w", storage=storage)
@@ -143,7 +149,7 @@ def test_interrupt_marks_trial_and_next_run_resumes_from_its_checkpoint(tmp_path
 
 def test_a_damaged_checkpoint_restarts_its_trial_from_epoch_1_with_one_warning(tmp_path: Path, dr_dir: Path):
     space = space_file(tmp_path, epochs=5)
-    args = ("run", str(space), "--data", str(dr_dir), "--trials", "2", "--checkpoint-every", "0")
+    args = ("run", str(space), "--data", str(dr_dir), "--trials", "2", "--checkpoint-every", "0", *ON_CPU)
     proc = start(*args, cwd=tmp_path)
     checkpoint = wait_for("trial0.pt", tmp_path / "results" / "checkpoints" / "w")
     os.killpg(proc.pid, signal.SIGINT)
@@ -166,6 +172,7 @@ def test_a_damaged_checkpoint_restarts_its_trial_from_epoch_1_with_one_warning(t
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_from_checkpoint(tmp_path: Path, dr_dir: Path):
     space = space_file(tmp_path, epochs=5)
     args = ("run", str(space), "--data", str(dr_dir), "--trials", "2", "--heartbeat", "1", "--checkpoint-every", "0")
+    args = (*args, *ON_CPU)
     proc = start(*args, cwd=tmp_path)
     wait_for("trial0.pt", tmp_path / "results" / "checkpoints" / "w")
     os.killpg(proc.pid, signal.SIGKILL)
