@@ -33,11 +33,11 @@ from study.space import (
 # the pruner's further keys, and the pruners each applies to (`study.run.samplers.pruner_settings`)
 PRUNER_KEYS = {
     "pruner_percentile": ("percentile",),
-    "pruner_patience": ("median", "percentile", "asha", "hyperband"),
+    "pruner_patience": ("median", "percentile", "catchup", "asha", "hyperband"),
     "pruner_reduction_factor": ("asha", "hyperband"),
     "pruner_min_resource": ("asha", "hyperband"),
-    "pruner_feed": ("median", "percentile", "asha", "hyperband"),
-    "pruner_ema": ("median", "percentile", "asha", "hyperband"),
+    "pruner_feed": ("median", "percentile", "catchup", "asha", "hyperband"),
+    "pruner_ema": ("median", "percentile", "catchup", "asha", "hyperband"),
 }
 STUDY_KEYS = {
     "objective",

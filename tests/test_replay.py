@@ -175,8 +175,9 @@ def test_the_rule_is_fed_the_feeds_value_and_the_curves_keep_the_raw_one(feed, f
 
 def test_candidates_build_fresh_pruners_with_distinct_names():
     names = [c.name for c in CANDIDATES]
-    assert len(names) == len(set(names)) == 16 and names[0] == "median"
+    assert len(names) == len(set(names)) == 22 and names[0] == "median"
     assert "patient2-median/ema" in names and "patient2-median/best" not in names  # a best-so-far never falls
+    assert {"catchup", "catchup-w1", "catchup/best", "catchup/ema"} <= set(names)
     for candidate in CANDIDATES:
         record = candidate.record(15)
         assert isinstance(build_pruner(record), optuna.pruners.BasePruner)
@@ -274,7 +275,7 @@ def test_pruner_keys_at_their_defaults_keep_the_fingerprint_and_the_record():
     ('pruner = "median"\npruner_min_resource = 3', "pruner_min_resource applies to pruner = 'asha' or 'hyperband'"),
     ('pruner = "none"\npruner_patience = 2', "pruner_patience applies to .*not 'none'"),
     ('pruner = "median"\npruner_ema = 0.3', "pruner_ema applies to pruner_feed = \"ema\", not 'raw'"),
-    ('pruner = "successive"', "pruner = 'successive'; expected one of median, percentile, asha, hyperband, none"),
+    ('pruner = "successive"', "pruner = 'successive'; expected one of median, percentile, catchup, asha, hyperband, none"),
 ])
 def test_pruner_key_errors_are_one_line(study, message):
     with pytest.raises(SpaceError, match=message) as caught:

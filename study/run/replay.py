@@ -118,6 +118,8 @@ def _rules() -> tuple[Candidate, ...]:
         Candidate("patient3-median", {"pruner": "median", "pruner_patience": 3}, warmup_third=True),
         Candidate("asha3-min3", {"pruner": "asha", "pruner_reduction_factor": 3, "pruner_min_resource": 3}),
         Candidate("hyperband", {"pruner": "hyperband"}),
+        Candidate("catchup", {"pruner": "catchup"}, warmup_third=True),
+        Candidate("catchup-w1", {"pruner": "catchup", "warmup_epochs": 1}),
     )
     # a patience fed the best so far never fires (a best-so-far never falls below its earlier best):
     # it would replay as `none`, so it is left out

@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from study.run.catchup import CatchUpPruner
 from study.run.reporter import Feed
 from study.space import SearchSpace, StudySettings
 
@@ -74,6 +75,12 @@ def pruner_record(settings: StudySettings, epochs: int) -> dict[str, Any]:
             **({"max_resource": max(epochs, 1)} if settings.pruner == "hyperband" else {"min_early_stopping_rate": 0}),
             "reduction_factor": settings.pruner_reduction_factor,
         }
+    elif settings.pruner == "catchup":
+        record = {
+            "class": "CatchUpPruner",
+            "n_startup_trials": settings.startup_trials,
+            "n_warmup_steps": settings.warmup_epochs,
+        }
     elif settings.pruner == "percentile":
         record = {
             "class": "PercentilePruner",
@@ -96,6 +103,18 @@ def pruner_record(settings: StudySettings, epochs: int) -> dict[str, Any]:
     return record
 
 
+# The classes a pruner record may name: Optuna's built-ins `pruner_record` writes, and ours.
+PRUNER_CLASSES: dict[str, type[optuna.pruners.BasePruner]] = {
+    "NopPruner": optuna.pruners.NopPruner,
+    "MedianPruner": optuna.pruners.MedianPruner,
+    "PercentilePruner": optuna.pruners.PercentilePruner,
+    "SuccessiveHalvingPruner": optuna.pruners.SuccessiveHalvingPruner,
+    "HyperbandPruner": optuna.pruners.HyperbandPruner,
+    "PatientPruner": optuna.pruners.PatientPruner,
+    "CatchUpPruner": CatchUpPruner,
+}
+
+
 def build_pruner(record: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     """A fresh pruner from a recorded `pruner_record` (Optuna's pruners keep state: build one per
     study, or per replayed order). ``feed`` and ``ema`` are the reporter's (`pruner_feed`)."""
@@ -104,7 +123,7 @@ def build_pruner(record: Mapping[str, Any]) -> optuna.pruners.BasePruner:
         args["wrapped_pruner"] = build_pruner(args["wrapped_pruner"])
     with warnings.catch_warnings():  # PatientPruner is "experimental" in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return getattr(optuna.pruners, record["class"])(**args)
+        return PRUNER_CLASSES[record["class"]](**args)
 
 
 def pruner_feed(record: Mapping[str, Any], direction: str) -> Feed:
