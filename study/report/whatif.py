@@ -33,14 +33,18 @@ WHATIF_COLUMNS = ("candidate", "orders", "saved_mean", "saved_p5", "pick_survive
 
 
 def pilot_settings(record: StudyRecord) -> StudySettings:
-    """The study's own [study] settings (startup trials, warm-up, direction), from the TOML it
-    recorded; the defaults where that does not parse (an older or foreign record)."""
+    """The [study] settings the study ran with (startup trials, warm-up, direction), from the TOML
+    it recorded, with its [embedded] overrides where it ran on the embedded dataset (the demo's
+    startup_trials is 2, not the file's 4); the defaults where that does not parse (an older or
+    foreign record)."""
+    from study.ablate import is_embedded
     from study.space_file import load_space_text
 
     try:
-        return load_space_text(record.space_text or "", Path("recorded.toml")).study
+        space = load_space_text(record.space_text or "", Path("recorded.toml"))
     except Exception:  # noqa: BLE001 - any failure means: no usable recorded settings
         return StudySettings()
+    return (space.embedded_run() if record.dataset and is_embedded(record.dataset) else space).study
 
 
 def whatif_frame(study: optuna.Study, metric: str, settings: StudySettings,
