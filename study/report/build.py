@@ -139,7 +139,8 @@ def build_report(
         else:
             table, display, caption = ablation_table(ablation)
             files += tables.write(table, display, out / "ablation_study", formats, caption)
-            sections.append("## Ablation study\n\n" + caption + "\n\n" + tables.markdown(display))
+            sections.append("## Ablation study\n\n" + caption.text + "\n\n" + tables.markdown(display)
+                            + caption.markdown_notes())
             section, written = write_ablation_endpoints(ablation, layout.endpoints, out, formats)
             files += written
             sections.append(section)
