@@ -103,7 +103,7 @@ class AblationOptions:
 def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Output) -> optuna.Study:
     """Check everything, then run (or resume) the retune phase, if asked, and the evaluation grid.
     `opts.space` is not used: an ablation trains its parent's space."""
-    url = opts.storage_url or storage.default_url(opts.results_dir)
+    url = storage.resolve(opts.storage_url, results=opts.results_dir)
     store = storage.open_storage(url)
     parent = storage.load_study(name, store)
     if not any(t.state == TrialState.COMPLETE for t in parent.get_trials(deepcopy=False)):
@@ -347,7 +347,7 @@ def retune_results(study: optuna.Study, param: str, retune: Mapping[str, Any]) -
     return {c: [values.get((c, s), float("nan")) for s in retune["tuning_seeds"]] for c in retune["candidates"]}
 
 
-def _existing(store: optuna.storages.BaseStorage, name: str, url: str,
+def _existing(store: optuna.storages.BaseStorage, name: str, url: storage.Resolved,
               direction: optuna.study.StudyDirection) -> optuna.Study | None:
     """The ablation study `name` if it exists and was made by this design in the parent's
     `direction`; an older one (no version marker, seeds 0..K-1) is refused. One that holds nothing
@@ -365,16 +365,17 @@ def _existing(store: optuna.storages.BaseStorage, name: str, url: str,
             f"{name} was made by an older ablate (version {study.user_attrs.get(records.ABLATION_VERSION_KEY)}: "
             f"retune on one seed per candidate, split per seed from the TOML) and is not resumed with other "
             f"semantics; `report` still shows it: choose a new name with --study-name or delete it (optuna "
-            f"delete-study --study-name '{name}' --storage {storage.mask(url)})"
+            f"delete-study --study-name '{name}' --storage {url.shown})"
         )
     raise InputError(
         f"{name} was made by an older ablate (seeds 0..K-1, possibly the parent's own) and is not mixed with new "
-        f"trials: delete it (optuna delete-study --study-name '{name}' --storage {storage.mask(url)}) "
+        f"trials: delete it (optuna delete-study --study-name '{name}' --storage {url.shown}) "
         f"or choose another name with --study-name"
     )
 
 
-def _check_same_plan(study: optuna.Study, plan: AblationRecord, ablation: AblationOptions, url: str) -> None:
+def _check_same_plan(study: optuna.Study, plan: AblationRecord, ablation: AblationOptions,
+                     url: storage.Resolved) -> None:
     """A re-run must ask for what the study holds: the same variants (so the same parent best
     trial), factors, number of seeds and retuning."""
     recorded = AblationRecord.from_study(study)
@@ -386,7 +387,7 @@ def _check_same_plan(study: optuna.Study, plan: AblationRecord, ablation: Ablati
     if not same:
         raise InputError(
             f"{study.study_name} exists with other variants, seeds or --retune; run it with its own settings, "
-            f"delete it (optuna delete-study --study-name '{study.study_name}' --storage {storage.mask(url)}) "
+            f"delete it (optuna delete-study --study-name '{study.study_name}' --storage {url.shown}) "
             f"or choose another name with --study-name"
         )
 
