@@ -106,7 +106,7 @@ def mask(url: str) -> str:
     the tool prints or writes; a URL that does not parse is not echoed at all. Never raises: it
     builds error messages."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme == "sqlite":
+    if scheme in ("sqlite", JOURNAL):
         return url  # a file path: no credentials, and shown as typed (SQLAlchemy would escape '@')
     hidden = f"{scheme}://<not shown>" if scheme.replace("+", "").isalnum() else "<not shown>"
     if malformed(url):
