@@ -103,8 +103,8 @@ class AblationOptions:
 def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Output) -> optuna.Study:
     """Check everything, then run (or resume) the retune phase, if asked, and the evaluation grid.
     `opts.space` is not used: an ablation trains its parent's space."""
-    url = opts.storage_url or storage.default_url(opts.results_dir)
-    store = storage.open_storage(url)
+    location = storage.resolve(opts.storage_url, results=opts.results_dir)
+    store = storage.open_storage(location)
     parent = storage.load_study(name, store)
     if not any(t.state == TrialState.COMPLETE for t in parent.get_trials(deepcopy=False)):
         raise InputError(f"study {name} has no complete trial to ablate; run it first")
@@ -112,11 +112,11 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
     found = variants(space, parent, ablation.factors)
     tuned_param = retune_param(space, ablation.retune) if ablation.retune else None
     study_name = ablation.study_name or f"{name}{records.ABLATION_SUFFIX}"
-    existing = _existing(store, study_name, url, parent.direction)
+    existing = _existing(store, study_name, location, parent.direction)
     split = splits_per_seed(registry.objective_module(space))
     plan = _plan(name, parent, space, found, ablation, existing, split)
     if existing is not None:
-        _check_same_plan(existing, plan, ablation, url)
+        _check_same_plan(existing, plan, ablation, location)
 
     dataset = records.StudyRecord.from_study(parent).dataset or ""
     if opts.data is None and not is_embedded(dataset):
@@ -347,7 +347,7 @@ def retune_results(study: optuna.Study, param: str, retune: Mapping[str, Any]) -
     return {c: [values.get((c, s), float("nan")) for s in retune["tuning_seeds"]] for c in retune["candidates"]}
 
 
-def _existing(store: optuna.storages.BaseStorage, name: str, url: str,
+def _existing(store: optuna.storages.BaseStorage, name: str, where: storage.Resolved,
               direction: optuna.study.StudyDirection) -> optuna.Study | None:
     """The ablation study `name` if it exists and was made by this design in the parent's
     `direction`; an older one (no version marker, seeds 0..K-1) is refused. One that holds nothing
@@ -356,7 +356,7 @@ def _existing(store: optuna.storages.BaseStorage, name: str, url: str,
         return None
     study = optuna.load_study(study_name=name, storage=store)
     if AblationRecord.is_current(study):
-        check_adoptable(study, direction, AblationRecord.is_current, url)
+        check_adoptable(study, direction, AblationRecord.is_current, where)
         return study
     if not study.get_trials(deepcopy=False):
         return None  # created but never given its plan (a crash in between): start it afresh
@@ -365,16 +365,17 @@ def _existing(store: optuna.storages.BaseStorage, name: str, url: str,
             f"{name} was made by an older ablate (version {study.user_attrs.get(records.ABLATION_VERSION_KEY)}: "
             f"retune on one seed per candidate, split per seed from the TOML) and is not resumed with other "
             f"semantics; `report` still shows it: choose a new name with --study-name or delete it (optuna "
-            f"delete-study --study-name '{name}' --storage {storage.mask(url)})"
+            f"delete-study --study-name '{name}' --storage {where.shown})"
         )
     raise InputError(
         f"{name} was made by an older ablate (seeds 0..K-1, possibly the parent's own) and is not mixed with new "
-        f"trials: delete it (optuna delete-study --study-name '{name}' --storage {storage.mask(url)}) "
+        f"trials: delete it (optuna delete-study --study-name '{name}' --storage {where.shown}) "
         f"or choose another name with --study-name"
     )
 
 
-def _check_same_plan(study: optuna.Study, plan: AblationRecord, ablation: AblationOptions, url: str) -> None:
+def _check_same_plan(study: optuna.Study, plan: AblationRecord, ablation: AblationOptions,
+                     where: storage.Resolved) -> None:
     """A re-run must ask for what the study holds: the same variants (so the same parent best
     trial), factors, number of seeds and retuning."""
     recorded = AblationRecord.from_study(study)
@@ -386,7 +387,7 @@ def _check_same_plan(study: optuna.Study, plan: AblationRecord, ablation: Ablati
     if not same:
         raise InputError(
             f"{study.study_name} exists with other variants, seeds or --retune; run it with its own settings, "
-            f"delete it (optuna delete-study --study-name '{study.study_name}' --storage {storage.mask(url)}) "
+            f"delete it (optuna delete-study --study-name '{study.study_name}' --storage {where.shown}) "
             f"or choose another name with --study-name"
         )
 

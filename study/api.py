@@ -23,25 +23,29 @@ if TYPE_CHECKING:  # the imports a notebook pays for when it calls a function, n
 
     from study.report.build import Report
 
+    StorageArg = str | optuna.storages.BaseStorage | None  # a URL, a storage object, or None: `storage.resolve`
+
 SPLITS = ("val", "test")
 FIRST = ("number", "state", "value")  # the leading columns; then params, then the trial's record
 RECORD = ("best_epoch", "seconds", "fail_reason")
 
 
-def open_study(name: str, storage: str | None = None, results: str | Path = "results") -> optuna.Study:
-    """The Optuna study `name` in `storage` (a storage URL; default: the results folder's SQLite
-    file). A missing file or an unknown name raises `InputError` with one line saying which."""
+def open_study(name: str, storage: StorageArg = None,
+               results: str | Path = "results") -> optuna.Study:
+    """The Optuna study `name` in `storage`: a storage URL, an Optuna storage object (used as it
+    is: e.g. `optuna.storages.JournalStorage`), or by default $STUDY_STORAGE, else the results
+    folder's SQLite file (`study.storage.resolve`, as the CLI). A missing file or an unknown name
+    raises `InputError` with one line saying which."""
     from objectives.errors import InputError
     from study import storage as storages
 
-    url = storage or storages.default_url(Path(results))
-    path = storages.sqlite_file(url)
-    if path is not None and not path.exists():
-        raise InputError(f"no storage at {path}; run a study first (or pass storage=URL)")
-    return storages.load_study(name, storages.open_storage(url, existing=True))
+    where = storages.resolve(storage, results=results, origin=storages.ARGUMENT)
+    if where.file is not None and not where.file.exists():
+        raise InputError(f"no storage at {where.file}; run a study first (or pass storage=URL)")
+    return storages.load_study(name, storages.open_storage(where, existing=True))
 
 
-def load_trials(name: str | optuna.Study, storage: str | None = None, results: str | Path = "results") -> pd.DataFrame:
+def load_trials(name: str | optuna.Study, storage: StorageArg = None, results: str | Path = "results") -> pd.DataFrame:
     """One row per finished trial of the study: `number, state, value`, one column per sampled
     parameter (NaN in a trial where it was not active: `focal_gamma` of a cross-entropy trial),
     `best_epoch, seconds, fail_reason`, then `val_<metric>` and `test_<metric>` for every metric
@@ -56,7 +60,7 @@ def load_trials(name: str | optuna.Study, storage: str | None = None, results: s
     return _frame(rows, [*FIRST, *params, *RECORD])
 
 
-def load_ablation(name: str | optuna.Study, storage: str | None = None,
+def load_ablation(name: str | optuna.Study, storage: StorageArg = None,
                   results: str | Path = "results") -> pd.DataFrame:
     """One row per trained seed of an ablation: `number, state, value, variant, seed`, the
     variant's parameters (NaN where inactive in that variant; a retuned parameter at the value
@@ -81,7 +85,7 @@ def load_ablation(name: str | optuna.Study, storage: str | None = None,
     return _frame(rows, [*FIRST, "variant", "seed", *params, *RECORD])
 
 
-def factor_table(study: str | optuna.Study, storage: str | None = None,
+def factor_table(study: str | optuna.Study, storage: StorageArg = None,
                  results: str | Path = "results") -> pd.DataFrame:
     """The report's factor table (`factors.csv`): per level of each sampled parameter, counts and
     the level's best trial. A map of the search, not an ablation (see the report's caption)."""
@@ -91,7 +95,7 @@ def factor_table(study: str | optuna.Study, storage: str | None = None,
     return frames.factor_table(frames.trial_frame(study), frames.factors(study), _maximize(study))
 
 
-def cell_table(study: str | optuna.Study, storage: str | None = None, results: str | Path = "results") -> pd.DataFrame:
+def cell_table(study: str | optuna.Study, storage: StorageArg = None, results: str | Path = "results") -> pd.DataFrame:
     """The report's cell table (`cells.csv`): the best trial per combination of the study's
     recorded `[report] cells`."""
     from study.report import frames
@@ -100,7 +104,7 @@ def cell_table(study: str | optuna.Study, storage: str | None = None, results: s
     return frames.cell_table(frames.trial_frame(study), _maximize(study), frames.recorded_layout(study).cells)
 
 
-def ablation_table(study: str | optuna.Study, storage: str | None = None,
+def ablation_table(study: str | optuna.Study, storage: StorageArg = None,
                    results: str | Path = "results") -> pd.DataFrame:
     """The report's ablation statistics (`ablation_study.csv`): per variant and metric n, mean,
     std, the paired difference with its 95 % CI, p, Holm-adjusted p and P(better). `study` is the
@@ -110,7 +114,7 @@ def ablation_table(study: str | optuna.Study, storage: str | None = None,
     return ablation_frame(_ablation_study(study, storage, results))
 
 
-def importance_table(study: str | optuna.Study, storage: str | None = None,
+def importance_table(study: str | optuna.Study, storage: StorageArg = None,
                      results: str | Path = "results") -> tuple[pd.DataFrame, str]:
     """The report's importances and the sentence that qualifies them (empty frame and the reason
     when the study has too few complete trials)."""
@@ -121,7 +125,7 @@ def importance_table(study: str | optuna.Study, storage: str | None = None,
 
 def write_report(study: str | optuna.Study, out: str | Path | None = None,
                  formats: Sequence[str] = ("md", "csv", "tex"),
-                 storage: str | None = None, results: str | Path = "results",
+                 storage: StorageArg = None, results: str | Path = "results",
                  ablation: str | optuna.Study | None = None) -> Report:
     """What `study report` writes (tables, figures, report.md) for a study object, into `out`
     (default `results/<study name>`); `ablation` adds its table."""
@@ -133,11 +137,11 @@ def write_report(study: str | optuna.Study, out: str | Path | None = None,
     return build_report(study, folder, list(formats), "python", paired)
 
 
-def _study(study: str | optuna.Study, storage: str | None, results: str | Path) -> optuna.Study:
+def _study(study: str | optuna.Study, storage: StorageArg, results: str | Path) -> optuna.Study:
     return open_study(study, storage, results) if isinstance(study, str) else study
 
 
-def _ablation_study(name: str | optuna.Study, storage: str | None, results: str | Path) -> optuna.Study:
+def _ablation_study(name: str | optuna.Study, storage: StorageArg, results: str | Path) -> optuna.Study:
     """The ablation study `name`, or the default-named ablation of the parent study `name`."""
     from objectives.errors import InputError
     from study.records import ABLATION_SUFFIX

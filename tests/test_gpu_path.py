@@ -30,6 +30,7 @@ from objectives.data import Augment, DeviceBatches, ImageSet, Splits
 from objectives.losses import build_loss
 from objectives.models import HEAD, build_model
 from objectives.train import Diverged, FitConfig, Runtime, autocast_dtype, fit
+from study import storage
 from study.exits import CUDA_ERROR_EXIT, CudaContextLost
 from study.run import data as run_data
 from study.run import workers
@@ -417,7 +418,7 @@ def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str
         dataset="tiny",
         device=runtime.device,
         study_name="memory",
-        storage_url="inmemory",
+        storage=storage.resolve(study._storage),  # the study object's own storage, passed through
         target=3,
         results_dir=tmp_path,
         checkpoint_every=0.0,
