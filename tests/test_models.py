@@ -170,7 +170,8 @@ def test_a_missing_weights_file_is_named_with_its_folder_and_nothing_is_download
     with pytest.raises(FileNotFoundError) as raised:
         build_model("convnext_tiny", 5, pretrained=True)
     folder = empty_torch_home / "hub" / "checkpoints"
-    assert str(raised.value) == f"pretrained weights of convnext_tiny missing: put convnext_tiny-983f1562.pth into {folder}/"
+    assert str(raised.value) == (f"pretrained weights of convnext_tiny missing: put convnext_tiny-983f1562.pth into "
+                                 f"{folder}/")
     assert not folder.exists() or not any(folder.iterdir())
 
 
@@ -230,7 +231,8 @@ def test_run_refuses_an_arch_choice_the_image_size_does_not_fit_before_anything_
     code = cli.main(["run", str(path), "--results", str(tmp_path / "results"), "--device", "cpu"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "Traceback" not in err, err
-    assert err.endswith("[space].arch = 'vit_b_16' would fail every trial that samples it: vit_b_16 needs image_size 224")
+    assert err.endswith("[space].arch = 'vit_b_16' would fail every trial that samples it: "
+                        "vit_b_16 needs image_size 224")
     assert not (tmp_path / "results" / "optuna.db").exists()
 
 
@@ -267,3 +269,13 @@ def test_four_families_train_end_to_end_from_scratch(tmp_path):
     assert sorted(t.config["arch"] for t in done) == sorted(FAMILIES)
     for trial in done:
         assert trial.best_epoch == 1 and len(trial.test_confusion) == 5 and trial.weights is None
+
+
+@pytest.mark.slow
+def test_the_runner_records_the_weights_a_complete_trial_started_from(made):
+    root, _, _ = made
+    study = optuna.load_study(study_name="abl", storage=storage_of(root))
+    complete = [records.TrialRecord.from_trial(t) for t in study.trials if t.state == TrialState.COMPLETE]
+    expected = {"resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet50": "ResNet50_Weights.IMAGENET1K_V1"}
+    assert any(t.config["pretrained"] for t in complete) and any(not t.config["pretrained"] for t in complete)
+    assert all(t.weights == (expected[t.config["arch"]] if t.config["pretrained"] else None) for t in complete)
