@@ -37,6 +37,7 @@ CLASS_NAMES = "class_names"
 SPLIT_HASH = "split_hash"  # sha256 of the split manifest the trial trained on
 FAIL_REASON = "fail_reason"  # nan_loss, cuda_oom, cuda_error, interrupted, or "Class: first line"
 SECONDS = "seconds"  # wall time of `run` inside the trial
+WEIGHTS = "weights"  # the pretrained weights a complete trial started from (``ResNet50_Weights.IMAGENET1K_V1``)
 RESUMED_FROM = "resumed_from"  # {"trial": n, "epoch": e}: the checkpoint this attempt continued
 RESUME_OF = "resume_of"  # set on a re-queued interrupted trial: the number of the one it re-runs
 INTERRUPTED = "interrupted"  # the fail reason of a trial stopped by Ctrl-C / SIGTERM
@@ -141,6 +142,7 @@ class TrialRecord:
     resume_of: int | None
     retry_of: int | None  # the latest attempt a heartbeat retry re-runs (Optuna's retry history)
     test_intervals: Mapping[str, Any] | None = None  # TEST_INTERVALS; None: an older trial, or not complete
+    weights: str | None = None  # WEIGHTS; None: from scratch, an older trial, or not complete
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
@@ -156,6 +158,7 @@ class TrialRecord:
             class_names=attrs.get(CLASS_NAMES, []), fail_reason=attrs.get(FAIL_REASON), seconds=attrs.get(SECONDS),
             split_hash=attrs.get(SPLIT_HASH), resumed_from=attrs.get(RESUMED_FROM), resume_of=attrs.get(RESUME_OF),
             retry_of=history[-1] if history else None, test_intervals=attrs.get(TEST_INTERVALS),
+            weights=attrs.get(WEIGHTS),
         )
 
     @property
@@ -209,6 +212,9 @@ class TrialWriter:
 
     def curves(self, curves: Mapping[str, list]) -> None:
         self.trial.set_user_attr(CURVES, curves)
+
+    def weights(self, name: str) -> None:
+        self.trial.set_user_attr(WEIGHTS, name)
 
     def resumed(self, trial: int, epoch: int) -> None:
         self.trial.set_user_attr(RESUMED_FROM, {"trial": trial, "epoch": epoch})
