@@ -1,4 +1,5 @@
-"""mkdocs hooks: the site also shows benchmarks/README.md, which lives outside docs/.
+"""mkdocs hooks: the site's home page is README.md, and it also shows benchmarks/README.md; both live
+outside docs/.
 
 The pages link it as `../benchmarks/README.md`, which is right on GitHub and in an editor; mkdocs
 only knows files under docs/ and would count that link as broken (and `--strict` fails on it). So
@@ -19,6 +20,8 @@ OUTSIDE = {"../benchmarks/README.md": ("benchmarks.md", ROOT / "benchmarks" / "R
 def on_files(files: Files, config) -> Files:
     for page, source in OUTSIDE.values():
         files.append(File.generated(config, page, abs_src_path=str(source)))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    files.append(File.generated(config, "index.md", content=readme.replace("](docs/", "](")))
     return files
 
 
