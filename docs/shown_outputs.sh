@@ -41,6 +41,6 @@ rm -rf fundus
 cp -r results/data/synthetic-fundus-pairs-800-200-seed0 fundus
 rm fundus/train_00295_left.jpeg
 cp fundus/train_00136_right.jpeg fundus/test_00050_right.jpeg
-step "data inspect" python -m study data inspect fundus
+step data-inspect python -m study data inspect fundus
 
 echo "outputs in $out" >&2
