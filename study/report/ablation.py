@@ -244,7 +244,7 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
     """Three sentences a paper can use (what was compared over which seeds, what Δ, the interval
     and the star are, what the table supports), and the notes that qualify these numbers: the
     seeds' reach, what the intervals cover, the retuning, the loss confound, constant differences,
-    failed and missing seeds. The full explanation is README's "What the tables mean"."""
+    failed and missing seeds. The full explanation is docs/reports.md, "What the tables mean"."""
     plan = AblationRecord.from_study(study)
     seeds = plan.seeds
     parent, baseline = plan.parent or "?", plan.baseline
@@ -331,8 +331,8 @@ def _ablation_notes(study: optuna.Study, plan: AblationRecord, table: pd.DataFra
                      "star for a contrast that needs them: "
                      + "; ".join(f"{name} seed {', '.join(map(str, s))}" for name, s in missing.items()) + ".")
     notes.append("A wide interval is not evidence of no effect. The CSV holds every metric "
-                 f"({', '.join(metrics)}) with p, p_holm and p_improve; README, \"What the tables mean\", explains "
-                 "every column.")
+                 f"({', '.join(metrics)}) with p, p_holm and p_improve; docs/reports.md, \"What the tables mean\", "
+                 "explains every column.")
     return notes
 
 
