@@ -364,7 +364,7 @@ def _existing(store: optuna.storages.BaseStorage, name: str, where: storage.Reso
         return None  # created but never given its plan (a crash in between): start it afresh
     if AblationRecord.is_reported(study):
         raise InputError(
-            f"{name} was made by an older ablate (version {study.user_attrs.get(records.ABLATION_VERSION_KEY)}: "
+            f"{name} was made by an older ablate (version {AblationRecord.version_of(study)}: "
             f"retune on one seed per candidate, split per seed from the TOML) and is not resumed with other "
             f"semantics; `report` still shows it: choose a new name with --study-name or delete it (optuna "
             f"delete-study --study-name '{name}' --storage {where.shown})"

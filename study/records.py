@@ -471,15 +471,20 @@ class AblationRecord:
         )
 
     @staticmethod
+    def version_of(study: optuna.Study) -> Any:
+        """The ablation version the study recorded (None: an ablation of before versions, or none)."""
+        return study.user_attrs.get(ABLATION_VERSION_KEY)
+
+    @staticmethod
     def is_current(study: optuna.Study) -> bool:
         """Made by this design (version 3); `ablate` resumes only these."""
-        return study.user_attrs.get(ABLATION_VERSION_KEY) == ABLATION_VERSION
+        return AblationRecord.version_of(study) == ABLATION_VERSION
 
     @staticmethod
     def is_reported(study: optuna.Study) -> bool:
         """An ablation `report` tabulates: this version or one before it that recorded its seeds
         (each reported as it ran; never resumed, see `study.ablate._existing`)."""
-        return study.user_attrs.get(ABLATION_VERSION_KEY) in REPORTED_VERSIONS
+        return AblationRecord.version_of(study) in REPORTED_VERSIONS
 
     @property
     def factorial(self) -> bool:
