@@ -1,10 +1,14 @@
-"""Classification metrics from one confusion matrix.
+"""The metric registry (`REGISTRY`: name, labels, direction, scores or confusion, computation) and
+classification metrics from confusion matrices.
 
-Everything derives from the K x K count matrix (rows: true class, columns: predicted), which is
-cheap to accumulate on the device and is what the report draws. The definitions match
-scikit-learn's: accuracy; balanced accuracy over the classes present in the labels; macro F1 over
-the classes present in labels or predictions; quadratic weighted kappa over the fixed grades
-0..K-1 (the Kaggle DR metric, `cohen_kappa_score(..., weights="quadratic", labels=range(K))`).
+A metric is described once, here: the TOML check, the stored records, the report's tables and
+intervals, the trial notes, `load_trials` and the CLI read the registry, so adding one that the
+confusion matrix determines is one entry below. Every confusion metric derives from the K x K
+count matrix (rows: true class, columns: predicted), which is cheap to accumulate on the device
+and is what the report draws. The definitions match scikit-learn's: accuracy; balanced accuracy
+over the classes present in the labels; macro F1 over the classes present in labels or
+predictions; quadratic weighted kappa over the fixed grades 0..K-1 (the Kaggle DR metric,
+`cohen_kappa_score(..., weights="quadratic", labels=range(K))`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Every key a trial or a study stores in the Optuna storage, with its writer and a typed reader.
 
-Writers (the run loop, `ablate`) and readers (`report`, `list`, the notebook API) use only the names
-and classes here, so a key is spelled once. The keys and their meanings are those of every study the
-tool has written: a study made by an earlier version reads back with the same classes (a key it
-lacks reads as empty).
+Writers (the run loop, `ablate`, the heartbeat's retry) and readers (`report`, `list`, the notebook
+API, the dashboard notes, the storage callbacks) use only the names, classes and functions here,
+so a key is spelled once and a damaged value reads as missing in one place. `TrialRecord.row` is
+the one flattener of a trial into columns (`load_trials` shows it, the report's frames pick from
+it). The keys and their meanings are those of every study the tool has written: a study made by an
+earlier version reads back with the same classes (a key it lacks reads as empty).
 """
 
 from __future__ import annotations
