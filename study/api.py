@@ -21,13 +21,12 @@ if TYPE_CHECKING:  # the imports a notebook pays for when it calls a function, n
     import optuna
     import pandas as pd
 
+    from study.records import AblationValues
     from study.report.build import Report
 
     StorageArg = str | optuna.storages.BaseStorage | None  # a URL, a storage object, or None: `storage.resolve`
 
-SPLITS = ("val", "test")
 FIRST = ("number", "state", "value")  # the leading columns; then params, then the trial's record
-RECORD = ("best_epoch", "seconds", "fail_reason")
 
 
 def open_study(name: str, storage: StorageArg = None,
@@ -53,11 +52,13 @@ def load_trials(name: str | optuna.Study, storage: StorageArg = None, results: s
     trials are left out: they have nothing to show yet. Each test metric's 95 % patient-bootstrap
     interval, recorded when the trial ended, is `test_<metric>_low` / `test_<metric>_high` (NaN
     for an older trial that recorded none)."""
+    from study.records import RECORD_COLUMNS
+
     study = _study(name, storage, results)
     trials = _finished(study)
     params = list(dict.fromkeys(p for t in trials for p in t.params))
     rows = [{**_head(t), **{p: t.params.get(p, math.nan) for p in params}, **_record(t)} for t in trials]
-    return _frame(rows, [*FIRST, *params, *RECORD])
+    return _frame(rows, [*FIRST, *params, *RECORD_COLUMNS])
 
 
 def load_ablation(name: str | optuna.Study, storage: StorageArg = None,
@@ -66,23 +67,17 @@ def load_ablation(name: str | optuna.Study, storage: StorageArg = None,
     variant's parameters (NaN where inactive in that variant; a retuned parameter at the value
     its retune picked), then the trial's record as in `load_trials`. `name` is the ablation study
     (`dr_focal.ablation`, or the name given to `ablate --study-name`) or its parent (`dr_focal`)."""
-    study = _ablation_study(name, storage, results)
-    attrs = study.user_attrs
-    variants: dict[str, dict[str, Any]] = attrs["variants"]
-    retuned: dict[str, Any] = attrs.get("retuned") or {}
-    retune_param = (attrs.get("retune") or {}).get("param")
-    params = list(dict.fromkeys(p for values in variants.values() for p in values))
-    if retune_param and retune_param not in params:
-        params.append(retune_param)
+    from study.records import RECORD_COLUMNS, SEED, VARIANT
+
+    study, plan = _ablation_study(name, storage, results)
+    params = plan.params()
     rows = []
     for t in _finished(study):
-        variant = t.params.get("variant")
-        values = dict(variants.get(variant, {}))
-        if retune_param and variant in retuned:
-            values[retune_param] = retuned[variant] if retuned[variant] is not None else math.nan
-        rows.append({**_head(t), "variant": variant, "seed": t.params.get("seed"),
+        variant = t.params.get(VARIANT)
+        values = plan.values(variant)
+        rows.append({**_head(t), VARIANT: variant, SEED: t.params.get(SEED),
                      **{p: values.get(p, math.nan) for p in params}, **_record(t)})
-    return _frame(rows, [*FIRST, "variant", "seed", *params, *RECORD])
+    return _frame(rows, [*FIRST, VARIANT, SEED, *params, *RECORD_COLUMNS])
 
 
 def factor_table(study: str | optuna.Study, storage: StorageArg = None,
@@ -111,7 +106,7 @@ def ablation_table(study: str | optuna.Study, storage: StorageArg = None,
     ablation study or its parent."""
     from study.report.ablation import ablation_frame
 
-    return ablation_frame(_ablation_study(study, storage, results))
+    return ablation_frame(_ablation_study(study, storage, results)[0])
 
 
 def importance_table(study: str | optuna.Study, storage: StorageArg = None,
@@ -141,10 +136,12 @@ def _study(study: str | optuna.Study, storage: StorageArg, results: str | Path) 
     return open_study(study, storage, results) if isinstance(study, str) else study
 
 
-def _ablation_study(name: str | optuna.Study, storage: StorageArg, results: str | Path) -> optuna.Study:
-    """The ablation study `name`, or the default-named ablation of the parent study `name`."""
+def _ablation_study(name: str | optuna.Study, storage: StorageArg,
+                    results: str | Path) -> tuple[optuna.Study, AblationValues]:
+    """The ablation study `name`, or the default-named ablation of the parent study `name`, with
+    its variants' values."""
     from objectives.errors import InputError
-    from study.records import ABLATION_SUFFIX
+    from study.records import ABLATION_SUFFIX, AblationValues
 
     study = name
     if isinstance(name, str):
@@ -152,9 +149,10 @@ def _ablation_study(name: str | optuna.Study, storage: StorageArg, results: str 
             study = open_study(name if name.endswith(ABLATION_SUFFIX) else name + ABLATION_SUFFIX, storage, results)
         except InputError:  # not a parent with a default-named ablation: the name itself must be one
             study = open_study(name, storage, results)
-    if "variants" not in study.user_attrs:
+    plan = AblationValues.from_study(study)
+    if plan is None:
         raise InputError(f"{study.study_name} is not an ablation study (made by `study ablate`)")
-    return study
+    return study, plan
 
 
 def _maximize(study: optuna.Study) -> bool:
@@ -175,38 +173,10 @@ def _head(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 
 def _record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """The trial's record flattened: scalar metrics as `<split>_<name>`, per-class lists (recall)
-    as `<split>_<name>_<class>`."""
-    attrs = trial.user_attrs
-    row: dict[str, Any] = {"best_epoch": attrs.get("best_epoch"), "seconds": attrs.get("seconds"),
-                           "fail_reason": attrs.get("fail_reason")}
-    classes = attrs.get("class_names") or []
-    for split in SPLITS:
-        for metric, value in (attrs.get(f"{split}_metrics") or {}).items():
-            if isinstance(value, list):
-                names = classes if len(classes) == len(value) else [str(i) for i in range(len(value))]
-                row.update({f"{split}_{metric}_{c}": math.nan if v is None else v for c, v in zip(names, value)})
-            else:
-                row[f"{split}_{metric}"] = math.nan if value is None else value
-    from study.records import TEST_INTERVALS
+    """The trial's record flattened (`records.TrialRecord.row`, shared with the report's frames)."""
+    from study.records import TrialRecord
 
-    row.update(_interval_columns(attrs.get(TEST_INTERVALS), classes))
-    return row
-
-
-def _interval_columns(record: dict[str, Any] | None, classes: list[str]) -> dict[str, float]:
-    """`test_<metric>_low` / `test_<metric>_high` from the intervals the trial recorded when it
-    ended (never recomputed here); per-class recall named by class like `test_recall_<class>`.
-    A trial without them (an older run, a pruned trial) has no such columns (NaN in the frame)."""
-    from study.records import interval_key
-
-    out: dict[str, float] = {}
-    for metric, bounds in ((record or {}).get("intervals") or {}).items():
-        if metric.startswith("recall_") and metric[7:].isdigit() and int(metric[7:]) < len(classes):
-            metric = f"recall_{classes[int(metric[7:])]}"
-        for end, value in zip(("low", "high"), bounds):
-            out[interval_key(metric, end)] = math.nan if value is None else float(value)
-    return out
+    return TrialRecord.from_trial(trial).row()
 
 
 def _frame(rows: list[dict[str, Any]], leading: list[str]) -> pd.DataFrame:

@@ -231,18 +231,19 @@ class RetryAndNote(RetryHeartbeatStaleTrialCallback):
         self.abandon: Callable[[str, int], None] | None = None  # (study name, trial number): delete its checkpoint
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        attempts = len(trial.system_attrs.get("retry_history", [])) + 1  # as Optuna counts them (before it appends)
+        from study import records, trial_pages
+
+        attempts = records.retry_attempts(trial)  # before Optuna's retry appends to the history
         super().__call__(study, trial)
         if self.storage is None:
             return
-        from study import records, trial_pages
 
         retried = attempts <= self.max_retry
         try:
             records.record_stale_failure(self.storage, trial._trial_id)
             if not retried and self.abandon is not None:
                 self.abandon(study.study_name, trial.number)
-            text = trial_pages.heartbeat_note(trial, study.user_attrs.get("metric", "value"), retried)
+            text = trial_pages.heartbeat_note(trial, records.StudyRecord.metric_of(study), retried)
             trial_pages.save_note(study, self.storage, trial.number, text)
         except Exception as exc:  # noqa: BLE001 - the bookkeeping must not stop the retry (already queued)
             print(f"study: warning: trial {trial.number}'s failure record: {type(exc).__name__}: {exc}",

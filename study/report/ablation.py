@@ -12,25 +12,33 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.metrics import higher_is_better
+from objectives.metrics import TABLE_METRICS, headline, headline_first, higher_is_better
 from study import tables
-from study.records import METRICS, SEED, VARIANT, AblationRecord, TrialRecord, is_trial_failure
+from study.records import (
+    CANDIDATES,
+    PARAM,
+    RETUNE_SEEDS,
+    SEED,
+    TUNING_SEEDS,
+    VARIANT,
+    AblationRecord,
+    TrialRecord,
+    is_trial_failure,
+)
 from study.report import ablation_intervals, stats
-from study.report.frames import HEADLINE, metric_label
+from study.report.frames import metric_label
 
 ABLATION_COLUMNS = ("variant", "metric", "n", "mean", "std", "delta", "ci_low", "ci_high", "p", "p_holm", "p_improve",
                     "failed", "missing", "p_holm_worst", "star", "covers", "note")
 SEEDS_AND_PATIENTS = "seeds+patients"  # `covers`: a test Δ's interval over seeds and test patients
 SEEDS_ONLY = "seeds"  # `covers`: the paired t over seeds (validation; a test Δ without stored predictions)
 SIGNIFICANT = 0.05  # the mark in the ablation table: Holm-adjusted p below this
-TEST_METRICS = (HEADLINE, *(m for m in METRICS if m != HEADLINE))  # the order of an ablation table's test rows
 
 
 def ablation_metrics(metric: str) -> list[str]:
     """The metrics of an ablation table, headline first: the test version of the study's metric
     (test kappa where that is not a test metric), the other test metrics, then validation."""
-    head = metric if metric in TEST_METRICS else HEADLINE
-    return [f"test_{head}", *(f"test_{m}" for m in TEST_METRICS if m != head), f"val_{metric}"]
+    return [*(f"test_{m}" for m in headline_first(headline(metric)) if m in TABLE_METRICS), f"val_{metric}"]
 
 
 def seed_outcomes(study: optuna.Study, plan: AblationRecord) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
@@ -190,7 +198,7 @@ def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str
                                metric_label(f"val_{metric}"): tables.mean_std(val["mean"], val["std"])}
         if retune:
             picked = (plan.retuned or {}).get(name, "–")
-            row[f"{retune['param']} (retuned)"] = "inactive" if picked is None else picked
+            row[f"{retune[PARAM]} (retuned)"] = "inactive" if picked is None else picked
         rows.append(row)
     return table, pd.DataFrame(rows), _ablation_caption(study, table, headline)
 
@@ -296,14 +304,14 @@ def _ablation_notes(study: optuna.Study, plan: AblationRecord, table: pd.DataFra
                  "difference).")
     retune = plan.retune
     if retune:
-        tuning = len(retune.get("tuning_seeds", []))
+        tuning = len(retune.get(TUNING_SEEDS, []))
         how = (f"each on the same {tuning} tuning seeds, picked by the mean validation value ({tuning} x "
-               f"{len(retune['candidates'])} trials per variant)" if "seeds" in retune else
+               f"{len(retune[CANDIDATES])} trials per variant)" if RETUNE_SEEDS in retune else
                "each on one tuning seed of its own (version 2: the pick partly reflects which seed drew an easy "
                "validation split)")
         notes.append(
-            f"{retune['param']} was retuned for every variant, the baseline included, on validation: the same "
-            f"{len(retune['candidates'])} candidates ({', '.join(tables.cell(c) for c in retune['candidates'])}), "
+            f"{retune[PARAM]} was retuned for every variant, the baseline included, on validation: the same "
+            f"{len(retune[CANDIDATES])} candidates ({', '.join(tables.cell(c) for c in retune[CANDIDATES])}), "
             f"{how}, on tuning seeds disjoint from the evaluation seeds; the column gives each variant's pick. The "
             "other parameters keep the baseline's values.")
     else:
@@ -352,7 +360,7 @@ def loss_confound(retune: Any) -> str:
     text = ("A change of loss also changes the effective step size: focal loss scales the cross-entropy gradient by "
             "about (1 - p_t)^gamma, so at p_t = 0.9 its gradient is ~3 % of CE's, and at one learning rate the "
             "effective step sizes differ 5-35x over training.")
-    if retune and retune.get("param") == "lr":
+    if retune and retune.get(PARAM) == "lr":
         return text + " lr was retuned for every variant, which removes most of that confound."
     return text + (" The learning rate was not retuned per variant, so Δ mixes the loss with the step size; "
                    "run ablate --retune lr to separate them.")
