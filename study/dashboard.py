@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore
 
 from objectives.errors import InputError
-from study import storage
+from study import paths, storage
 
 
 def study_url(host: str, port: int, study_id: int) -> str:
@@ -40,11 +39,9 @@ def serve(name: str, where: storage.Resolved, results: Path, host: str, port: in
         print(f"study: warning: serving on {host}, not a loopback address: the dashboard has no authentication, "
               f"so anyone who reaches {host}:{port} can read and annotate every study in this storage",
               file=sys.stderr, flush=True)
-    folder = results / "artifacts"
-    folder.mkdir(parents=True, exist_ok=True)
     print(f"dashboard: {study_url(host, port, study_id)}  (storage {where.shown}; Ctrl-C stops)", flush=True)
     try:
-        run_server(store, host=host, port=port, artifact_store=FileSystemArtifactStore(str(folder)))
+        run_server(store, host=host, port=port, artifact_store=paths.artifact_store(results))
     except OSError as exc:
         raise InputError(f"cannot serve on {host}:{port} ({exc.strerror or exc})") from None
 

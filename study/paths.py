@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from optuna.artifacts import FileSystemArtifactStore
+
 from objectives.errors import InputError
 
 MAX_BYTES = 100  # a folder name; the files inside add their own (file systems allow 255 bytes)
@@ -64,3 +66,11 @@ def figure_file(folder: Path, stem: str, suffix: str = ".png") -> Path:
     read from a storage cannot name a path outside the report's folder."""
     plain = is_plain(stem.replace("+", "-")) and stem.strip(".")
     return under(folder, (stem if plain else folder_name(stem)) + suffix)
+
+
+def artifact_store(results_dir: Path) -> FileSystemArtifactStore:
+    """Trial figures live in one file-system store, `results_dir`/artifacts, which `run` writes and
+    `dashboard` serves (here, so the dashboard needs nothing of the training code)."""
+    path = results_dir / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))

@@ -16,17 +16,14 @@ every decision, written by the runner as ``split.csv`` so a reader can check any
 
 from __future__ import annotations
 
-import hashlib
-import io
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from objectives.data.decode import cached_channel_stats, combine_contents, decode_table_hashed
-from objectives.data.types import AUTO, NO_GROUPS, DatasetFiles, ImageSet, ImageTable, Splits
+from objectives.data.types import AUTO, NO_GROUPS, DatasetFiles, ImageSet, ImageTable, Manifest, Splits
 from objectives.errors import InputError
 from objectives.progress import SILENT, Bar
 
@@ -89,40 +86,6 @@ def grouped_split(labels: np.ndarray, groups: np.ndarray | None, fraction: float
     _, held_groups = stratified_split(group_label, fraction, seed)
     held = np.isin(member_of, held_groups)
     return np.flatnonzero(~held), np.flatnonzero(held)
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """Every image's split decision: the rows of ``split.csv`` (``image,split,group,label``).
-
-    `image` is the path relative to the data folder (``train/3/x.png``) or an array row
-    (``data_batch_1#123``); `group` is empty where the data is not grouped. `shared_test_groups`
-    lists groups that a layout's own test split shares with train (the data's choice, not ours).
-    """
-
-    image: tuple[str, ...]
-    split: tuple[str, ...]
-    group: tuple[str, ...]
-    label: tuple[int, ...]
-    shared_test_groups: tuple[str, ...] = ()
-
-    def csv_text(self) -> str:
-        out = io.StringIO()
-        out.write("image,split,group,label\n")
-        for row in zip(self.image, self.split, self.group, self.label):
-            out.write(",".join(_csv_field(str(v)) for v in row) + "\n")
-        return out.getvalue()
-
-    def digest(self) -> str:
-        """sha256 of the CSV text: what identifies the data and its split in a study."""
-        return hashlib.sha256(self.csv_text().encode()).hexdigest()
-
-    def counts(self) -> dict[str, int]:
-        return {name: self.split.count(name) for name in ("train", "val", "test")}
-
-
-def _csv_field(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 def load_splits(

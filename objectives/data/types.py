@@ -8,15 +8,13 @@ array (`objectives.data.decode`); `Splits` are the train, validation and test se
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from objectives.data.splits import Manifest
 
 AUTO = "auto"  # group_by: group <id>_left / <id>_right names when every name has that form
 NO_GROUPS = "none"  # group_by: never group
@@ -124,3 +122,36 @@ class Splits:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+
+@dataclass(frozen=True)
+class Manifest:
+    """Every image's split decision: the rows of ``split.csv`` (``image,split,group,label``).
+
+    `image` is the path relative to the data folder (``train/3/x.png``) or an array row
+    (``data_batch_1#123``); `group` is empty where the data is not grouped. `shared_test_groups`
+    lists groups that a layout's own test split shares with train (the data's choice, not ours).
+    """
+
+    image: tuple[str, ...]
+    split: tuple[str, ...]
+    group: tuple[str, ...]
+    label: tuple[int, ...]
+    shared_test_groups: tuple[str, ...] = ()
+
+    def csv_text(self) -> str:
+        out = io.StringIO()
+        out.write("image,split,group,label\n")
+        for row in zip(self.image, self.split, self.group, self.label):
+            out.write(",".join(_csv_field(str(v)) for v in row) + "\n")
+        return out.getvalue()
+
+    def digest(self) -> str:
+        """sha256 of the CSV text: what identifies the data and its split in a study."""
+        return hashlib.sha256(self.csv_text().encode()).hexdigest()
+
+    def counts(self) -> dict[str, int]:
+        return {name: self.split.count(name) for name in ("train", "val", "test")}
+
+
+def _csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text

@@ -11,14 +11,14 @@ import torch
 
 from objectives.errors import InputError
 from objectives.train import Runtime
-from study import records, storage
+from study import paths, records, storage
 from study.run import loop
 from study.run.data import DataCache, load_data
 from study.run.options import RunOptions
 from study.run.output import Output, announce, print_summary
 from study.run.prepare import Prepared, prepare, provide_data
 from study.run.samplers import make_pruner, make_sampler, pruner_settings, run_seed, sampler_settings
-from study.run.trainer import SearchObjective, TrialTrainer, artifact_store
+from study.run.trainer import SearchObjective, TrialTrainer
 from study.run.workers import run_workers
 from study.space import config_defaults
 from study.trial_pages import TrialPages
@@ -77,7 +77,7 @@ class Session:
             runtime = self._runtime or Runtime.for_device(
                 self.prep.device, bar=functools.partial(self.out.bar, leave=False), compile=self.prep.compile
             )
-            pages = TrialPages(artifact_store(self.prep.results_dir), enabled=self.prep.trial_pages)
+            pages = TrialPages(paths.artifact_store(self.prep.results_dir), enabled=self.prep.trial_pages)
             self._trainer = TrialTrainer(self.prep, self.data, runtime, pages)
         return self._trainer
 

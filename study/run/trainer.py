@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial, TrialState
 
 from objectives.contract import TrialContext, flat
@@ -26,13 +25,6 @@ from study.run.reporter import Reporter
 from study.run.samplers import pruner_feed, pruner_settings
 from study.space import build_config
 from study.trial_pages import Page, TrialPages
-
-
-def artifact_store(results_dir: Path) -> FileSystemArtifactStore:
-    """Trial figures live in one file-system store beside the storage; the dashboard reads it."""
-    path = results_dir / "artifacts"
-    path.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(path))
 
 
 def stored(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
