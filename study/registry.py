@@ -74,7 +74,7 @@ def recorded_space(study: Any, *, objective: str | None = None) -> SearchSpace |
     if not record.space_text:
         return None
     space = load_space_text(record.space_text, stored_label(study.study_name), study.study_name,
-                            direction=stored_direction(study))
+                            direction=stored_direction(study), stored=True)
     trusted_objective(space.study.objective, study.study_name, objective)
     return with_recorded_settings(space, study)
 

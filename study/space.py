@@ -2,7 +2,8 @@
 typed configs it suggests.
 
 A study is one TOML file. ``schema = 2`` at the top names the format this module writes about; a
-file without it is schema 1, the format before it (read as `study.schema1` describes).
+file without it is schema 1, the format before it: refused as a file (``python -m study migrate``
+converts it), read only from the text a study recorded (as `study.schema1` describes).
 ``[study]`` says what is optimised and how, including the objective module (``objective``,
 ``"image_classifier"`` by default; see `objectives.contract`); ``[fixed]`` holds settings every
 trial shares; ``[space]`` holds the sampled parameters, each either ``{choices = [...]}`` or
@@ -36,8 +37,8 @@ from objectives import contract
 from objectives.errors import InputError
 from study.report_layout import ReportLayout
 
-SCHEMA = 2  # the format of the shipped files; a file without `schema` is schema 1
-SCHEMAS = (1, 2)
+SCHEMA = 2  # the format of search-space files; a file without `schema` is schema 1: an error
+SCHEMAS = (1, 2)  # what a study's recorded space text may be
 DEFAULT_OBJECTIVE = "image_classifier"
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 PRUNERS = ("median", "percentile", "catchup", "asha", "hyperband", "none")

@@ -38,7 +38,7 @@ def pilot_settings(record: StudyRecord) -> StudySettings:
     from study.space_file import load_space_text
 
     try:
-        return load_space_text(record.space_text or "", Path("recorded.toml")).study
+        return load_space_text(record.space_text or "", Path("recorded.toml"), stored=True).study
     except Exception:  # noqa: BLE001 - any failure means: no usable recorded settings
         return StudySettings()
 
