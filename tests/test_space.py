@@ -78,9 +78,9 @@ def test_fingerprint_changes_with_space_and_pins_not_trials():
     assert bigger.fingerprint() == space.fingerprint()
 
 
-GOOD = """
+GOOD = """schema = 2
 [study]
-objective = "dr_focal"
+objective = "image_classifier"
 [fixed]
 epochs = 3
 [space]
@@ -95,7 +95,7 @@ loss = { choices = ["ce", "focal"] }
         ("[study\nobjective=1", "not valid TOML"),
         (GOOD.replace("[fixed]", "[fixd]"), "unknown top-level table 'fixd'"),
         (
-            GOOD.replace('objective = "dr_focal"', 'objective = "dr_focal"\nsampeler = "tpe"'),
+            GOOD.replace('objective = "image_classifier"', 'objective = "image_classifier"\nsampeler = "tpe"'),
             "unknown [study] key 'sampeler'",
         ),
         (GOOD.replace("low = 1e-3, high = 1e-1", "low = 1e-1, high = 1e-3"), "lr: low 0.1 > high 0.001"),
@@ -109,7 +109,7 @@ loss = { choices = ["ce", "focal"] }
         (GOOD + 'x = { low = 0, high = "epoch - 1" }\n', "bound 'epoch - 1'"),
         (GOOD + "x = { low = 0.0, high = 1.0, log = true }\n", "log range needs low > 0"),
         (
-            GOOD.replace('objective = "dr_focal"', 'objective = "dr_focal"\nsampler = "bayes"'),
+            GOOD.replace('objective = "image_classifier"', 'objective = "image_classifier"\nsampler = "bayes"'),
             "[study].sampler = 'bayes'",
         ),
         (GOOD + '[embedded]\nwarmup_epochs = "two"\n', "[embedded].warmup_epochs must be a non-negative integer"),
@@ -128,7 +128,7 @@ def test_malformed_space_files_name_file_parameter_problem(tmp_path: Path, text,
 def test_space_name_not_a_config_field(tmp_path: Path):
     path = tmp_path / "s.toml"
     path.write_text(GOOD + "dropout = { low = 0.0, high = 0.5 }\n")
-    with pytest.raises(SpaceError, match="dropout: not a setting of objective dr_focal"):
+    with pytest.raises(SpaceError, match="dropout: not a setting of objective image_classifier"):
         load_space(path).check_config(Config)
 
 
