@@ -275,7 +275,8 @@ def test_pruner_keys_at_their_defaults_keep_the_fingerprint_and_the_record():
     ('pruner = "median"\npruner_min_resource = 3', "pruner_min_resource applies to pruner = 'asha' or 'hyperband'"),
     ('pruner = "none"\npruner_patience = 2', "pruner_patience applies to .*not 'none'"),
     ('pruner = "median"\npruner_ema = 0.3', "pruner_ema applies to pruner_feed = \"ema\", not 'raw'"),
-    ('pruner = "successive"', "pruner = 'successive'; expected one of median, percentile, catchup, asha, hyperband, none"),
+    ('pruner = "successive"',
+     "pruner = 'successive'; expected one of median, percentile, catchup, asha, hyperband, none"),
 ])
 def test_pruner_key_errors_are_one_line(study, message):
     with pytest.raises(SpaceError, match=message) as caught:
