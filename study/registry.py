@@ -23,7 +23,8 @@ def named_studies() -> dict[str, Path]:
 
 
 # The objectives that ship with the tool: the only ones a space read from a storage may name
-# without the user naming it too (`trusted_objective`). Schema-1 names run the image classifier.
+# without the user naming it too (`trusted_objective`). Schema-1 names run the image classifier
+# (the studies made from schema-1 files recorded them, and migrated files keep them).
 BUILTIN_OBJECTIVES = frozenset({DEFAULT_OBJECTIVE, *SCHEMA1_OBJECTIVES})
 
 

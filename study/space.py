@@ -119,8 +119,9 @@ class StudySettings:
 @dataclass(frozen=True)
 class SearchSpace:
     """A parsed search-space file plus the pins of this run. `defaults` lie underneath [fixed]: the
-    settings a schema-1 objective implied (`study.schema1`), which every config of the study is
-    built over (`with_defaults`)."""
+    settings a schema-1 objective implied (`study.schema1`; a stored schema-1 space, or a file
+    `study migrate` wrote, which names it in ``schema1_objective``), which every config of the
+    study is built over (`with_defaults`)."""
 
     name: str
     path: Path

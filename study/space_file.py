@@ -63,8 +63,13 @@ CHOICE_KEYS = {"choices", "when"}
 def load_space(path: Path, name: str | None = None) -> SearchSpace:
     """Parse and validate one search-space file (schema 2; a schema-1 file is an error naming
     `study migrate`)."""
+    return load_space_text(read_space_file(path), path, name)
+
+
+def read_space_file(path: Path) -> str:
+    """The text of a search-space file; a one-line SpaceError where it cannot be read."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
         raise SpaceError(f"{path}: no such search-space file") from None
     except IsADirectoryError:
@@ -73,7 +78,6 @@ def load_space(path: Path, name: str | None = None) -> SearchSpace:
         raise SpaceError(f"{path}: cannot read the search-space file ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise SpaceError(f"{path}: not valid TOML ({exc})") from None
-    return load_space_text(text, path, name)
 
 
 def load_space_text(text: str, path: Path, name: str | None = None, *, direction: str | None = None,

@@ -22,7 +22,7 @@ from objectives.errors import InputError
 from study import registry
 from study.schema1 import SCHEMA1_OBJECTIVES
 from study.space import SCHEMA, SearchSpace, SpaceError, config_defaults
-from study.space_file import SCHEMA1_KEY, load_space_text
+from study.space_file import SCHEMA1_KEY, load_space_text, read_space_file
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from study.run.output import Output
 
     source: Path = args.file
-    text = _read(source)
+    text = read_space_file(source)
     migrated = to_schema2(text, source)
     out = Output()
     if args.output is None:
@@ -97,15 +97,6 @@ def to_schema2(text: str, path: Path) -> str:
 def _config_defaults(space: SearchSpace) -> Mapping[str, Any]:
     """The defaults of the objective's config that `run` fingerprints the space against."""
     return config_defaults(registry.objective_module(space).Config)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such search-space file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the search-space file ({exc})") from None
 
 
 def _refuse_existing(path: Path, force: bool) -> None:
