@@ -11,6 +11,7 @@ import pytest
 
 from objectives import contract, image_classifier
 from study import cli, registry
+from study.cli.migrate import to_schema2
 from study.schema1 import REFERABLE_DR, SCHEMA1_OBJECTIVES
 from study.space import SpaceError, build_config, config_defaults
 from study.space_file import load_space, load_space_text
@@ -148,6 +149,14 @@ def test_migrate_writes_the_schema2_file_of_the_same_study(tmp_path: Path, capsy
     assert set(doc["fixed"]) == set(config_defaults(image_classifier.Config)) - set(doc["space"])  # spelled out
     assert doc["fixed"]["num_classes"] == 5 and doc["fixed"]["epochs"] == 1  # dr_focal's, the file's own
     assert old.read_text() == RECIPE2.read_text()
+
+
+@pytest.mark.parametrize("name", list(SCHEMA1))
+def test_migrate_keeps_the_fingerprint_trials_data_and_endpoints_of_each_schema1_objective(name):
+    old = stored(SCHEMA1[name], name)
+    new = load_space_text(to_schema2(SCHEMA1[name], Path(f"{name}.toml")), Path(f"{name}.toml"), name)
+    assert (new.schema, new.study.objective) == (2, name) and fingerprint(new) == fingerprint(old)
+    assert configs(new) == configs(old) and new.embedded == old.embedded and new.report == old.report
 
 
 def test_migrate_refuses_to_overwrite_an_existing_output_without_force(tmp_path: Path, capsys):
