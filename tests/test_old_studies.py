@@ -1,8 +1,8 @@
 """Storages written by earlier versions of the tool still list and report: tests/fixtures/old_study
 (commit 8a456c0, an earlier recipe: `run` refuses to add trials to it) and
 tests/fixtures/recipe2_study (commit 0795b6c, when dr_focal was an objective module of its own:
-`run` goes on adding trials to it, by name from the schema-1 text it recorded, or from its file
-converted by `study migrate`)."""
+`run` goes on adding trials to it from its file converted by `study migrate`, or by name from
+schema-1 text a study recorded)."""
 
 import shutil
 from pathlib import Path
@@ -79,8 +79,8 @@ def test_a_recipe2_study_and_its_ablation_list_and_report(tmp_path: Path, recipe
 
 def test_run_goes_on_adding_trials_to_a_recipe2_study(tmp_path: Path, recipe2_results: Path):
     """Its schema-1 file (objective = "dr_focal") is refused with the command that converts it;
-    the converted file has the fingerprint the study recorded, and so has the schema-1 text the
-    study recorded, which `run recipe2` resumes from by name."""
+    the converted file has the fingerprint the study recorded, and so has schema-1 text a study
+    recorded, which `run recipe2` resumes from by name."""
     data = write_dr_lab(tmp_path / "dr", dr_labels(40), dr_labels(20, seed=1), size=32)
     storage = f"sqlite:///{recipe2_results / 'optuna.db'}"
     optuna.load_study(study_name="recipe2", storage=storage).set_user_attr("dataset", str(data.resolve()))
@@ -89,6 +89,9 @@ def test_run_goes_on_adding_trials_to_a_recipe2_study(tmp_path: Path, recipe2_re
     assert refused.returncode == 2 and "study migrate" in refused.stderr and refused.stderr.count("\n") == 1
     result = run_cli("run", str(migrated(tmp_path / "recipe2.toml")), *args, "--trials", "4", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    # a study made from a schema-1 file after studies recorded their TOML (this one predates that)
+    optuna.load_study(study_name="recipe2", storage=storage).set_user_attr(
+        "space_text", (FIXTURES / "recipe2_study" / "recipe2.toml").read_text())
     by_name = run_cli("run", "recipe2", *args, "--trials", "5", cwd=tmp_path)
     assert by_name.returncode == 0, by_name.stdout + by_name.stderr
     study = optuna.load_study(study_name="recipe2", storage=storage)
