@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
 from study import predictions as pr  # noqa: E402
-from study.records import TEST_INTERVALS, TrialWriter  # noqa: E402
+from study.records import TrialWriter, write_test_intervals  # noqa: E402
 from study.report.uncertainty import interval_record, test_intervals  # noqa: E402
 
 K = 5
@@ -64,7 +64,7 @@ def make_study(url: str, trials: int, n_val: int, n_test: int, with_predictions:
         confusion = rng.integers(0, 300, (K, K)).tolist()
         writer.result(100.0, curves, 7, {"val": (0.5, metrics, confusion), "test": (0.5, metrics, confusion)})
         test_probs = rng.dirichlet(np.ones(K), n_test).astype(np.float32)
-        trial.set_user_attr(TEST_INTERVALS, interval_record(
+        write_test_intervals(trial, interval_record(
             test_intervals(test_probs, test_labels, test_groups, B=200, seed=number), seed=number))
         if with_predictions:
             pr.write_predictions(study, trial, "val", pr.Predictions(

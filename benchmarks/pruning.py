@@ -202,10 +202,11 @@ def run_pool(space: SearchSpace, root: Path, work: Path, trials: int, seed: int,
         for t in study.get_trials(deepcopy=False):
             if t.state != TrialState.COMPLETE:
                 raise SystemExit(f"pool trial {t.number} is {t.state.name}; see {log}")
-            c = t.user_attrs[records.CURVES]
+            record = records.TrialRecord.from_trial(t)
+            c = record.curves
             rows.append({"number": t.number, "params": t.params,
                          "curves": {k: c[k] for k in ("epoch", "phase", f"val_{metric}", "train_loss")},
-                         f"test_{metric}": t.user_attrs["test_metrics"][metric]})
+                         f"test_{metric}": record.test_metrics[metric]})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"metric": metric, "direction": "maximize", "epochs": space.fixed["epochs"], "trials": rows,

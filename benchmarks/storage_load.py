@@ -128,12 +128,12 @@ def work(url: str, index: int, target: int, epochs: int, epoch_ms: float, heartb
 def fresh_study(url: str) -> None:
     import optuna
 
-    from study import storage
+    from study import records, storage
 
     store = storage.open_storage(url)
     if STUDY in storage.study_names(store):
         optuna.delete_study(study_name=STUDY, storage=store)
-    optuna.create_study(study_name=STUDY, storage=store, direction="maximize").set_user_attr("metric", METRIC)
+    optuna.create_study(study_name=STUDY, storage=store, direction="maximize").set_user_attr(records.METRIC, METRIC)
 
 
 class Monitor:

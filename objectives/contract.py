@@ -31,8 +31,8 @@ An objective module provides:
     validation metric picks the best epoch and in which direction, and where to checkpoint and
     resume; ``context.report(epoch, row)`` must be called after every epoch with that epoch's
     curve row (``val_<metric>`` among its keys) and may raise to stop the trial (pruning).
-    The returned curves, best epoch and validation and test evaluations are what the trial
-    records.
+    The returned curves, best epoch and validation and test evaluations (and ``weights``, the
+    pretrained weights' name, where set) are what the trial records.
 
 How the runner calls it, per run: resolve and import the module; check every setting of the
 TOML against `settings` (name and type); build one ``Config`` from the fixed settings and the

@@ -1,5 +1,6 @@
-"""The one image-classification objective: a registered model trained on any supported dataset layout,
-a frozen-backbone (FE) phase then fine-tuning (FT), with any registered loss.
+"""The one image-classification objective: any torchvision classifier by name (`objectives.models`)
+trained on any supported dataset layout, a frozen-backbone (FE) phase then fine-tuning (FT), with any
+registered loss.
 
 Every study the tool ships is a TOML file of settings of this objective (see
 `objectives.contract`): which classes, model, pretraining, loss, augmentation, schedule and
@@ -22,12 +23,12 @@ The defaults are a neutral generic recipe; a study states what its data needs:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from objectives.contract import DataSource, TrialContext
 from objectives.data import Augment, Splits, find_dataset, load_splits
 from objectives.losses import ALPHA_KINDS, LOSSES, build_loss
-from objectives.models import MODELS, build_model
+from objectives.models import build_model, check_arch, size_problem, weights_name, weights_of
 from objectives.train import FitConfig, FitResult, fit
 
 EMBEDDED_DATASET = "digits"
@@ -105,9 +106,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.arch not in MODELS:
-            raise ValueError(f"arch {self.arch!r} is not one of {', '.join(MODELS)}")
-        if self.pretrained and MODELS[self.arch].weights is None:
+        check_arch(self.arch)
+        if self.pretrained and weights_of(self.arch) is None:
             raise ValueError(f"arch {self.arch} has no pretrained weights; set pretrained = false")
         if self.loss not in LOSSES:
             raise ValueError(f"loss {self.loss!r} is not one of {', '.join(LOSSES)}")
@@ -134,10 +134,17 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """One trial: its data part and its training part (settings are named uniquely across both)."""
+    """One trial: its data part and its training part (settings are named uniquely across both).
+    An arch that cannot take the image size fails here (`objectives.models.size_problem`), so the
+    study is refused before its first trial instead of every trial failing."""
 
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        problem = size_problem(self.train.arch, self.data.image_size, self.train.pretrained)
+        if problem:
+            raise ValueError(problem)
 
 
 def load_data(data: DataConfig, source: DataSource) -> Splits:
@@ -172,4 +179,5 @@ def run(config: Config, data: Splits, context: TrialContext) -> FitResult:
         augment=Augment(hflip=train.hflip, vflip=train.vflip, crop_padding=train.crop_padding),
         seed=train.seed,
     )
-    return fit(model, loss, data, fit_config, context.runtime, context.report, context.checkpoint)
+    result = fit(model, loss, data, fit_config, context.runtime, context.report, context.checkpoint)
+    return replace(result, weights=weights_name(train.arch, train.pretrained))

@@ -1,23 +1,29 @@
-"""The model registry: torchvision ResNet18/ResNet50 with a new head, ResNet18 adapted to 32 px
-images, and the CIFAR lab's ConvNet.
+"""The model registry: every torchvision classification model by name (``list_models(module=
+torchvision.models)``, with its weights from ``get_model_weights``), plus ResNet18 adapted to 32 px
+images and the CIFAR lab's ConvNet, each with a new classifier layer (`Head`) of the study's classes.
 
 Pretrained weights come only from torchvision's local cache (``$TORCH_HOME/hub/checkpoints``),
 through the weights API; `missing_weights` tells before a study starts which files are absent so
-the run can stop (or fall back) with the exact file name instead of failing inside a trial.
+the run can stop (or fall back) with the exact file name instead of failing inside a trial, and
+`build_model` never downloads. `size_problem` tells, when a config is built, that an architecture
+cannot take the study's image size (a ViT takes only 224 px), instead of failing inside a trial.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from torchvision import models as tvm
-from torchvision.models import ResNet18_Weights, ResNet50_Weights, WeightsEnum
+from torchvision.models import WeightsEnum
+from torchvision.models.googlenet import InceptionAux as GoogLeNetAux
+from torchvision.models.inception import InceptionAux
 
 
 class ConvNet(nn.Module):
@@ -37,16 +43,27 @@ class ConvNet(nn.Module):
         return self.fc(self.classifier(self.pool(self.features(x))))
 
 
-class Head(nn.Linear):
-    """The classifier layer (`HEAD`): an `nn.Linear`, with the same parameters and state-dict
-    keys, that computes in float32 even inside an autocast region, so the logits and every metric
+class _Float32:
+    """Computes its layer in float32 even inside an autocast region, so the logits and every metric
     taken from their argmax are not rounded to bf16 or fp16."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # bf16 keeps 8 bits of mantissa: rounded logits flip the argmax of images near a tie,
-        # and this one small matrix product is a negligible share of a step
+        # and this one small layer is a negligible share of a step
+        if not torch.amp.is_autocast_available(x.device.type):  # the meta device (`size_problem`)
+            return super().forward(x.float())  # type: ignore[misc]
         with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x.float())
+            return super().forward(x.float())  # type: ignore[misc]
+
+
+class Head(_Float32, nn.Linear):
+    """The classifier layer where the architecture's was an `nn.Linear` (almost all): the same
+    parameters and state-dict keys, computed in float32."""
+
+
+class ConvHead(_Float32, nn.Conv2d):
+    """The classifier layer where the architecture's was a `Conv2d` (SqueezeNet's 1x1 conv to the
+    classes, pooled afterwards), computed in float32."""
 
 
 def resnet18_32() -> nn.Module:
@@ -59,45 +76,171 @@ def resnet18_32() -> nn.Module:
     return model
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to build one architecture; `weights` is None where no pretrained weights exist."""
+OWN: dict[str, Callable[[], nn.Module]] = {"resnet18_32": resnet18_32, "convnet": ConvNet}  # no weights
+# The weights a study of these archs has always used: torchvision's DEFAULT for resnet50 is V2 (another
+# file, another recipe, another result). Every other arch takes its DEFAULT; a trial records which.
+PINNED_WEIGHTS = {"resnet18": "IMAGENET1K_V1", "resnet50": "IMAGENET1K_V1"}
+# Builders with auxiliary classifiers: trained with them, they return a namedtuple in train mode
+AUX_LOGITS = frozenset({"googlenet", "inception_v3"})
 
-    build: Callable[[WeightsEnum | None], nn.Module]
-    weights: WeightsEnum | None
+
+@functools.cache
+def architectures() -> tuple[str, ...]:
+    """Every name `arch` accepts: the project's own nets, then torchvision's classifiers."""
+    return (*OWN, *tvm.list_models(module=tvm))
 
 
-MODELS: dict[str, ModelSpec] = {
-    "resnet18": ModelSpec(lambda w: tvm.resnet18(weights=w), ResNet18_Weights.IMAGENET1K_V1),
-    "resnet50": ModelSpec(lambda w: tvm.resnet50(weights=w), ResNet50_Weights.IMAGENET1K_V1),
-    "resnet18_32": ModelSpec(lambda w: resnet18_32(), None),
-    "convnet": ModelSpec(lambda w: ConvNet(), None),
-}
-HEAD = "fc"  # every registered model names its classifier `fc`; FE trains only this module
+def check_arch(arch: str) -> None:
+    """A ValueError with one line (and the nearest names) where `arch` is no architecture."""
+    if arch in architectures():
+        return
+    near = difflib.get_close_matches(arch, architectures(), n=3)
+    hint = f"did you mean {' or '.join(near)}? " if near else ""
+    raise ValueError(f"arch {arch!r} is not a model: {hint}expected {', '.join(OWN)} or a name of "
+                     f"torchvision.models.list_models(module=torchvision.models)")
+
+
+def weights_of(arch: str) -> WeightsEnum | None:
+    """The pretrained weights `arch` uses (`PINNED_WEIGHTS`, else torchvision's DEFAULT); None for
+    the project's own nets, which have none."""
+    check_arch(arch)
+    if arch in OWN:
+        return None
+    weights = tvm.get_model_weights(arch)
+    return weights[PINNED_WEIGHTS[arch]] if arch in PINNED_WEIGHTS else weights.DEFAULT
+
+
+def weights_name(arch: str, pretrained: bool) -> str | None:
+    """What a trial records of its starting weights: the enum's name (``ResNet50_Weights.IMAGENET1K_V1``),
+    None from scratch."""
+    weights = weights_of(arch) if pretrained else None
+    return None if weights is None else f"{type(weights).__name__}.{weights.name}"
 
 
 def build_model(arch: str, num_classes: int, *, pretrained: bool, seed: int | None = None) -> nn.Module:
-    """`arch` with a freshly initialised `fc` of `num_classes` outputs.
+    """`arch` with a freshly initialised classifier layer (`head_name`) of `num_classes` outputs.
 
     With `seed`, the random initial weights are drawn from it (without touching the global
     generator), so a trial's seed decides its whole run; without it they depend on whatever ran
-    before in the process (the first trial of a run differed from run to run).
+    before in the process (the first trial of a run differed from run to run). Built inside
+    ``with torch.device("meta")`` it allocates nothing (for a look at its layers).
     """
-    spec = _spec(arch)
-    if pretrained and spec.weights is None:
-        raise ValueError(f"{arch} has no pretrained weights")
+    weights = weights_of(arch)
+    if pretrained:
+        if weights is None:
+            raise ValueError(f"{arch} has no pretrained weights")
+        path = weights_file(arch)
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights of {arch} missing: put {path.name} into {path.parent}/")
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        model = spec.build(spec.weights if pretrained else None)
-        model.fc = Head(model.fc.in_features, num_classes)
+        model = _build(arch, weights if pretrained else None)
+        name = find_head(model, len(weights.meta["categories"]) if weights is not None else None)
+        model.set_submodule(name, _new_head(model.get_submodule(name), num_classes))
     return model
+
+
+def _build(arch: str, weights: WeightsEnum | None, **kwargs) -> nn.Module:
+    """torchvision's builder (or our own), returning plain logits in train mode as in eval mode."""
+    if arch in OWN:
+        return OWN[arch]()
+    if arch not in AUX_LOGITS:
+        return tvm.get_model(arch, weights=weights, **kwargs)
+    if weights is None:  # init_weights: the builders' own init, without their warning that it will change
+        return tvm.get_model(arch, aux_logits=False, init_weights=True, **kwargs)
+    # with weights torchvision refuses aux_logits=False (its checkpoints hold the auxiliary heads):
+    # drop them after loading, as its googlenet builder does
+    model = tvm.get_model(arch, weights=weights, **kwargs)
+    model.aux_logits = False
+    for name, child in list(model.named_children()):
+        if isinstance(child, (InceptionAux, GoogLeNetAux)):
+            setattr(model, name, None)
+    return model
+
+
+def find_head(model: nn.Module, categories: int | None) -> str:
+    """The name of `model`'s classifier layer: its last `nn.Linear` (``fc``, ``classifier.1``,
+    ``heads.head``), else its last `Conv2d` with `categories` (the weights' class count) outputs
+    (SqueezeNet's ``classifier.1``). Modules are in registration order, which for every torchvision
+    classifier ends with the classifier."""
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if linears:
+        return linears[-1]
+    convs = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Conv2d) and module.out_channels == categories]
+    if convs:
+        return convs[-1]
+    raise ValueError(f"{type(model).__name__} has no nn.Linear and no Conv2d of {categories} outputs to replace")
+
+
+def _new_head(old: nn.Module, num_classes: int) -> nn.Module:
+    if isinstance(old, nn.Linear):
+        return Head(old.in_features, num_classes)
+    assert isinstance(old, nn.Conv2d)
+    return ConvHead(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding)
+
+
+def head_name(model: nn.Module) -> str:
+    """The name of the classifier layer `build_model` put in: the one module FE trains."""
+    names = [name for name, module in model.named_modules() if isinstance(module, (Head, ConvHead))]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no Head layer: build it with objectives.models.build_model")
+    return names[-1]
+
+
+def in_head(name: str, head: str) -> bool:
+    """Whether module or parameter `name` belongs to layer `head` (``classifier.1.weight`` does,
+    ``classifier.10.weight`` does not)."""
+    return name == head or name.startswith(head + ".")
+
+
+@functools.cache
+def size_problem(arch: str, image_size: int, pretrained: bool = False) -> str:
+    """'' where `arch` takes `image_size` px square images, else one line saying what it needs
+    (``vit_b_16 needs image_size 224``, ``alexnet needs image_size >= 63``).
+
+    Decided by an eval-mode forward of a (2, 3, S, S) batch through the model built on the meta
+    device (no memory, no weights, milliseconds), so it holds for whatever the builder does. RegNet
+    builders read tensor values while building, which the meta device has not: for them the
+    weights' recorded ``min_size`` decides."""
+    weights = weights_of(arch)
+    least = int(weights.meta["min_size"][0]) if weights is not None and "min_size" in weights.meta else None
+    try:
+        model = _meta_model(arch, weights if pretrained else None)
+    except Exception:  # noqa: BLE001 - whatever a builder raises on the meta device
+        return "" if least is None or image_size >= least else f"{arch} needs image_size >= {least}"
+    if _takes(model, image_size):
+        return ""
+    if least is None or not _takes(model, least):
+        return f"{arch} cannot take image_size {image_size}"
+    if _takes(model, least + 1) or _takes(model, 2 * least):
+        return f"{arch} needs image_size >= {least}"
+    return f"{arch} needs image_size {least}"
+
+
+@functools.lru_cache(maxsize=4)
+def _meta_model(arch: str, weights: WeightsEnum | None) -> nn.Module:
+    """`arch` on the meta device, in eval mode, with the input size its `weights` fix: a ViT's
+    weights set its image_size (vit_h_14's are 518 px)."""
+    kwargs = {"image_size": int(weights.meta["min_size"][0])} if weights is not None and arch.startswith("vit_") else {}
+    with torch.device("meta"):
+        return _build(arch, None, **kwargs).eval()
+
+
+def _takes(model: nn.Module, size: int) -> bool:
+    try:
+        with torch.no_grad():
+            model(torch.empty(2, 3, size, size, device="meta"))
+        return True
+    except Exception:  # noqa: BLE001 - a size assert, a too-small kernel input, a view that does not fit
+        return False
 
 
 def weights_normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """The (mean, std) the pretrained weights of `arch` were trained with (torchvision's own
     preprocessing), None where `arch` has no pretrained weights."""
-    weights = _spec(arch).weights
+    weights = weights_of(arch)
     if weights is None:
         return None
     preset = weights.transforms()
@@ -105,8 +248,9 @@ def weights_normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ..
 
 
 def weights_file(arch: str) -> Path:
-    """Where torchvision's weights API looks for the pretrained checkpoint of `arch`."""
-    weights = _spec(arch).weights
+    """Where torchvision's weights API looks for the pretrained checkpoint of `arch`: the file
+    name of its weights' URL under ``$TORCH_HOME/hub/checkpoints``."""
+    weights = weights_of(arch)
     if weights is None:
         raise ValueError(f"{arch} has no pretrained weights")
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
@@ -114,14 +258,12 @@ def weights_file(arch: str) -> Path:
 
 def missing_weights(archs: Iterable[str]) -> list[Path]:
     """Checkpoint files of `archs` that are neither cached nor downloadable right now."""
-    missing = [weights_file(a) for a in sorted(set(archs)) if _spec(a).weights is not None]
-    missing = [p for p in missing if not p.is_file()]
-    if missing and _can_download(_spec("resnet18").weights.url):
-        for arch in sorted(set(archs)):
-            if weights_file(arch) in missing:
-                _spec(arch).weights.get_state_dict(progress=True, check_hash=True)
-        missing = [p for p in missing if not p.is_file()]
-    return missing
+    archs = sorted({a for a in archs if weights_of(a) is not None})
+    missing = [a for a in archs if not weights_file(a).is_file()]
+    if missing and _can_download(weights_of(missing[0]).url):
+        for arch in missing:
+            weights_of(arch).get_state_dict(progress=True, check_hash=True)
+    return [weights_file(a) for a in missing if not weights_file(a).is_file()]
 
 
 def _can_download(url: str, timeout: float = 3.0) -> bool:
@@ -132,10 +274,3 @@ def _can_download(url: str, timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
-
-
-def _spec(arch: str) -> ModelSpec:
-    try:
-        return MODELS[arch]
-    except KeyError:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(MODELS)}") from None

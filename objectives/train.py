@@ -23,7 +23,7 @@ from torch import nn
 
 from objectives import metrics
 from objectives.data import Augment, DeviceBatches, ImageSet, Splits
-from objectives.models import HEAD
+from objectives.models import head_name, in_head
 from objectives.progress import BarFactory, no_bar
 
 Report = Callable[[int, Mapping[str, float | str]], None]
@@ -127,12 +127,15 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class FitResult:
-    """Per-epoch curves, the best (validation) epoch, and val/test evaluations at that epoch."""
+    """Per-epoch curves, the best (validation) epoch, and val/test evaluations at that epoch;
+    `weights`: the pretrained weights the model started from (`objectives.models.weights_name`:
+    torchvision's DEFAULT of an arch can change between versions), None from scratch."""
 
     curves: dict[str, list]
     best_epoch: int
     val: Evaluation
     test: Evaluation
+    weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,9 +241,12 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
 
 
 def freeze_backbone(model: nn.Module, frozen: bool) -> None:
-    """Set `requires_grad` of every parameter outside the head to ``not frozen``."""
+    """Set `requires_grad` of every parameter outside the head (`objectives.models.head_name`: the
+    one layer `build_model` replaced; mobilenet_v3's 576->1024 Linear or vgg's FC6/FC7 are backbone)
+    to ``not frozen``."""
+    head = head_name(model) if frozen else ""
     for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(f"{HEAD}.") or not frozen)
+        param.requires_grad_(not frozen or in_head(name, head))
 
 
 def _start_phase(model: nn.Module, phase: str, cfg: FitConfig, *, fused: bool = False):
@@ -259,8 +265,9 @@ def _set_train_mode(model: nn.Module, phase: str) -> None:
     model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper: the names are the model's
     model.train()
     if phase == "fe":
+        head = head_name(model)
         for name, module in model.named_modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(HEAD):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not in_head(name, head):
                 module.eval()
 
 

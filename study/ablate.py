@@ -103,8 +103,8 @@ class AblationOptions:
 def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Output) -> optuna.Study:
     """Check everything, then run (or resume) the retune phase, if asked, and the evaluation grid.
     `opts.space` is not used: an ablation trains its parent's space."""
-    url = opts.storage_url or storage.default_url(opts.results_dir)
-    store = storage.open_storage(url)
+    location = storage.resolve(opts.storage_url, results=opts.results_dir)
+    store = storage.open_storage(location)
     parent = storage.load_study(name, store)
     if not any(t.state == TrialState.COMPLETE for t in parent.get_trials(deepcopy=False)):
         raise InputError(f"study {name} has no complete trial to ablate; run it first")
@@ -112,11 +112,11 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
     found = variants(space, parent, ablation.factors)
     tuned_param = retune_param(space, ablation.retune) if ablation.retune else None
     study_name = ablation.study_name or f"{name}{records.ABLATION_SUFFIX}"
-    existing = _existing(store, study_name, url, parent.direction)
+    existing = _existing(store, study_name, location, parent.direction)
     split = splits_per_seed(registry.objective_module(space))
     plan = _plan(name, parent, space, found, ablation, existing, split)
     if existing is not None:
-        _check_same_plan(existing, plan, ablation, url)
+        _check_same_plan(existing, plan, ablation, location)
 
     dataset = records.StudyRecord.from_study(parent).dataset or ""
     if opts.data is None and not is_embedded(dataset):
@@ -243,9 +243,10 @@ def _plan(name: str, parent: optuna.Study, space: SearchSpace, found: list[Varia
             values = candidates(
                 retune_param(space, ablation.retune), {**space.fixed, **space.pinned}, ablation.retune_trials
             )
-            retune = {"param": ablation.retune, "trials": ablation.retune_trials, "seeds": ablation.retune_seeds,
-                      "candidates": values,
-                      "tuning_seeds": fresh_seeds(ablation.retune_seeds, used | set(seeds), TUNE_SEED_START)}
+            retune = {records.PARAM: ablation.retune, records.RETUNE_TRIALS: ablation.retune_trials,
+                      records.RETUNE_SEEDS: ablation.retune_seeds,
+                      records.CANDIDATES: values,
+                      records.TUNING_SEEDS: fresh_seeds(ablation.retune_seeds, used | set(seeds), TUNE_SEED_START)}
     return AblationRecord(
         parent=name, mode="factorial" if ablation.factors else "one-at-a-time", factors=list(ablation.factors),
         baseline=found[0].name, variants={v.name: v.values for v in found}, levels={v.name: v.levels for v in found},
@@ -290,8 +291,8 @@ class _RetuneObjective:
         self.study = study
         self.values = values
         self.param = param
-        self.candidates = list(retune["candidates"])
-        self.seeds = list(retune["tuning_seeds"])
+        self.candidates = list(retune[records.CANDIDATES])
+        self.seeds = list(retune[records.TUNING_SEEDS])
         self.split = split
         self.trainer = trainer
 
@@ -312,26 +313,26 @@ def _retune(session: Session, name: str, variant: Variant, values: dict[str, Any
     settings = session.prep.space.study
     study = session.study(name, settings.direction, records.is_retune_study)
     records.write_retune_plan(study, variant.name, param.name, retune)
-    if any(study.user_attrs.get(k) != retune[k] for k in ("candidates", "tuning_seeds")):
+    if records.holds_other_retune(study, retune):
         # e.g. left behind by a deleted version-2 ablation of the same name (one seed per candidate)
         raise InputError(f"{name} holds another retune plan (other candidates or tuning seeds); delete it (optuna "
                          f"delete-study --study-name '{name}') or choose another --study-name")
     grid = optuna.samplers.GridSampler(
-        {param.name: list(retune["candidates"]), records.TUNE_SEED: list(retune["tuning_seeds"])}, seed=0)
-    target = len(retune["candidates"]) * len(retune["tuning_seeds"])
+        {param.name: list(retune[records.CANDIDATES]), records.TUNE_SEED: list(retune[records.TUNING_SEEDS])}, seed=0)
+    target = len(retune[records.CANDIDATES]) * len(retune[records.TUNING_SEEDS])
     if session.announce(study, target):
         session.optimize(study, _RetuneObjective(study, values, param, retune, split, session.trainer), target=target,
                          sampler=grid, pruner=make_pruner(session.prep.space), timeout=timeout, max_failures=None)
     if not grid.is_exhausted(study):
         return None
     results = retune_results(study, param.name, retune)
-    best = pick_by_mean(results, len(retune["tuning_seeds"]), maximize=maximize)
+    best = pick_by_mean(results, len(retune[records.TUNING_SEEDS]), maximize=maximize)
     if best is None:
         raise InputError(f"retune of {variant.name}: no candidate of {param.name} finished on all "
-                         f"{len(retune['tuning_seeds'])} tuning seeds (see {name}); nothing to evaluate")
+                         f"{len(retune[records.TUNING_SEEDS])} tuning seeds (see {name}); nothing to evaluate")
     mean = float(np.mean(results[best]))
     session.out.line(f"{variant.name}: {param.name} retuned to {text(best)} (mean validation {settings.metric} "
-                     f"{mean:.4f} over {len(retune['tuning_seeds'])} tuning seeds)")
+                     f"{mean:.4f} over {len(retune[records.TUNING_SEEDS])} tuning seeds)")
     return best
 
 
@@ -344,10 +345,11 @@ def retune_results(study: optuna.Study, param: str, retune: Mapping[str, Any]) -
             key = (t.params[param], t.params[records.TUNE_SEED])
             if t.state == TrialState.COMPLETE or key not in values:
                 values[key] = float(t.value) if t.state == TrialState.COMPLETE else float("nan")
-    return {c: [values.get((c, s), float("nan")) for s in retune["tuning_seeds"]] for c in retune["candidates"]}
+    seeds = retune[records.TUNING_SEEDS]
+    return {c: [values.get((c, s), float("nan")) for s in seeds] for c in retune[records.CANDIDATES]}
 
 
-def _existing(store: optuna.storages.BaseStorage, name: str, url: str,
+def _existing(store: optuna.storages.BaseStorage, name: str, where: storage.Resolved,
               direction: optuna.study.StudyDirection) -> optuna.Study | None:
     """The ablation study `name` if it exists and was made by this design in the parent's
     `direction`; an older one (no version marker, seeds 0..K-1) is refused. One that holds nothing
@@ -356,25 +358,26 @@ def _existing(store: optuna.storages.BaseStorage, name: str, url: str,
         return None
     study = optuna.load_study(study_name=name, storage=store)
     if AblationRecord.is_current(study):
-        check_adoptable(study, direction, AblationRecord.is_current, url)
+        check_adoptable(study, direction, AblationRecord.is_current, where)
         return study
     if not study.get_trials(deepcopy=False):
         return None  # created but never given its plan (a crash in between): start it afresh
     if AblationRecord.is_reported(study):
         raise InputError(
-            f"{name} was made by an older ablate (version {study.user_attrs.get(records.ABLATION_VERSION_KEY)}: "
+            f"{name} was made by an older ablate (version {AblationRecord.version_of(study)}: "
             f"retune on one seed per candidate, split per seed from the TOML) and is not resumed with other "
             f"semantics; `report` still shows it: choose a new name with --study-name or delete it (optuna "
-            f"delete-study --study-name '{name}' --storage {storage.mask(url)})"
+            f"delete-study --study-name '{name}' --storage {where.shown})"
         )
     raise InputError(
         f"{name} was made by an older ablate (seeds 0..K-1, possibly the parent's own) and is not mixed with new "
-        f"trials: delete it (optuna delete-study --study-name '{name}' --storage {storage.mask(url)}) "
+        f"trials: delete it (optuna delete-study --study-name '{name}' --storage {where.shown}) "
         f"or choose another name with --study-name"
     )
 
 
-def _check_same_plan(study: optuna.Study, plan: AblationRecord, ablation: AblationOptions, url: str) -> None:
+def _check_same_plan(study: optuna.Study, plan: AblationRecord, ablation: AblationOptions,
+                     where: storage.Resolved) -> None:
     """A re-run must ask for what the study holds: the same variants (so the same parent best
     trial), factors, number of seeds and retuning."""
     recorded = AblationRecord.from_study(study)
@@ -382,11 +385,11 @@ def _check_same_plan(study: optuna.Study, plan: AblationRecord, ablation: Ablati
     wanted = (ablation.retune, ablation.retune_trials, ablation.retune_seeds) if ablation.retune else (None, None, None)
     same = (recorded.variants == plan.variants and recorded.factors == plan.factors
             and len(recorded.seeds) == ablation.seeds
-            and (retune.get("param"), retune.get("trials"), retune.get("seeds")) == wanted)
+            and tuple(retune.get(k) for k in (records.PARAM, records.RETUNE_TRIALS, records.RETUNE_SEEDS)) == wanted)
     if not same:
         raise InputError(
             f"{study.study_name} exists with other variants, seeds or --retune; run it with its own settings, "
-            f"delete it (optuna delete-study --study-name '{study.study_name}' --storage {storage.mask(url)}) "
+            f"delete it (optuna delete-study --study-name '{study.study_name}' --storage {where.shown}) "
             f"or choose another name with --study-name"
         )
 

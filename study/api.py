@@ -21,27 +21,30 @@ if TYPE_CHECKING:  # the imports a notebook pays for when it calls a function, n
     import optuna
     import pandas as pd
 
+    from study.records import AblationValues
     from study.report.build import Report
 
-SPLITS = ("val", "test")
+    StorageArg = str | optuna.storages.BaseStorage | None  # a URL, a storage object, or None: `storage.resolve`
+
 FIRST = ("number", "state", "value")  # the leading columns; then params, then the trial's record
-RECORD = ("best_epoch", "seconds", "fail_reason")
 
 
-def open_study(name: str, storage: str | None = None, results: str | Path = "results") -> optuna.Study:
-    """The Optuna study `name` in `storage` (a storage URL; default: the results folder's SQLite
-    file). A missing file or an unknown name raises `InputError` with one line saying which."""
+def open_study(name: str, storage: StorageArg = None,
+               results: str | Path = "results") -> optuna.Study:
+    """The Optuna study `name` in `storage`: a storage URL, an Optuna storage object (used as it
+    is: e.g. `optuna.storages.JournalStorage`), or by default $STUDY_STORAGE, else the results
+    folder's SQLite file (`study.storage.resolve`, as the CLI). A missing file or an unknown name
+    raises `InputError` with one line saying which."""
     from objectives.errors import InputError
     from study import storage as storages
 
-    url = storage or storages.default_url(Path(results))
-    path = storages.sqlite_file(url)
-    if path is not None and not path.exists():
-        raise InputError(f"no storage at {path}; run a study first (or pass storage=URL)")
-    return storages.load_study(name, storages.open_storage(url, existing=True))
+    where = storages.resolve(storage, results=results, origin=storages.ARGUMENT)
+    if where.file is not None and not where.file.exists():
+        raise InputError(f"no storage at {where.file}; run a study first (or pass storage=URL)")
+    return storages.load_study(name, storages.open_storage(where, existing=True))
 
 
-def load_trials(name: str | optuna.Study, storage: str | None = None, results: str | Path = "results") -> pd.DataFrame:
+def load_trials(name: str | optuna.Study, storage: StorageArg = None, results: str | Path = "results") -> pd.DataFrame:
     """One row per finished trial of the study: `number, state, value`, one column per sampled
     parameter (NaN in a trial where it was not active: `focal_gamma` of a cross-entropy trial),
     `best_epoch, seconds, fail_reason`, then `val_<metric>` and `test_<metric>` for every metric
@@ -49,39 +52,35 @@ def load_trials(name: str | optuna.Study, storage: str | None = None, results: s
     trials are left out: they have nothing to show yet. Each test metric's 95 % patient-bootstrap
     interval, recorded when the trial ended, is `test_<metric>_low` / `test_<metric>_high` (NaN
     for an older trial that recorded none)."""
+    from study.records import RECORD_COLUMNS
+
     study = _study(name, storage, results)
     trials = _finished(study)
     params = list(dict.fromkeys(p for t in trials for p in t.params))
     rows = [{**_head(t), **{p: t.params.get(p, math.nan) for p in params}, **_record(t)} for t in trials]
-    return _frame(rows, [*FIRST, *params, *RECORD])
+    return _frame(rows, [*FIRST, *params, *RECORD_COLUMNS])
 
 
-def load_ablation(name: str | optuna.Study, storage: str | None = None,
+def load_ablation(name: str | optuna.Study, storage: StorageArg = None,
                   results: str | Path = "results") -> pd.DataFrame:
     """One row per trained seed of an ablation: `number, state, value, variant, seed`, the
     variant's parameters (NaN where inactive in that variant; a retuned parameter at the value
     its retune picked), then the trial's record as in `load_trials`. `name` is the ablation study
     (`dr_focal.ablation`, or the name given to `ablate --study-name`) or its parent (`dr_focal`)."""
-    study = _ablation_study(name, storage, results)
-    attrs = study.user_attrs
-    variants: dict[str, dict[str, Any]] = attrs["variants"]
-    retuned: dict[str, Any] = attrs.get("retuned") or {}
-    retune_param = (attrs.get("retune") or {}).get("param")
-    params = list(dict.fromkeys(p for values in variants.values() for p in values))
-    if retune_param and retune_param not in params:
-        params.append(retune_param)
+    from study.records import RECORD_COLUMNS, SEED, VARIANT
+
+    study, plan = _ablation_study(name, storage, results)
+    params = plan.params()
     rows = []
     for t in _finished(study):
-        variant = t.params.get("variant")
-        values = dict(variants.get(variant, {}))
-        if retune_param and variant in retuned:
-            values[retune_param] = retuned[variant] if retuned[variant] is not None else math.nan
-        rows.append({**_head(t), "variant": variant, "seed": t.params.get("seed"),
+        variant = t.params.get(VARIANT)
+        values = plan.values(variant)
+        rows.append({**_head(t), VARIANT: variant, SEED: t.params.get(SEED),
                      **{p: values.get(p, math.nan) for p in params}, **_record(t)})
-    return _frame(rows, [*FIRST, "variant", "seed", *params, *RECORD])
+    return _frame(rows, [*FIRST, VARIANT, SEED, *params, *RECORD_COLUMNS])
 
 
-def factor_table(study: str | optuna.Study, storage: str | None = None,
+def factor_table(study: str | optuna.Study, storage: StorageArg = None,
                  results: str | Path = "results") -> pd.DataFrame:
     """The report's factor table (`factors.csv`): per level of each sampled parameter, counts and
     the level's best trial. A map of the search, not an ablation (see the report's caption)."""
@@ -91,7 +90,7 @@ def factor_table(study: str | optuna.Study, storage: str | None = None,
     return frames.factor_table(frames.trial_frame(study), frames.factors(study), _maximize(study))
 
 
-def cell_table(study: str | optuna.Study, storage: str | None = None, results: str | Path = "results") -> pd.DataFrame:
+def cell_table(study: str | optuna.Study, storage: StorageArg = None, results: str | Path = "results") -> pd.DataFrame:
     """The report's cell table (`cells.csv`): the best trial per combination of the study's
     recorded `[report] cells`."""
     from study.report import frames
@@ -100,17 +99,17 @@ def cell_table(study: str | optuna.Study, storage: str | None = None, results: s
     return frames.cell_table(frames.trial_frame(study), _maximize(study), frames.recorded_layout(study).cells)
 
 
-def ablation_table(study: str | optuna.Study, storage: str | None = None,
+def ablation_table(study: str | optuna.Study, storage: StorageArg = None,
                    results: str | Path = "results") -> pd.DataFrame:
     """The report's ablation statistics (`ablation_study.csv`): per variant and metric n, mean,
     std, the paired difference with its 95 % CI, p, Holm-adjusted p and P(better). `study` is the
     ablation study or its parent."""
     from study.report.ablation import ablation_frame
 
-    return ablation_frame(_ablation_study(study, storage, results))
+    return ablation_frame(_ablation_study(study, storage, results)[0])
 
 
-def importance_table(study: str | optuna.Study, storage: str | None = None,
+def importance_table(study: str | optuna.Study, storage: StorageArg = None,
                      results: str | Path = "results") -> tuple[pd.DataFrame, str]:
     """The report's importances and the sentence that qualifies them (empty frame and the reason
     when the study has too few complete trials)."""
@@ -121,7 +120,7 @@ def importance_table(study: str | optuna.Study, storage: str | None = None,
 
 def write_report(study: str | optuna.Study, out: str | Path | None = None,
                  formats: Sequence[str] = ("md", "csv", "tex"),
-                 storage: str | None = None, results: str | Path = "results",
+                 storage: StorageArg = None, results: str | Path = "results",
                  ablation: str | optuna.Study | None = None) -> Report:
     """What `study report` writes (tables, figures, report.md) for a study object, into `out`
     (default `results/<study name>`); `ablation` adds its table."""
@@ -133,14 +132,16 @@ def write_report(study: str | optuna.Study, out: str | Path | None = None,
     return build_report(study, folder, list(formats), "python", paired)
 
 
-def _study(study: str | optuna.Study, storage: str | None, results: str | Path) -> optuna.Study:
+def _study(study: str | optuna.Study, storage: StorageArg, results: str | Path) -> optuna.Study:
     return open_study(study, storage, results) if isinstance(study, str) else study
 
 
-def _ablation_study(name: str | optuna.Study, storage: str | None, results: str | Path) -> optuna.Study:
-    """The ablation study `name`, or the default-named ablation of the parent study `name`."""
+def _ablation_study(name: str | optuna.Study, storage: StorageArg,
+                    results: str | Path) -> tuple[optuna.Study, AblationValues]:
+    """The ablation study `name`, or the default-named ablation of the parent study `name`, with
+    its variants' values."""
     from objectives.errors import InputError
-    from study.records import ABLATION_SUFFIX
+    from study.records import ABLATION_SUFFIX, AblationValues
 
     study = name
     if isinstance(name, str):
@@ -148,9 +149,10 @@ def _ablation_study(name: str | optuna.Study, storage: str | None, results: str 
             study = open_study(name if name.endswith(ABLATION_SUFFIX) else name + ABLATION_SUFFIX, storage, results)
         except InputError:  # not a parent with a default-named ablation: the name itself must be one
             study = open_study(name, storage, results)
-    if "variants" not in study.user_attrs:
+    plan = AblationValues.from_study(study)
+    if plan is None:
         raise InputError(f"{study.study_name} is not an ablation study (made by `study ablate`)")
-    return study
+    return study, plan
 
 
 def _maximize(study: optuna.Study) -> bool:
@@ -171,38 +173,10 @@ def _head(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 
 def _record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """The trial's record flattened: scalar metrics as `<split>_<name>`, per-class lists (recall)
-    as `<split>_<name>_<class>`."""
-    attrs = trial.user_attrs
-    row: dict[str, Any] = {"best_epoch": attrs.get("best_epoch"), "seconds": attrs.get("seconds"),
-                           "fail_reason": attrs.get("fail_reason")}
-    classes = attrs.get("class_names") or []
-    for split in SPLITS:
-        for metric, value in (attrs.get(f"{split}_metrics") or {}).items():
-            if isinstance(value, list):
-                names = classes if len(classes) == len(value) else [str(i) for i in range(len(value))]
-                row.update({f"{split}_{metric}_{c}": math.nan if v is None else v for c, v in zip(names, value)})
-            else:
-                row[f"{split}_{metric}"] = math.nan if value is None else value
-    from study.records import TEST_INTERVALS
+    """The trial's record flattened (`records.TrialRecord.row`, shared with the report's frames)."""
+    from study.records import TrialRecord
 
-    row.update(_interval_columns(attrs.get(TEST_INTERVALS), classes))
-    return row
-
-
-def _interval_columns(record: dict[str, Any] | None, classes: list[str]) -> dict[str, float]:
-    """`test_<metric>_low` / `test_<metric>_high` from the intervals the trial recorded when it
-    ended (never recomputed here); per-class recall named by class like `test_recall_<class>`.
-    A trial without them (an older run, a pruned trial) has no such columns (NaN in the frame)."""
-    from study.records import interval_key
-
-    out: dict[str, float] = {}
-    for metric, bounds in ((record or {}).get("intervals") or {}).items():
-        if metric.startswith("recall_") and metric[7:].isdigit() and int(metric[7:]) < len(classes):
-            metric = f"recall_{classes[int(metric[7:])]}"
-        for end, value in zip(("low", "high"), bounds):
-            out[interval_key(metric, end)] = math.nan if value is None else float(value)
-    return out
+    return TrialRecord.from_trial(trial).row()
 
 
 def _frame(rows: list[dict[str, Any]], leading: list[str]) -> pd.DataFrame:

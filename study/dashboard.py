@@ -23,18 +23,18 @@ def study_url(host: str, port: int, study_id: int) -> str:
     return f"http://{shown}:{port}/dashboard/studies/{study_id}"
 
 
-def serve(name: str, url: str, results: Path, host: str, port: int) -> None:
+def serve(name: str, where: storage.Resolved, results: Path, host: str, port: int) -> None:
     """Serve until interrupted: the storage and the study checked, then the address bound, and
     only then the artifact folder made and the study's URL printed (optuna-dashboard's own server
     would print "Listening on ..." before it fails to bind)."""
     from optuna_dashboard import run_server
 
-    store = storage.open_storage(url, existing=True)
+    store = storage.open_storage(where, existing=True)
     try:
         study_id = store.get_study_id_from_name(name)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
-        raise InputError(f"no study {name!r} in {storage.mask(url)} (it has: {', '.join(names) or 'none'})") from None
+        raise InputError(f"no study {name!r} in {where.shown} (it has: {', '.join(names) or 'none'})") from None
     check_bind(host, port)
     if not is_loopback(host):
         print(f"study: warning: serving on {host}, not a loopback address: the dashboard has no authentication, "
@@ -42,7 +42,7 @@ def serve(name: str, url: str, results: Path, host: str, port: int) -> None:
               file=sys.stderr, flush=True)
     folder = results / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"dashboard: {study_url(host, port, study_id)}  (storage {storage.mask(url)}; Ctrl-C stops)", flush=True)
+    print(f"dashboard: {study_url(host, port, study_id)}  (storage {where.shown}; Ctrl-C stops)", flush=True)
     try:
         run_server(store, host=host, port=port, artifact_store=FileSystemArtifactStore(str(folder)))
     except OSError as exc:

@@ -1,13 +1,16 @@
 """Every key a trial or a study stores in the Optuna storage, with its writer and a typed reader.
 
-Writers (the run loop, `ablate`) and readers (`report`, `list`, the notebook API) use only the names
-and classes here, so a key is spelled once. The keys and their meanings are those of every study the
-tool has written: a study made by an earlier version reads back with the same classes (a key it
-lacks reads as empty).
+Writers (the run loop, `ablate`, the heartbeat's retry) and readers (`report`, `list`, the notebook
+API, the dashboard notes, the storage callbacks) use only the names, classes and functions here,
+so a key is spelled once and a damaged value reads as missing in one place. `TrialRecord.row` is
+the one flattener of a trial into columns (`load_trials` shows it, the report's frames pick from
+it). The keys and their meanings are those of every study the tool has written: a study made by an
+earlier version reads back with the same classes (a key it lacks reads as empty).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -18,10 +21,8 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.metrics import METRIC_NAMES
 from study.report_layout import ReportLayout
 
-METRICS = METRIC_NAMES  # the metrics every split records and the report tabulates (directions: objectives.metrics)
 SPLITS = ("val", "test")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts toward a study's target
 STALE = "stale worker"  # how a FAIL trial without a recorded reason is shown (its worker died)
@@ -37,6 +38,7 @@ CLASS_NAMES = "class_names"
 SPLIT_HASH = "split_hash"  # sha256 of the split manifest the trial trained on
 FAIL_REASON = "fail_reason"  # nan_loss, cuda_oom, cuda_error, interrupted, or "Class: first line"
 SECONDS = "seconds"  # wall time of `run` inside the trial
+WEIGHTS = "weights"  # the pretrained weights a complete trial started from (``ResNet50_Weights.IMAGENET1K_V1``)
 RESUMED_FROM = "resumed_from"  # {"trial": n, "epoch": e}: the checkpoint this attempt continued
 RESUME_OF = "resume_of"  # set on a re-queued interrupted trial: the number of the one it re-runs
 INTERRUPTED = "interrupted"  # the fail reason of a trial stopped by Ctrl-C / SIGTERM
@@ -73,7 +75,28 @@ def interval_key(metric: str, end: str) -> str:
     return f"test_{metric}_{end}"
 
 
+def interval_bounds(record: Any) -> Mapping[str, Any]:
+    """The {metric: [low, high]} of a `TEST_INTERVALS` record; {} for none (an older trial) or
+    anything else a damaged storage holds."""
+    bounds = record.get("intervals") if isinstance(record, Mapping) else None
+    return bounds if isinstance(bounds, Mapping) else {}
+
+
+def interval_resamples(record: Any) -> Any:
+    """How many resamples a `TEST_INTERVALS` record's intervals were drawn from (None if unsaid)."""
+    return record.get("resamples") if isinstance(record, Mapping) else None
+
+
 # ---------------------------------------------------------------- trial and study system attrs
+RETRY_HISTORY = "retry_history"  # Optuna's trial system attr: the earlier attempts a heartbeat retry re-runs
+
+
+def retry_attempts(trial: FrozenTrial) -> int:
+    """This attempt's number as Optuna's heartbeat retry counts it (before it appends to
+    `RETRY_HISTORY`): 1 for a first attempt."""
+    history = trial.system_attrs.get(RETRY_HISTORY)
+    return (len(history) if isinstance(history, list) else 0) + 1
+
 # (`study.predictions` writes and reads them: compressed, chunked arrays the dashboard never lists)
 PREDICTIONS = "predictions"  # trial: predictions:<split> header, predictions:<split>:<i> chunks
 PREDICTION_ROWS = "prediction_rows"  # study: prediction_rows:<rows>:<split> header, ...:<i> chunks
@@ -115,7 +138,10 @@ SPLIT_PER_SEED = "split_per_seed"  # an ablation's plan: whether seed s also dre
 VARIANT = "variant"  # the ablation grid's params (variant, seed); a retune study's attr `variant`
 SEED = "seed"
 TUNE_SEED = "tune_seed"  # a retune study's grid param (version 3): the tuning seed of the cell
-PARAM = "param"  # a retune study's attrs: variant, param and the plan's retune mapping
+# an ablation's retune plan (its `RETUNE` attr, a mapping; each retune study stores it as its own attrs
+# beside `VARIANT`): the parameter, trials and seeds asked for, the candidates and the tuning seeds
+PARAM, RETUNE_TRIALS, RETUNE_SEEDS = "param", "trials", "seeds"
+CANDIDATES, TUNING_SEEDS = "candidates", "tuning_seeds"
 
 
 @dataclass(frozen=True)
@@ -141,6 +167,7 @@ class TrialRecord:
     resume_of: int | None
     retry_of: int | None  # the latest attempt a heartbeat retry re-runs (Optuna's retry history)
     test_intervals: Mapping[str, Any] | None = None  # TEST_INTERVALS; None: an older trial, or not complete
+    weights: str | None = None  # WEIGHTS; None: from scratch, an older trial, or not complete
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
@@ -150,18 +177,19 @@ class TrialRecord:
             history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
         return cls(
             number=trial.number, state=trial.state, value=trial.value, params=trial.params,
-            config=attrs.get(CONFIG, {}), curves=attrs.get(CURVES, {}), best_epoch=attrs.get(BEST_EPOCH),
-            val_metrics=attrs.get(metrics_key("val"), {}), test_metrics=attrs.get(metrics_key("test"), {}),
+            config=_mapping(attrs.get(CONFIG)), curves=_mapping(attrs.get(CURVES)), best_epoch=attrs.get(BEST_EPOCH),
+            val_metrics=_mapping(attrs.get(metrics_key("val"))), test_metrics=_mapping(attrs.get(metrics_key("test"))),
             val_confusion=attrs.get(confusion_key("val")), test_confusion=attrs.get(confusion_key("test")),
-            class_names=attrs.get(CLASS_NAMES, []), fail_reason=attrs.get(FAIL_REASON), seconds=attrs.get(SECONDS),
+            class_names=_list(attrs.get(CLASS_NAMES)), fail_reason=attrs.get(FAIL_REASON), seconds=attrs.get(SECONDS),
             split_hash=attrs.get(SPLIT_HASH), resumed_from=attrs.get(RESUMED_FROM), resume_of=attrs.get(RESUME_OF),
             retry_of=history[-1] if history else None, test_intervals=attrs.get(TEST_INTERVALS),
+            weights=attrs.get(WEIGHTS),
         )
 
     @property
     def epochs(self) -> int:
         """Epochs trained (and reported), pruned trials included."""
-        return len(self.curves.get("epoch", []))
+        return len(self.curves.get("epoch") or [])
 
     @property
     def origin(self) -> int | None:
@@ -175,7 +203,7 @@ class TrialRecord:
         """The recorded 95 % test interval of `metric` (``recall_<c>`` per class), None where the
         trial has none (an older run) or the metric has none."""
         try:  # a stored record is not trusted: anything but two numbers reads as none
-            low, high = (self.test_intervals or {}).get("intervals", {}).get(metric)
+            low, high = interval_bounds(self.test_intervals).get(metric)
             return float(low), float(high)
         except (AttributeError, TypeError, ValueError):
             return None
@@ -183,6 +211,62 @@ class TrialRecord:
     def shown_reason(self) -> str:
         """The failure reason as `list` and `report` show it."""
         return str(self.fail_reason or STALE)
+
+    def row(self) -> dict[str, Any]:
+        """The trial's record as one flat row, one column per number: `RECORD_COLUMNS`, then each
+        split's metrics as ``<split>_<name>`` (per-class lists such as recall as
+        ``<split>_<name>_<class>``), then each recorded test interval as ``test_<metric>_low`` /
+        ``_high``. The one flattener of a trial: `load_trials` shows it, the report's
+        `trial_frame` picks its columns from it."""
+        row: dict[str, Any] = {BEST_EPOCH: self.best_epoch, SECONDS: self.seconds, FAIL_REASON: self.fail_reason}
+        for split in SPLITS:
+            for metric, value in self.metrics(split).items():
+                if isinstance(value, list):
+                    row.update({f"{split}_{metric}_{c}": _number(v) for c, v in zip(self._class_labels(value), value)})
+                else:
+                    row[f"{split}_{metric}"] = _number(value)
+        return {**row, **self._interval_columns()}
+
+    def _class_labels(self, values: list) -> list[str]:
+        """A per-class list's column suffixes: the class names, or indices where they do not fit."""
+        names = self.class_names
+        return [str(c) for c in names] if len(names) == len(values) else [str(i) for i in range(len(values))]
+
+    def _interval_columns(self) -> dict[str, float]:
+        """`test_<metric>_low` / `_high` from the intervals the trial recorded when it ended (never
+        recomputed); per-class recall named by class like `test_recall_<class>`. A trial without
+        them (an older run, a pruned trial) has no such columns."""
+        classes = self.class_names
+        out: dict[str, float] = {}
+        for metric, bounds in interval_bounds(self.test_intervals).items():
+            if metric.startswith("recall_") and metric[7:].isdigit() and int(metric[7:]) < len(classes):
+                metric = f"recall_{classes[int(metric[7:])]}"
+            try:
+                low, high = (_number(b, strict=True) for b in bounds)
+            except (TypeError, ValueError):
+                continue  # not two numbers (a damaged record): no columns, as for a trial without intervals
+            out[interval_key(metric, "low")], out[interval_key(metric, "high")] = low, high
+        return out
+
+
+RECORD_COLUMNS = (BEST_EPOCH, SECONDS, FAIL_REASON)  # a trial's own columns in `TrialRecord.row`, first
+
+
+def _number(value: Any, *, strict: bool = False) -> Any:
+    """A stored number for a row: None (a NaN stored by JSON) as NaN; `strict` also makes it a float."""
+    if value is None:
+        return math.nan
+    return float(value) if strict else value
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A stored mapping, or {} where the key is missing or holds something else."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list:
+    """A stored list, or [] where the key is missing or holds something else."""
+    return value if isinstance(value, list) else []
 
 
 class TrialWriter:
@@ -209,6 +293,9 @@ class TrialWriter:
 
     def curves(self, curves: Mapping[str, list]) -> None:
         self.trial.set_user_attr(CURVES, curves)
+
+    def weights(self, name: str) -> None:
+        self.trial.set_user_attr(WEIGHTS, name)
 
     def resumed(self, trial: int, epoch: int) -> None:
         self.trial.set_user_attr(RESUMED_FROM, {"trial": trial, "epoch": epoch})
@@ -274,6 +361,12 @@ class StudyRecord:
             report=ReportLayout.from_record(attrs.get(REPORT)), split_hash=attrs.get(SPLIT_HASH),
             shared_test_groups=attrs.get(SHARED_TEST_GROUPS), content_hash=attrs.get(CONTENT_HASH),
         )
+
+    @staticmethod
+    def metric_of(study: optuna.Study) -> str:
+        """The study's recorded metric alone ("value" where none is), without reading the rest."""
+        metric = study.user_attrs.get(METRIC, "value")
+        return metric if isinstance(metric, str) else "value"
 
     @staticmethod
     def is_ours(study: optuna.Study) -> bool:
@@ -386,15 +479,20 @@ class AblationRecord:
         )
 
     @staticmethod
+    def version_of(study: optuna.Study) -> Any:
+        """The ablation version the study recorded (None: an ablation of before versions, or none)."""
+        return study.user_attrs.get(ABLATION_VERSION_KEY)
+
+    @staticmethod
     def is_current(study: optuna.Study) -> bool:
         """Made by this design (version 3); `ablate` resumes only these."""
-        return study.user_attrs.get(ABLATION_VERSION_KEY) == ABLATION_VERSION
+        return AblationRecord.version_of(study) == ABLATION_VERSION
 
     @staticmethod
     def is_reported(study: optuna.Study) -> bool:
         """An ablation `report` tabulates: this version or one before it that recorded its seeds
         (each reported as it ran; never resumed, see `study.ablate._existing`)."""
-        return study.user_attrs.get(ABLATION_VERSION_KEY) in REPORTED_VERSIONS
+        return AblationRecord.version_of(study) in REPORTED_VERSIONS
 
     @property
     def factorial(self) -> bool:
@@ -427,6 +525,40 @@ class AblationRecord:
         study.set_user_attr(RETUNED, dict(picked))
 
 
+@dataclass(frozen=True)
+class AblationValues:
+    """Each variant's parameter values as an ablation study recorded them (any version that
+    recorded `VARIANTS`), a retuned parameter at the value its retune picked: what `load_ablation`
+    shows beside each seed."""
+
+    variants: Mapping[str, Mapping[str, Any]]
+    retuned: Mapping[str, Any]
+    retune_param: str | None
+
+    @classmethod
+    def from_study(cls, study: optuna.Study) -> AblationValues | None:
+        """The study's values; None where it recorded no variants (not an ablation study)."""
+        attrs = study.user_attrs
+        variants = attrs.get(VARIANTS)
+        if not isinstance(variants, Mapping):
+            return None
+        param = _mapping(attrs.get(RETUNE)).get(PARAM)
+        return cls(variants, _mapping(attrs.get(RETUNED)), param if isinstance(param, str) and param else None)
+
+    def params(self) -> list[str]:
+        """Every parameter a variant sets, in first-seen order, then the retuned one."""
+        params = list(dict.fromkeys(p for values in self.variants.values() for p in values))
+        return params if self.retune_param is None or self.retune_param in params else [*params, self.retune_param]
+
+    def values(self, variant: Any) -> dict[str, Any]:
+        """`variant`'s values ({} for one the plan lacks); its retuned parameter NaN where inactive."""
+        values = dict(self.variants.get(variant, {}))
+        if self.retune_param and variant in self.retuned:
+            picked = self.retuned[variant]
+            values[self.retune_param] = picked if picked is not None else math.nan
+        return values
+
+
 def is_retune_study(study: optuna.Study) -> bool:
     """Whether `study` is a retune study `ablate --retune` made (`write_retune_plan` recorded it)."""
     return VARIANT in study.user_attrs and PARAM in study.user_attrs
@@ -437,6 +569,11 @@ def write_retune_plan(study: optuna.Study, variant: str, param: str, retune: Map
     if VARIANT not in study.user_attrs:
         for key, value in {VARIANT: variant, PARAM: param, **retune}.items():
             study.set_user_attr(key, value)
+
+
+def holds_other_retune(study: optuna.Study, retune: Mapping[str, Any]) -> bool:
+    """Whether a retune study recorded another grid (candidates or tuning seeds) than `retune`."""
+    return any(study.user_attrs.get(key) != retune[key] for key in (CANDIDATES, TUNING_SEEDS))
 
 
 @dataclass(frozen=True)

@@ -299,7 +299,7 @@ def _check_metric(study: StudySettings, explicit: bool, where: str) -> StudySett
         found = metrics.metric(study.metric)
     except (ValueError, TypeError):
         raise SpaceError(f"{where}: [study].metric = {study.metric!r} is unknown; known: "
-                         f"{', '.join(metrics.REGISTRY)}") from None
+                         f"{metrics.known()}") from None
     if not explicit:
         return dataclasses.replace(study, direction=found.direction)
     if study.direction in DIRECTIONS and study.direction != found.direction:

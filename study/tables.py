@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -131,17 +132,48 @@ def latex(frame: pd.DataFrame, caption: str, label: str) -> str:
     return text[:begin] + FIT_OPEN + text[begin:end] + "}" + text[end:]
 
 
-def write(frame: pd.DataFrame, display: pd.DataFrame, stem: Path, formats: Sequence[str], caption: str) -> list[Path]:
+@dataclass(frozen=True)
+class Caption:
+    """A caption a paper can use (`text`: what was compared, over what, what the interval and the
+    star mean, what the table supports) and the notes that qualify this table's numbers (`notes`:
+    failed seeds, confounds, what the intervals leave out), printed under the table. ``in`` and
+    ``str`` see both, so every caveat stays next to the figures it qualifies."""
+
+    text: str
+    notes: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return " ".join((self.text, *self.notes))
+
+    def __contains__(self, part: str) -> bool:
+        return part in str(self)
+
+    def markdown_notes(self) -> str:
+        return "\n\nNotes:\n\n" + "\n".join(f"- {note}" for note in self.notes) if self.notes else ""
+
+    def latex_notes(self) -> str:
+        """The notes as a small paragraph under the tabular, inside the float."""
+        if not self.notes:
+            return ""
+        return "\\par\\smallskip{\\footnotesize\\emph{Notes.} " + latex_escape(" ".join(self.notes)) + "\\par}\n"
+
+
+def write(frame: pd.DataFrame, display: pd.DataFrame, stem: Path, formats: Sequence[str],
+          caption: str | Caption) -> list[Path]:
     """`stem`.csv from the raw numbers (every column; reads back with pandas to the same values);
-    .md and .tex from `display`, the page view (formatted cells, headline columns only)."""
+    .md and .tex from `display`, the page view (formatted cells, headline columns only), with a
+    `Caption`'s notes under the table."""
+    caption = caption if isinstance(caption, Caption) else Caption(caption)
     written = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
         if fmt == "csv":
             frame.to_csv(path, index=False)
         elif fmt == "md":
-            path.write_text(f"{caption}\n\n{markdown(display)}")
+            path.write_text(f"{caption.text}\n\n{markdown(display)}{caption.markdown_notes()}")
         else:
-            path.write_text(latex(display, caption, f"tab:{stem.name}"))
+            text = latex(display, caption.text, f"tab:{stem.name}")
+            end = text.rindex("\\end{table}")
+            path.write_text(text[:end] + caption.latex_notes() + text[end:])
         written.append(path)
     return written

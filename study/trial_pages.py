@@ -32,7 +32,8 @@ import optuna
 from optuna.artifacts import upload_artifact
 from optuna.storages import BaseStorage
 
-from objectives.metrics import REGISTRY
+from objectives.metrics import headline_first, long_label
+from study.records import TrialRecord, interval_bounds, interval_resamples
 from study.renderer import receive as renderer_receive
 from study.renderer import send as renderer_send
 
@@ -44,9 +45,6 @@ class ArtifactStore(Protocol):
     """What Optuna's artifact stores (file system, S3, GCS) offer: writing an artifact's bytes."""
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None: ...
-
-
-METRICS = tuple(REGISTRY)  # the note's columns, in the registry's order (kappa, ..., loss)
 
 
 @dataclass(frozen=True)
@@ -86,12 +84,11 @@ def note(page: Page) -> str:
     if page.seconds is not None:
         facts.append(f"training time: {page.seconds:.1f} s")
     lines += [" · ".join(facts)] if facts else []
-    shown = [m for m in (page.metric, *METRICS) if m in page.val or m in page.test]
-    shown = list(dict.fromkeys(shown))
+    shown = [m for m in headline_first(page.metric) if m in page.val or m in page.test]  # the registry's
     if shown:
-        lines += ["", "| split | " + " | ".join(m.replace("_", " ") for m in shown) + " |",
+        lines += ["", "| split | " + " | ".join(long_label(m) for m in shown) + " |",
                   "| :-- | " + " | ".join("--:" for _ in shown) + " |"]
-        bounds = (page.intervals or {}).get("intervals", {})
+        bounds = interval_bounds(page.intervals)
         for split, values in (("validation", page.val), ("test", page.test)):
             if values:
                 cells = [_number(values.get(m), m) + (_bounds(bounds.get(m)) if split == "test" else "")
@@ -99,7 +96,7 @@ def note(page: Page) -> str:
                 lines.append(f"| {split} | " + " | ".join(cells) + " |")
         if page.test and page.intervals:
             lines.append(f"\nTest: 95 % intervals [low, high] from a bootstrap over test patients "
-                         f"({page.intervals.get('resamples')} resamples).")
+                         f"({interval_resamples(page.intervals)} resamples).")
         elif page.test and page.state == "COMPLETE":
             lines.append("\nTest intervals missing (older run).")
     sampled = {k: v for k, v in page.params.items()}
@@ -115,13 +112,12 @@ def note(page: Page) -> str:
 
 def heartbeat_note(trial: optuna.trial.FrozenTrial, metric: str, retried: bool) -> str:
     """The note of a trial failed because its worker stopped sending heartbeats (killed, lost)."""
-    attrs = trial.user_attrs
-    done = len((attrs.get("curves") or {}).get("epoch", []))
+    record = TrialRecord.from_trial(trial)
     then = ("Optuna queued a retry with the same parameters, which resumes from its checkpoint" if retried
             else "its retries are used up, so it stays failed")
-    page = Page("", trial.number, "FAIL", metric, dict(trial.params), attrs.get("config") or {},
-                reason=f"its worker stopped sending heartbeats after {done} epoch(s) (killed or lost); {then}",
-                curves=attrs.get("curves") or {})
+    page = Page("", trial.number, "FAIL", metric, dict(trial.params), record.config,
+                reason=f"its worker stopped sending heartbeats after {record.epochs} epoch(s) (killed or lost); {then}",
+                curves=record.curves)
     return note(page)
 
 

@@ -42,10 +42,10 @@ def space_with(study_lines: str) -> str:
 
 
 def test_the_registry_knows_each_metric_direction_and_needs_no_torch():
-    assert set(metrics.METRIC_NAMES) < set(metrics.REGISTRY)  # every confusion metric, and the loss
+    assert set(metrics.CONFUSION_METRICS) < set(metrics.REGISTRY)  # every confusion metric, and the loss
     assert metrics.metric("loss").direction == "minimize" and metrics.metric("loss").needs_scores
     assert all(metrics.metric(m).direction == "maximize" and not metrics.metric(m).needs_scores
-               for m in metrics.METRIC_NAMES)
+               for m in metrics.CONFUSION_METRICS)
     with pytest.raises(ValueError, match="unknown metric 'kapa'; known: kappa, accuracy"):
         metrics.metric("kapa")
     assert metrics.higher_is_better("kappa") and not metrics.higher_is_better("loss")
@@ -145,7 +145,8 @@ def ablation_study(cells, *, version=ABLATION_VERSION, plan_extra=None, variant_
                                              user_attrs={"fail_reason": value}))
             else:
                 study.add_trial(create_trial(params=params, distributions=dists, value=value,
-                                             user_attrs={"test_metrics": {m: value for m in metrics.METRIC_NAMES}}))
+                                             user_attrs={records.metrics_key("test"):
+                                                         dict.fromkeys(metrics.CONFUSION_METRICS, value)}))
     return study
 
 

@@ -7,7 +7,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from objectives.metrics import METRIC_NAMES, summarize
+from objectives.metrics import CONFUSION_METRICS, summarize
 from study.predictions import Predictions, write_predictions
 from study.records import ABLATION_VERSION
 from study.report import ablation as ablation_report
@@ -62,7 +62,7 @@ def ablation_with_predictions(*, store=True, fail=None):
             measured = summarize(confusion)
             study.enqueue_trial(params)
             trial = study.ask(dists)  # running: Optuna takes system attrs of running trials only
-            trial.set_user_attr("test_metrics", {m: measured[m] for m in METRIC_NAMES})
+            trial.set_user_attr("test_metrics", {m: measured[m] for m in CONFUSION_METRICS})
             if store:
                 write_predictions(study, trial, "test", Predictions(probabilities, labels, groups), "hash")
                 own = np.random.default_rng([seed, len(name)])  # each seed its own validation split

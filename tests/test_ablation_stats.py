@@ -359,7 +359,15 @@ def test_ablation_frame_contract_and_numbers(tmp_path):
     assert "paired by seed" in caption and "Holm" in caption and "1001, 1002, 1003, 1004" in caption
     assert "No parameter was retuned" in caption and "lr 0.01" in caption
     assert "loss=ce (focal_gamma 2 -> unused) seed 1004" in caption  # the unpaired seed is named
-    assert "Does not support" in caption
+    # a caption a paper can use: three sentences, the caveats as notes under the table
+    assert "Supports:" in caption.text and "not that a factor does not matter" in caption.text
+    assert caption.text.count(". ") <= 3 and len(caption.text) < 700, caption.text
+    assert "loss=ce (focal_gamma 2 -> unused) seed 1004" not in caption.text and caption.notes
+    tables.write(table, display, tmp_path / "ablation_study", ["md", "tex"], caption)
+    md = (tmp_path / "ablation_study.md").read_text()
+    assert md.startswith(caption.text) and "\nNotes:\n" in md and "- Not finished" in md
+    tex = (tmp_path / "ablation_study.tex").read_text()
+    assert tex.index("\\caption") < tex.index("\\emph{Notes.}") < tex.index("\\end{table}")
 
 
 def test_factorial_ablation_frame_has_cells_and_effects():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from objectives.metrics import quadratic_kappa
+from objectives.metrics import quadratic_kappa, quadratic_kappas
 from study.report import stats as ablation_stats
 from study.report.contrasts import (
     factorial_contrasts,
@@ -25,7 +25,7 @@ from study.report.contrasts import (
     variance_components_interval,
     welch_satterthwaite,
 )
-from study.report.uncertainty import quadratic_kappas, resample_weights, resampled_confusions
+from study.report.uncertainty import resample_weights, resampled_confusions
 
 # ---------------------------------------------------------------- the interval on hand numbers
 

@@ -28,8 +28,9 @@ from objectives import metrics
 from objectives.contract import DataSource, TrialContext
 from objectives.data import Augment, DeviceBatches, ImageSet, Splits
 from objectives.losses import build_loss
-from objectives.models import HEAD, build_model
+from objectives.models import build_model, head_name
 from objectives.train import Diverged, FitConfig, Runtime, autocast_dtype, fit
+from study import storage
 from study.exits import CUDA_ERROR_EXIT, CudaContextLost
 from study.run import data as run_data
 from study.run import workers
@@ -202,7 +203,7 @@ def test_head_gives_float32_logits_under_bf16_autocast_and_keeps_state_dict_keys
     assert logits.dtype == torch.float32
     features = torch.randn(2, model.fc.in_features, dtype=torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = getattr(model, HEAD)(features)
+        out = model.get_submodule(head_name(model))(features)
     assert torch.equal(out, nn.functional.linear(features.float(), model.fc.weight, model.fc.bias))
 
 
@@ -417,7 +418,7 @@ def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str
         dataset="tiny",
         device=runtime.device,
         study_name="memory",
-        storage_url="inmemory",
+        storage=storage.resolve(study._storage),  # the study object's own storage, passed through
         target=3,
         results_dir=tmp_path,
         checkpoint_every=0.0,

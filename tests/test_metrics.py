@@ -44,3 +44,23 @@ def test_recall_of_a_class_absent_from_the_split_is_nan_not_zero():
     y = np.array([0] * 6 + [2] * 4)
     p = np.array([0] * 5 + [1] + [0] + [2] * 3)
     assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", labels=[0, 1, 2], zero_division=0))
+
+
+def test_every_registered_metric_is_one_entry_that_every_reader_uses():
+    """A metric's compute takes a stack of matrices (the report's bootstrap) and gives what
+    `summarize` stores for each one; its labels are what the tables and notes print."""
+    from objectives import metrics
+    from study.report.frames import metric_label
+    from study.report.uncertainty import batched_metrics
+
+    rng = np.random.default_rng(3)
+    stack = rng.integers(0, 20, (6, 4, 4))
+    batched = batched_metrics(stack)
+    assert set(metrics.CONFUSION_METRICS) == {m for m, e in metrics.REGISTRY.items() if not e.needs_scores}
+    for name in metrics.CONFUSION_METRICS:
+        values = metrics.REGISTRY[name].confusion(stack)
+        assert values.shape == (6,) and np.array_equal(values, batched[name])
+        assert values == pytest.approx([summarize(cm)[name] for cm in stack], abs=1e-12)
+    assert metric_label("test_balanced_accuracy") == "test bal_acc" and metric_label("val_macro_f1") == "val f1"
+    assert metrics.headline("loss") == "kappa" and metrics.headline("accuracy") == "accuracy"
+    assert metrics.known().startswith("kappa, accuracy, balanced_accuracy")

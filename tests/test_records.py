@@ -10,6 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from objectives.metrics import TABLE_METRICS
 from study import records
 from study.records import StudyRecord, Summary, TrialRecord
 from study.report.frames import cell_table, factor_table
@@ -90,7 +91,7 @@ def test_a_study_record_round_trips_and_an_old_study_reads_with_defaults():
 
 def frame(rows):
     """A hand-built trial frame, as `trial_frame` makes it."""
-    base = {f"{split}_{name}": np.nan for split in records.SPLITS for name in records.METRICS}
+    base = {f"{split}_{name}": np.nan for split in records.SPLITS for name in TABLE_METRICS}
     return pd.DataFrame([{**base, **row} for row in rows])
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from objectives.metrics import TABLE_METRICS
 from study import tables
-from study.records import METRICS
 from study.report.frames import page_view
 
 
@@ -23,7 +23,7 @@ def _levels() -> pd.DataFrame:
         row = {"arch": arch, "pretrained": pretrained, "loss": loss, "n": 4 + i, "pruned": i, "failed": 1 - i,
                "best": 0.61234 - i / 10, "mean": 0.5, "std": np.nan if i else 0.03013, "best_trial": 7 + i}
         for split in ("val", "test"):
-            row.update({f"{split}_{m}": 0.4286 + i / 100 for m in METRICS})
+            row.update({f"{split}_{m}": 0.4286 + i / 100 for m in TABLE_METRICS})
         rows.append(row)
     return pd.DataFrame(rows)
 

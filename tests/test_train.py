@@ -6,7 +6,7 @@ import torch
 
 from objectives.data import find_dataset, load_splits
 from objectives.losses import build_loss
-from objectives.models import HEAD, build_model, missing_weights, weights_file
+from objectives.models import build_model, head_name, in_head, missing_weights, weights_file
 from objectives.train import Checkpointing, Diverged, FitConfig, Runtime, fit
 
 
@@ -18,11 +18,11 @@ def splits(dr_dir: Path):
 
 
 def backbone_state(model):
-    return {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(f"{HEAD}.")}
+    return {k: v.clone() for k, v in model.state_dict().items() if not in_head(k, head_name(model))}
 
 
 def head_state(model):
-    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(f"{HEAD}.")}
+    return {k: v.clone() for k, v in model.state_dict().items() if in_head(k, head_name(model))}
 
 
 def test_pretrained_weights_load_from_local_cache(torch_home, monkeypatch):

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from objectives.metrics import summarize
+from objectives.metrics import CONFUSION_METRICS, summarize
 from study.report import uncertainty as uq
 
 
@@ -27,7 +27,7 @@ def test_batched_metrics_match_summarize_on_random_matrices() -> None:
     for cm in mats:
         got = uq.batched_metrics(cm[None])
         want = summarize(cm)
-        for name in uq.SUMMARY_METRICS:
+        for name in CONFUSION_METRICS:
             assert got[name][0] == pytest.approx(want[name], abs=1e-12), (name, cm)
         np.testing.assert_allclose(got["recall"][0], want["recall"], equal_nan=True)
 
@@ -74,7 +74,7 @@ def test_intervals_contain_the_estimate_are_reproducible_and_every_recall_is_def
     a = uq.test_intervals(probabilities, labels, groups, B=500, seed=7)
     b = uq.test_intervals(probabilities, labels, groups, B=500, seed=7)
     assert a == b
-    assert set(a) == {*uq.SUMMARY_METRICS, *(f"recall_{c}" for c in range(5))}
+    assert set(a) == {*CONFUSION_METRICS, *(f"recall_{c}" for c in range(5))}
     cm = np.zeros((5, 5), dtype=int)
     np.add.at(cm, (labels, probabilities.argmax(1)), 1)
     want = summarize(cm)

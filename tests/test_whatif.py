@@ -2,11 +2,13 @@
 carry recorded curves: every candidate replayed over the study's own unpruned curves, and one line
 saying why not for a pruned study or too small a pilot."""
 
+from pathlib import Path
+
 import numpy as np
 import optuna
 import pandas as pd
 
-from study.records import CURVES, PRUNER
+from study.records import CURVES, PRUNER, StudyRecord
 from study.report import whatif
 from study.run.replay import CANDIDATES
 from study.space import StudySettings
@@ -49,3 +51,13 @@ def test_a_pruned_study_or_a_small_pilot_gets_one_line_saying_why_not(tmp_path):
     section, files = whatif.write_whatif(pilot({"class": "NopPruner"}, n=5), "kappa", tmp_path, ["csv"])
     assert "5 complete trials, fewer than 12" in section and not files
 
+
+
+def test_a_pilot_on_the_embedded_data_is_judged_by_the_settings_it_ran_with():
+    """The demo (no --data) runs with [embedded]'s startup_trials = 2, not the file's 4: a 10-trial
+    demo pilot is 5 x startup_trials, enough for the what-if; on the user's data the file's 4 hold."""
+    text = (Path(__file__).resolve().parents[1] / "search_spaces" / "dr_focal.toml").read_text()
+    embedded = whatif.pilot_settings(StudyRecord(space_text=text, dataset="synthetic-fundus"))
+    own = whatif.pilot_settings(StudyRecord(space_text=text, dataset="/data/dr"))
+    assert (embedded.startup_trials, own.startup_trials) == (2, 4)
+    assert whatif.pilot_settings(StudyRecord(space_text="not a toml [")) == StudySettings()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -93,16 +92,18 @@ def add_objective(parser: argparse.ArgumentParser) -> None:
     )
 
 
-STORAGE_ENV = "STUDY_STORAGE"  # the storage URL from the environment: a password on the command line shows in `ps`
+STORAGE_ENV = storage.STORAGE_ENV
 
 
 def add_storage(parser: argparse.ArgumentParser) -> None:
-    """--storage and --results, which every command takes; --storage defaults to $STUDY_STORAGE."""
+    """--storage and --results, which every command takes; --storage defaults to $STUDY_STORAGE,
+    read when the storage is resolved (`storage.resolve`), so its errors can say where it came from."""
     parser.add_argument(
         "--storage",
-        default=os.environ.get(STORAGE_ENV) or None,
-        help=f"Optuna storage URL (default: ${STORAGE_ENV}, else sqlite:///RESULTS/optuna.db); prefer "
-             f"${STORAGE_ENV} or ~/.pgpass to a password here, which every user of the machine sees in `ps`",
+        default=None,
+        help=f"Optuna storage URL (default: ${STORAGE_ENV}, else sqlite:///RESULTS/optuna.db; journal:///FILE.log "
+             f"for Optuna's JournalStorage); prefer ${STORAGE_ENV} or ~/.pgpass to a password here, which every "
+             f"user of the machine sees in `ps`",
     )
     parser.add_argument("--results", type=Path, default=Path("results"), help="output folder (default: ./results)")
 
@@ -112,11 +113,10 @@ def check_layout(args: argparse.Namespace) -> None:
         raise InputError("--layout needs --data")
 
 
-def storage_url(args: argparse.Namespace, *, must_exist: bool = False) -> str:
-    """The storage the command reads: --storage, or the SQLite file under --results (which, for a
-    command that only reads, must exist)."""
-    url = args.storage or storage.default_url(args.results)
-    path = storage.sqlite_file(url)
-    if must_exist and path is not None and not path.exists():
-        raise InputError(f"no storage at {path}; run a study first")
-    return url
+def storage_of(args: argparse.Namespace, *, must_exist: bool = False) -> storage.Resolved:
+    """The storage the command reads: --storage, $STUDY_STORAGE, or the SQLite file under --results
+    (a local file, for a command that only reads, must exist)."""
+    where = storage.resolve(args.storage, results=args.results)
+    if must_exist and where.file is not None and not where.file.exists():
+        raise InputError(f"no storage at {where.file}; run a study first")
+    return where

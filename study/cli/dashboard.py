@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from objectives.errors import InputError
-from study.cli.common import add_storage, storage_url, validated
+from study.cli.common import add_storage, storage_of, validated
 
 
 def port_number(value: int) -> None:
@@ -24,8 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from study import dashboard
 
-    url = storage_url(args, must_exist=True)
-    dashboard.serve(args.name, url, args.results, args.host, args.port)
+    dashboard.serve(args.name, storage_of(args, must_exist=True), args.results, args.host, args.port)
     return 0
 
 

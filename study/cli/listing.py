@@ -7,7 +7,7 @@ import argparse
 import optuna
 
 from study import registry, storage
-from study.cli.common import add_storage, storage_url
+from study.cli.common import add_storage, storage_of
 from study.records import StudyRecord, Summary
 
 
@@ -16,13 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    url = storage_url(args)
+    where = storage_of(args)
     present: list[str] = []
-    path = storage.sqlite_file(url)
-    if path is None or path.exists():
-        store = storage.open_storage(url, read_only=True)
+    if where.file is None or where.file.exists():
+        store = storage.open_storage(where, read_only=True)
         present = storage.study_names(store)
-    print(f"storage: {storage.mask(url)}")
+    print(f"storage: {where.shown}")
     print(f"{'study':<24} {'complete':>8} {'pruned':>7} {'failed':>7} {'running':>8}  best")
     for name in sorted(set(registry.named_studies()) | set(present)):
         if name not in present:

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from study import paths, records, storage, tables
-from study.cli.common import add_storage, storage_url
+from study.cli.common import add_storage, storage_of
 
 
 def formats(text: str) -> list[str]:
@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     from study.report.build import build_report
 
-    url = storage_url(args, must_exist=True)
-    store = storage.open_storage(url, existing=True)
+    where = storage_of(args, must_exist=True)
+    store = storage.open_storage(where, existing=True)
     study = storage.load_study(args.name, store)
     if args.ablation is not None:
         ablation = storage.load_study(args.ablation, store)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     folder = paths.folder_name(args.name)
     paths.under(args.results, folder)  # checked; shown as the user's own --results spells it
     out = args.out or args.results / folder
-    result = build_report(study, out, args.format, storage.mask(url), ablation)
+    result = build_report(study, out, args.format, where.shown, ablation)
     save_note(study, result.summary)
     print(result.markdown)
     return 0

@@ -15,7 +15,7 @@ from study.cli.common import (
     at_least,
     check_layout,
     positive_seconds,
-    storage_url,
+    storage_of,
 )
 from study.space import PRUNERS, SearchSpace, parse_value
 
@@ -105,14 +105,14 @@ def space_or_stored(args: argparse.Namespace) -> SearchSpace:
     try:
         return registry.resolve(args.name)
     except registry.UnknownStudy:
-        url = storage_url(args)
-        if storage.sqlite_file(url) is not None and not storage.sqlite_file(url).exists():
+        where = storage_of(args)
+        if where.file is not None and not where.file.exists():
             raise
         name = args.study_name or args.name
-        store = storage.open_storage(url)
+        store = storage.open_storage(where)
         if name not in storage.study_names(store):
             raise InputError(f"unknown study {args.name!r}: not a named study, a .toml file or a study in "
-                             f"{storage.mask(url)}") from None
+                             f"{where.shown}") from None
         recorded = registry.recorded_space(storage.load_study(name, store), objective=args.objective)
         if recorded is None:
             raise

@@ -12,25 +12,33 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.metrics import higher_is_better
+from objectives.metrics import TABLE_METRICS, headline, headline_first, higher_is_better
 from study import tables
-from study.records import METRICS, SEED, VARIANT, AblationRecord, TrialRecord, is_trial_failure
+from study.records import (
+    CANDIDATES,
+    PARAM,
+    RETUNE_SEEDS,
+    SEED,
+    TUNING_SEEDS,
+    VARIANT,
+    AblationRecord,
+    TrialRecord,
+    is_trial_failure,
+)
 from study.report import ablation_intervals, stats
-from study.report.frames import HEADLINE, metric_label
+from study.report.frames import metric_label
 
 ABLATION_COLUMNS = ("variant", "metric", "n", "mean", "std", "delta", "ci_low", "ci_high", "p", "p_holm", "p_improve",
                     "failed", "missing", "p_holm_worst", "star", "covers", "note")
 SEEDS_AND_PATIENTS = "seeds+patients"  # `covers`: a test Δ's interval over seeds and test patients
 SEEDS_ONLY = "seeds"  # `covers`: the paired t over seeds (validation; a test Δ without stored predictions)
 SIGNIFICANT = 0.05  # the mark in the ablation table: Holm-adjusted p below this
-TEST_METRICS = (HEADLINE, *(m for m in METRICS if m != HEADLINE))  # the order of an ablation table's test rows
 
 
 def ablation_metrics(metric: str) -> list[str]:
     """The metrics of an ablation table, headline first: the test version of the study's metric
     (test kappa where that is not a test metric), the other test metrics, then validation."""
-    head = metric if metric in TEST_METRICS else HEADLINE
-    return [f"test_{head}", *(f"test_{m}" for m in TEST_METRICS if m != head), f"val_{metric}"]
+    return [*(f"test_{m}" for m in headline_first(headline(metric)) if m in TABLE_METRICS), f"val_{metric}"]
 
 
 def seed_outcomes(study: optuna.Study, plan: AblationRecord) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
@@ -190,7 +198,7 @@ def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str
                                metric_label(f"val_{metric}"): tables.mean_std(val["mean"], val["std"])}
         if retune:
             picked = (plan.retuned or {}).get(name, "–")
-            row[f"{retune['param']} (retuned)"] = "inactive" if picked is None else picked
+            row[f"{retune[PARAM]} (retuned)"] = "inactive" if picked is None else picked
         rows.append(row)
     return table, pd.DataFrame(rows), _ablation_caption(study, table, headline)
 
@@ -240,105 +248,100 @@ def _delta_text(row: pd.Series, baseline: bool) -> str:
     return f"{tables.metric(row['delta'], signed=True)}{interval}{mark}"
 
 
-def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -> str:
+def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -> tables.Caption:
+    """Three sentences a paper can use (what was compared over which seeds, what Δ, the interval
+    and the star are, what the table supports), and the notes that qualify these numbers: the
+    seeds' reach, what the intervals cover, the retuning, the loss confound, constant differences,
+    failed and missing seeds. The full explanation is docs/reports.md, "What the tables mean"."""
     plan = AblationRecord.from_study(study)
     seeds = plan.seeds
     parent, baseline = plan.parent or "?", plan.baseline
     metrics = sorted(set(table.metric), key=ablation_metrics(plan.metric).index)
+    label = metric_label(headline)
+    covers = _covers(table)
+    if plan.factorial:
+        reference = ", ".join(f"{f}={v}" for f, v in plan.levels[baseline].items())
+        what = (f"Factorial ablation of {parent} over {' x '.join(plan.factors)}, every cell trained on the same "
+                f"{len(seeds)} fresh seeds (mean ± std). Main effects: a level's mean over the other factors minus "
+                f"the reference level's ({reference}); interactions: y11 - y10 - y01 + y00; Δ in {label}, paired "
+                f"by seed, with its 95 % interval over {covers}; * = Holm-adjusted p < {SIGNIFICANT} across the "
+                "effect rows. ")
+        claim = "a level, averaged over the other factors here, or an interaction"
+    else:
+        what = (f"Ablation of {parent}: its best configuration (baseline) with one factor changed at a time, every "
+                f"variant trained on the same {len(seeds)} fresh seeds (mean ± std). Δ = variant - baseline in "
+                f"{label}, paired by seed, with its 95 % interval over {covers}; * = Holm-adjusted p < "
+                f"{SIGNIFICANT} across the {len(plan.variants) - 1} variants; P(better) = share of seeds on which "
+                "the variant wins. ")
+        claim = "this change to this configuration"
+    text = (what + f"Supports: whether {claim} moves {label} beyond that noise on this dataset; not that a factor "
+            "does not matter, nor effects at other configurations, datasets or budgets (notes below).")
+    return tables.Caption(text, tuple(_ablation_notes(study, plan, table, metrics)))
+
+
+def _covers(table: pd.DataFrame) -> str:
+    test = table[table.metric.str.startswith("test_") & table.covers.notna()]
+    return ("seeds and test patients" if not test.empty and (test.covers == SEEDS_AND_PATIENTS).all()
+            else "seeds only")
+
+
+def _ablation_notes(study: optuna.Study, plan: AblationRecord, table: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """Each caveat of this ablation's numbers, one note each (see `_ablation_caption`)."""
+    parent, baseline = plan.parent or "?", plan.baseline
     if plan.split_per_seed is None:  # version 2: as it ran
         split = "and, where the TOML named split_seed, the validation split"
     elif plan.split_per_seed:
         split = "and the validation split"
     else:
         split = "but not the validation split (the objective has no split_seed: one split for every seed)"
-    common = (
-        f"Every variant ran the same {len(seeds)} fresh seeds ({', '.join(map(str, seeds))}; none used by {parent}); "
-        f"seed s sets the initialisation, batch order, augmentation {split}, never the test set. Mean ± std "
-        f"over seeds; Δ and P(better) are on {metric_label(headline)}. "
-    )
+    notes = [f"Seeds {', '.join(map(str, plan.seeds))} (none used by {parent}) set the initialisation, batch "
+             f"order, augmentation {split}, never the test set; only seeds both arms finished are paired."]
     if plan.factorial:
-        reference = ", ".join(f"{f}={v}" for f, v in plan.levels[baseline].items())
-        text = (
-            f"Factorial ablation of {parent} over {' x '.join(plan.factors)} (every other parameter at its best "
-            "trial's value). "
-            + common
-            + f"Rows main:f=l: the level's marginal mean over the other factors' cells; Δ = that minus the reference "
-            f"level's ({reference}, the best trial's), computed per seed and then paired across seeds, with its 95 % "
-            "interval. "
-            "Rows interaction:f x g: Δ = y11 - y10 - y01 + y00 per seed (0 = reference level), its mean and 95 % "
-            "interval. "
-            f"* = Holm-adjusted p < {SIGNIFICANT} (family: one metric across the effect rows){STAR_RULES}"
-            " Cell rows have no test."
-        )
-    else:
-        text = (
-            f"Ablation of {parent}: its best trial's configuration (baseline) with one factor changed at a time; "
-            "parentheses name "
-            f"the parameters that change with it. "
-            + common
-            + f"Δ = variant - baseline, paired by seed (only seeds both "
-            "finished), with its 95 % interval; * = Holm-adjusted p < "
-            f"{SIGNIFICANT} "
-            f"(family: one metric across the {len(plan.variants) - 1} variants){STAR_RULES} P(better) = share of seeds "
-            "on which "
-            "the "
-            "variant beats the baseline (ties count one half)."
-        )
-    text += " " + _interval_text(table)
-    text += (" Test metrics are the headline: validation chose the baseline, so validation differences are biased in "
-             "its favour (the table shows validation's mean ± std only; the CSV has every metric's difference).")
+        notes.append("Cell rows have no test.")
+    notes.append(_interval_text(table))
+    notes.append("Test metrics are the headline: validation chose the baseline, so validation differences are "
+                 "biased in its favour (the table shows validation's mean ± std only; the CSV has every metric's "
+                 "difference).")
     retune = plan.retune
     if retune:
-        tuning = len(retune.get("tuning_seeds", []))
+        tuning = len(retune.get(TUNING_SEEDS, []))
         how = (f"each on the same {tuning} tuning seeds, picked by the mean validation value ({tuning} x "
-               f"{len(retune['candidates'])} trials per variant)" if "seeds" in retune else
+               f"{len(retune[CANDIDATES])} trials per variant)" if RETUNE_SEEDS in retune else
                "each on one tuning seed of its own (version 2: the pick partly reflects which seed drew an easy "
                "validation split)")
-        text += (
-            f" {retune['param']} was retuned for every variant, the baseline included, on validation: the same "
-            f"{len(retune['candidates'])} candidates ({', '.join(tables.cell(c) for c in retune['candidates'])}), "
+        notes.append(
+            f"{retune[PARAM]} was retuned for every variant, the baseline included, on validation: the same "
+            f"{len(retune[CANDIDATES])} candidates ({', '.join(tables.cell(c) for c in retune[CANDIDATES])}), "
             f"{how}, on tuning seeds disjoint from the evaluation seeds; the column gives each variant's pick. The "
-            "other parameters keep the baseline's values."
-        )
+            "other parameters keep the baseline's values.")
     else:
         shared = {
             k: v for k, v in plan.variants[baseline].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
-        text += (" No parameter was retuned: the variants share the baseline's values of the other parameters"
-                 + (f" ({', '.join(f'{k} {tables.cell(v)}' for k, v in shared.items())})" if shared else "")
-                 + ", tuned for the baseline, so a variant may lose for want of its own (see ablate --retune).")
+        notes.append("No parameter was retuned: the variants share the baseline's values of the other parameters"
+                     + (f" ({', '.join(f'{k} {tables.cell(v)}' for k, v in shared.items())})" if shared else "")
+                     + ", tuned for the baseline, so a variant may lose for want of its own (see ablate --retune).")
     if changes_loss(plan):
-        text += " " + loss_confound(retune)
-    notes = sorted(set(table.note.dropna()))
-    if notes:
-        text += (" Rows marked (constant difference): every seed gave the same non-zero Δ, so the t-test has no "
-                 "spread to work with (p and the interval are left empty, and no star): with this few seeds and a "
-                 "metric in coarse steps, a constant difference is not certainty.")
-    failed, _ = seed_outcomes(study, plan)
+        notes.append(loss_confound(retune))
+    if sorted(set(table.note.dropna())):
+        notes.append("Rows marked (constant difference): every seed gave the same non-zero Δ, so the t-test has no "
+                     "spread to work with (p and the interval are left empty, and no star): with this few seeds and "
+                     "a metric in coarse steps, a constant difference is not certainty.")
+    failed, missing = seed_outcomes(study, plan)
     if any(failed.values()):
-        text += (" Failed = seeds whose training failed for a reason of the variant (the loss diverged): "
-                 + "; ".join(f"{name} seed {', '.join(map(str, s))}" for name, s in failed.items() if s)
-                 + "; they are not in the pairing, and the star needs the result to hold with them scored at the "
-                 "worst value observed in this ablation.")
-    missing = {name: seeds for name, seeds in seed_outcomes(study, plan)[1].items() if seeds}
+        notes.append("Failed = seeds whose training failed for a reason of the variant (the loss diverged): "
+                     + "; ".join(f"{name} seed {', '.join(map(str, s))}" for name, s in failed.items() if s)
+                     + "; they are not in the pairing, and the star needs the result to hold with them scored at "
+                     "the worst value observed in this ablation.")
+    missing = {name: seeds for name, seeds in missing.items() if seeds}
     if missing:
-        text += (
-            " Not finished (a failure of the machine not re-run yet, or not run), so not paired, and no star for "
-            "a contrast that needs them: "
-            + "; ".join(f"{name} seed {', '.join(map(str, s))}" for name, s in missing.items())
-            + "."
-        )
-    claim = ("a factor's level, averaged over the other factors' levels here, or two factors' interaction"
-             if plan.factorial else "this change to this configuration")
-    text += (
-        f" Supports: whether {claim} moves {metric_label(headline)} beyond seed-to-seed noise on "
-        "this dataset. Does not support: that a factor does not matter (a wide interval is not evidence of no "
-        "effect), nor "
-        f"effects at other configurations, datasets or budgets. The CSV holds every metric ({', '.join(metrics)}) "
-        "with p, "
-        f"p_holm and p_improve."
-    )
-    return text
+        notes.append("Not finished (a failure of the machine not re-run yet, or not run), so not paired, and no "
+                     "star for a contrast that needs them: "
+                     + "; ".join(f"{name} seed {', '.join(map(str, s))}" for name, s in missing.items()) + ".")
+    notes.append("A wide interval is not evidence of no effect. The CSV holds every metric "
+                 f"({', '.join(metrics)}) with p, p_holm and p_improve; docs/reports.md, \"What the tables mean\", "
+                 "explains every column.")
+    return notes
 
 
 LOSS_PARAMS = ("loss", "focal_gamma")  # the settings whose change changes the loss function
@@ -357,7 +360,7 @@ def loss_confound(retune: Any) -> str:
     text = ("A change of loss also changes the effective step size: focal loss scales the cross-entropy gradient by "
             "about (1 - p_t)^gamma, so at p_t = 0.9 its gradient is ~3 % of CE's, and at one learning rate the "
             "effective step sizes differ 5-35x over training.")
-    if retune and retune.get("param") == "lr":
+    if retune and retune.get(PARAM) == "lr":
         return text + " lr was retuned for every variant, which removes most of that confound."
     return text + (" The learning rate was not retuned per variant, so Δ mixes the loss with the step size; "
                    "run ablate --retune lr to separate them.")
@@ -365,8 +368,7 @@ def loss_confound(retune: Any) -> str:
 
 def _interval_text(table: pd.DataFrame) -> str:
     """What the Δ intervals of the table cover, from its `covers` column."""
-    test = table[table.metric.str.startswith("test_") & table.covers.notna()]
-    if not test.empty and (test.covers == SEEDS_AND_PATIENTS).all():
+    if _covers(table) == "seeds and test patients":
         return ("The intervals and p of test Δ cover two sources of uncertainty: the seeds (paired) and the test "
                 f"patients (a cluster bootstrap of the test split's patients, {ablation_intervals.RESAMPLES} "
                 "resamples, each arm and seed rescored on the same resampled patients; variance components with a "

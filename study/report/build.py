@@ -18,20 +18,20 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from objectives import metrics as registry
 from objectives.errors import InputError
+from objectives.metrics import TABLE_METRICS
 from study import figures, paths, tables
-from study.records import METRICS, AblationRecord, DataSummary, StudyRecord, Summary, TrialRecord
+from study.records import AblationRecord, DataSummary, StudyRecord, Summary, TrialRecord, interval_resamples
 from study.report.ablation import ablation_table
 from study.report.clinical import write_ablation_endpoints, write_clinical
 from study.report.frames import (
-    SHORT,
     best_trials_per_cell,
     cell_table,
     columns_caption,
     factor_table,
     factors,
     page_view,
-    shorten,
     trial_frame,
     with_interval,
 )
@@ -136,7 +136,8 @@ def build_report(
         else:
             table, display, caption = ablation_table(ablation)
             files += tables.write(table, display, out / "ablation_study", formats, caption)
-            sections.append("## Ablation study\n\n" + caption + "\n\n" + tables.markdown(display))
+            sections.append("## Ablation study\n\n" + caption.text + "\n\n" + tables.markdown(display)
+                            + caption.markdown_notes())
             section, written = write_ablation_endpoints(ablation, layout.endpoints, out, formats)
             files += written
             sections.append(section)
@@ -262,11 +263,11 @@ def _settings_section(study: optuna.Study, record: StudyRecord, storage_label: s
         bounds = best.interval(name) if split == "test" else None
         return with_interval(value, *bounds) if bounds else tables.metric(value)
 
-    metrics = pd.DataFrame([{"split": label, **{shorten(n, SHORT): shown(split, n) for n in METRICS}}
+    metrics = pd.DataFrame([{"split": label, **{registry.label(n): shown(split, n) for n in TABLE_METRICS}}
                             for label, split in (("validation", "val"), ("test", "test"))])
     if best.test_intervals:
         note = (f"Test: [low, high] = 95 % interval from a bootstrap over test patients (images where ungrouped), "
-                f"{best.test_intervals.get('resamples')} resamples, recorded when the trial ended.")
+                f"{interval_resamples(best.test_intervals)} resamples, recorded when the trial ended.")
     else:
         note = "Test intervals missing (older run): this trial recorded no per-image predictions."
     return ("## Settings and best trial\n\n" + "\n".join(lines) + "\n\n" + tables.markdown(metrics)

@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from objectives.metrics import quadratic_kappas
 from study.report.stats import factorial_contrast_cells
-from study.report.uncertainty import quadratic_kappas, resampled_confusions
+from study.report.uncertainty import resampled_confusions
 
 CONFIDENCE = 0.95
 

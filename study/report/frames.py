@@ -16,39 +16,37 @@ import pandas as pd
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from objectives import metrics
+from objectives.metrics import TABLE_METRICS
 from study import records, tables
-from study.records import METRICS, SPLITS, TrialRecord
+from study.records import SPLITS, TrialRecord
 from study.report import stats
 from study.report_layout import ReportLayout
 
 NUMERIC_BINS = 3
-SHORT = {"balanced_accuracy": "bal_acc", "accuracy": "acc", "macro_f1": "f1"}  # column names in tables
-HEADLINE = "kappa"  # the test metric a table leads with where the study's metric is not a test metric
 ENDS = ("low", "high")  # a test metric's recorded 95 % interval: test_<metric>_low / _high
-_INTERVAL_COLUMNS = tuple(records.interval_key(name, end) for name in METRICS for end in ENDS)
+_INTERVAL_COLUMNS = tuple(records.interval_key(name, end) for name in TABLE_METRICS for end in ENDS)
 _LEVEL_COLUMNS = {"n", "pruned", "failed", "best", "mean", "std", "best_trial", *_INTERVAL_COLUMNS,
-                  *(f"{split}_{name}" for split in SPLITS for name in METRICS)}  # what `_level_stats` adds
+                  *(f"{split}_{name}" for split in SPLITS for name in TABLE_METRICS)}  # what `_level_stats` adds
 SAMPLED = "sampled:"  # column prefix of a trial's sampled params (absent where a condition was false)
 
 
 def trial_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, value, config values, val_/test_ metrics, reason."""
+    """One row per trial: number, state, value, config values, val_/test_ metrics of the tables
+    (`TABLE_METRICS`) with their test intervals, reason; the record's columns come from its one
+    flattener (`records.TrialRecord.row`, which `load_trials` shows whole)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
         record = TrialRecord.from_trial(t)
+        flat = record.row()
         row: dict[str, Any] = {"number": t.number, "state": t.state.name, "value": t.value, "epochs": record.epochs,
                                "fail_reason": record.fail_reason}
         row.update(record.config)
         row.update({f"{SAMPLED}{k}": v for k, v in t.params.items()})
-        for split in SPLITS:
-            for name in METRICS:
-                row[f"{split}_{name}"] = record.metrics(split).get(name, np.nan)
-        for name in METRICS:
-            bounds = record.interval(name)
-            for end, value in zip(ENDS, bounds or (np.nan, np.nan)):
-                row[records.interval_key(name, end)] = value
+        for column in [*(f"{split}_{name}" for split in SPLITS for name in TABLE_METRICS), *_INTERVAL_COLUMNS]:
+            row[column] = flat.get(column, np.nan)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -135,25 +133,25 @@ def _level_stats(group: pd.DataFrame, maximize: bool) -> dict[str, Any]:
         summary = stats.summarize(complete.value.tolist())
         result.update(best=float(best.value), mean=summary.mean, std=summary.std, best_trial=int(best.number))
         for split in SPLITS:
-            for name in METRICS:
+            for name in TABLE_METRICS:
                 result[f"{split}_{name}"] = float(best[f"{split}_{name}"])
         result.update({c: float(best[c]) if c in best else np.nan for c in _INTERVAL_COLUMNS})
     else:
-        result.update({f"{s}_{n}": np.nan for s in SPLITS for n in METRICS})
+        result.update({f"{s}_{n}": np.nan for s in SPLITS for n in TABLE_METRICS})
         result.update({c: np.nan for c in _INTERVAL_COLUMNS})
     return result
 
 
 def test_headline(metric: str) -> str:
     """The test metric a table leads with: the study's metric on test, or test kappa where the
-    study's metric is not a test metric (a validation loss)."""
-    return f"test_{metric if metric in METRICS else HEADLINE}"
+    study's metric is not a test metric (a validation loss): `objectives.metrics.headline`."""
+    return f"test_{metrics.headline(metric)}"
 
 
 def metric_label(metric: str) -> str:
     """A column's metric as a header: ``test_balanced_accuracy`` -> ``test bal_acc``."""
     split, _, name = metric.partition("_")
-    return f"{split} {shorten(name, SHORT)}"
+    return f"{split} {metrics.label(name)}"
 
 
 def columns_caption(metric: str) -> str:
@@ -189,13 +187,6 @@ def with_interval(value: Any, low: Any, high: Any) -> str:
     if low is None or high is None or pd.isna(low) or pd.isna(high) or pd.isna(value):
         return text
     return f"{text} [{tables.metric(low)}, {tables.metric(high)}]"
-
-
-def shorten(column: str, short: dict[str, str]) -> str:
-    for long, brief in short.items():
-        if column.endswith(long):
-            return column[: -len(long)] + brief
-    return column
 
 
 def _bins(values: pd.Series) -> pd.Series:

@@ -27,9 +27,10 @@ from statistics import NormalDist
 
 import numpy as np
 
+from objectives import metrics
+
 LEVEL = 0.95
 RESAMPLES = 2000  # what a trial records; the issue asks >= 2,000
-SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "kappa")  # objectives.metrics.METRIC_NAMES
 _NORMAL = NormalDist()
 
 
@@ -92,50 +93,15 @@ def resampled_confusions(weights: np.ndarray, confusions: np.ndarray) -> np.ndar
 
 
 def batched_metrics(confusions: np.ndarray) -> dict[str, np.ndarray]:
-    """accuracy, balanced_accuracy, macro_f1, kappa as (B,) and per-class recall as (B, k) of B
-    count matrices: `objectives.metrics.summarize` applied to each, with the same conventions
-    (recall of an absent class NaN; F1 0 for a class only predicted; kappa 0 where undefined)."""
+    """Every registered confusion metric (`objectives.metrics.CONFUSION_METRICS`) as (B,) and
+    per-class recall as (B, k) of B count matrices: the registry's own definitions, which
+    `objectives.metrics.summarize` applies to one matrix (recall of an absent class NaN; F1 0 for
+    a class only predicted; kappa 0 where undefined)."""
     cm = np.asarray(confusions, dtype=np.float64)
     if cm.ndim == 2:
         cm = cm[None]
-    _, k, _ = cm.shape
-    total = cm.sum(axis=(1, 2))
-    true_counts = cm.sum(axis=2)
-    pred_counts = cm.sum(axis=1)
-    hits = np.diagonal(cm, axis1=1, axis2=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        recall = np.where(true_counts > 0, hits / true_counts, np.nan)
-        precision = np.where(pred_counts > 0, hits / pred_counts, 0.0)
-        f1 = np.where(precision + np.nan_to_num(recall) > 0, 2 * precision * recall / (precision + recall), 0.0)
-        f1 = np.nan_to_num(f1)
-        present = true_counts > 0
-        seen = present | (pred_counts > 0)
-        n_present = present.sum(axis=1)
-        n_seen = seen.sum(axis=1)
-        accuracy = np.where(total > 0, hits.sum(axis=1) / total, 0.0)
-        balanced = np.where(n_present > 0, np.where(present, np.nan_to_num(recall), 0.0).sum(axis=1) / n_present, 0.0)
-        macro_f1 = np.where(n_seen > 0, np.where(seen, f1, 0.0).sum(axis=1) / n_seen, 0.0)
-        kappa = quadratic_kappas(cm)
-    return {"accuracy": accuracy, "balanced_accuracy": balanced, "macro_f1": macro_f1, "kappa": kappa,
-            "recall": recall}
-
-
-def quadratic_kappas(confusions: np.ndarray) -> np.ndarray:
-    """Quadratic weighted kappa of every (K, K) matrix in (..., K, K), vectorised; the same value
-    as objectives.metrics.quadratic_kappa on each (0 where undefined: no images, one class)."""
-    cm = np.asarray(confusions, dtype=float)
-    k = cm.shape[-1]
-    if k < 2:
-        return np.zeros(cm.shape[:-2])
-    grades = np.arange(k)
-    w = (grades[:, None] - grades[None, :]) ** 2 / (k - 1) ** 2
-    total = cm.sum(axis=(-2, -1))
-    rows, cols = cm.sum(axis=-1), cm.sum(axis=-2)
-    safe_total = np.where(total == 0, 1.0, total)
-    denominator = np.einsum("...i,ij,...j->...", rows, w, cols) / safe_total
-    observed = (cm * w).sum(axis=(-2, -1))
-    defined = (total > 0) & (denominator != 0)
-    return np.where(defined, 1.0 - observed / np.where(defined, denominator, 1.0), 0.0)
+    found = {name: metrics.REGISTRY[name].confusion(cm) for name in metrics.CONFUSION_METRICS}
+    return {**found, "recall": metrics.recalls(cm)}
 
 
 def percentile_interval(estimate: float, replicates: np.ndarray, level: float = LEVEL) -> Interval:
@@ -187,7 +153,7 @@ def worst_class(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def test_intervals(probabilities: np.ndarray, labels: np.ndarray, groups: np.ndarray, B: int = 2000,
                    seed: int = 0) -> dict[str, Interval]:
     """95 % cluster-bootstrap intervals of every test metric of the argmax predictions:
-    accuracy, balanced_accuracy, macro_f1, kappa (percentile) and ``recall_<c>`` per class (BCa,
+    every confusion metric of the registry (percentile) and ``recall_<c>`` per class (BCa,
     since a recall often sits at or near 1), resampling groups within strata of their worst class."""
     probabilities = np.asarray(probabilities)
     labels = np.asarray(labels, dtype=np.int64)
@@ -200,7 +166,7 @@ def test_intervals(probabilities: np.ndarray, labels: np.ndarray, groups: np.nda
     weights = resample_weights(group_count(groups), B, seed, strata=worst_class(groups, labels))
     replicates = batched_metrics(resampled_confusions(weights, per_group))
     jackknife = batched_metrics(whole[None] - per_group)  # leave one group out, every group at once
-    out = {name: percentile_interval(float(estimate[name][0]), replicates[name]) for name in SUMMARY_METRICS}
+    out = {name: percentile_interval(float(estimate[name][0]), replicates[name]) for name in metrics.CONFUSION_METRICS}
     for c in range(k):
         out[f"recall_{c}"] = bca_interval(float(estimate["recall"][0, c]), replicates["recall"][:, c],
                                           jackknife["recall"][:, c])

@@ -21,7 +21,8 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from study import records, tables
+from objectives.metrics import headline
+from study import tables
 from study.records import StudyRecord, TrialRecord
 from study.run.replay import CANDIDATES, complete_curves, orders, replay, unpruned_pick
 from study.space import StudySettings
@@ -33,14 +34,18 @@ WHATIF_COLUMNS = ("candidate", "orders", "saved_mean", "saved_p5", "pick_survive
 
 
 def pilot_settings(record: StudyRecord) -> StudySettings:
-    """The study's own [study] settings (startup trials, warm-up, direction), from the TOML it
-    recorded; the defaults where that does not parse (an older or foreign record)."""
+    """The [study] settings the study ran with (startup trials, warm-up, direction), from the TOML
+    it recorded, with its [embedded] overrides where it ran on the embedded dataset (the demo's
+    startup_trials is 2, not the file's 4); the defaults where that does not parse (an older or
+    foreign record)."""
+    from study.ablate import is_embedded
     from study.space_file import load_space_text
 
     try:
-        return load_space_text(record.space_text or "", Path("recorded.toml"), stored=True).study
+        space = load_space_text(record.space_text or "", Path("recorded.toml"), stored=True)
     except Exception:  # noqa: BLE001 - any failure means: no usable recorded settings
         return StudySettings()
+    return (space.embedded_run() if record.dataset and is_embedded(record.dataset) else space).study
 
 
 def whatif_frame(study: optuna.Study, metric: str, settings: StudySettings,
@@ -66,7 +71,7 @@ def whatif_frame(study: optuna.Study, metric: str, settings: StudySettings,
     curves = [found[n] for n in numbers]
     trials = {t.number: TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False,
                                                                             states=(TrialState.COMPLETE,))}
-    head = metric if metric in records.METRICS else "kappa"
+    head = headline(metric)
     maximize = settings.direction == "maximize"
     test = np.array([float(trials[n].test_metrics.get(head, np.nan)) for n in numbers])
     best = unpruned_pick(curves, settings.direction)
@@ -109,7 +114,7 @@ def write_whatif(study: optuna.Study, metric: str, out: Path, formats: list[str]
     frame, why = whatif_frame(study, metric, settings)
     if frame.empty:
         return f"## Pruning what-if\n\n{why}.\n", []
-    head = metric if metric in records.METRICS else "kappa"
+    head = headline(metric)
     caption = (
         f"Pruning what-if on {study.study_name}'s own curves: {len(frame)} candidate rules, each replayed over "
         f"{int(frame.orders.iloc[0])} random orders of the study's complete, unpruned trials (Optuna's own pruners "

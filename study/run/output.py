@@ -53,10 +53,10 @@ def describe(trial: optuna.trial.FrozenTrial, metric: str) -> str:
     return f"trial {trial.number:>3} {trial.state.name:<8} {status} | {params} [{seconds:.0f}s]"
 
 
-def announce(study: optuna.Study, target: int, device: str, url: str, out: Output) -> bool:
+def announce(study: optuna.Study, target: int, device: str, where: str | storage.Resolved, out: Output) -> bool:
     """Say where the study stands; False when it already holds its target."""
     done = records.count(study, records.FINISHED)
-    url = storage.mask(url)
+    url = storage.resolve(where).shown
     if done >= target:
         out.line(f"study {study.study_name} already has {done} finished trials (target {target}); "
                  f"raise --trials to add more. Storage: {url}")
@@ -65,7 +65,7 @@ def announce(study: optuna.Study, target: int, device: str, url: str, out: Outpu
     return True
 
 
-def print_summary(study: optuna.Study, metric: str, url: str, out: Output) -> None:
+def print_summary(study: optuna.Study, metric: str, where: str | storage.Resolved, out: Output) -> None:
     summary = records.Summary.of(study)
     out.line(f"trials: {summary.complete} complete, {summary.pruned} pruned, {summary.failed} fail")
     if summary.best is not None:
@@ -75,8 +75,8 @@ def print_summary(study: optuna.Study, metric: str, url: str, out: Output) -> No
         interval = f" [{bounds[0]:.4f}, {bounds[1]:.4f}]" if bounds else ""
         out.line(f"best: trial {best.number} val {metric}={best.value:.4f}, test {metric}={test:.4f}{interval} "
                  f"| {' '.join(f'{k}={fmt(v)}' for k, v in best.params.items())}")
-    location = storage.sqlite_file(url)
-    out.line(f"results: {location if location else storage.mask(url)} (study {study.study_name})")
+    where = storage.resolve(where)
+    out.line(f"results: {where.file or where.shown} (study {study.study_name})")
 
 
 def fmt(value: Any) -> str:

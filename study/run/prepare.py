@@ -31,7 +31,7 @@ class Prepared:
     dataset: str
     device: torch.device
     study_name: str
-    storage_url: str
+    storage: storage.Resolved
     target: int
     results_dir: Path
     checkpoint_every: float = CHECKPOINT_EVERY_S
@@ -69,8 +69,8 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
     device = resolve_device(opts.device)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)  # a worker's share of the machine's threads
-    url = opts.storage_url or storage.default_url(opts.results_dir)
-    storage.check_url(url)
+    where = storage.resolve(opts.storage_url, results=opts.results_dir)
+    storage.check_for_writing(where)
     check_writable(opts.results_dir)
     if opts.pruner is not None:
         space = dataclasses.replace(space, study=dataclasses.replace(space.study, pruner=opts.pruner))
@@ -97,7 +97,7 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
         dataset=dataset,
         device=device,
         study_name=opts.study_name or space.name,
-        storage_url=url,
+        storage=where,
         target=opts.trials if opts.trials is not None else space.study.trials,
         results_dir=opts.results_dir,
         checkpoint_every=opts.checkpoint_every,

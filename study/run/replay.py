@@ -194,7 +194,7 @@ def complete_curves(study: optuna.Study, metric: str) -> dict[int, Curve]:
     study's complete trials are the rule's survivors, and its pruned trials' curves are cut short."""
     found: dict[int, Curve] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        curves = trial.user_attrs.get(records.CURVES, {})
+        curves = records.TrialRecord.from_trial(trial).curves
         if curves.get(f"val_{metric}"):
             found[trial.number] = Curve.from_curves(curves, metric)
     return found

@@ -65,7 +65,7 @@ class Session:
     def store(self) -> optuna.storages.BaseStorage:
         """The storage, opened when a study is first asked for."""
         if self._store is None:
-            self._store = storage.open_storage(self.prep.storage_url, heartbeat=self._heartbeat)
+            self._store = storage.open_storage(self.prep.storage, heartbeat=self._heartbeat)
         return self._store
 
     @property
@@ -85,7 +85,7 @@ class Session:
               ours: Callable[[optuna.Study], bool]) -> optuna.Study:
         """The study `name` in this session's storage, created if new; an existing one only if it is
         ours by `ours` and optimises in `direction` (`check_adoptable`)."""
-        return adopt(self.store, name, direction, ours, self.prep.storage_url)
+        return adopt(self.store, name, direction, ours, self.prep.storage)
 
     def fingerprint(self) -> str:
         return self.prep.space.fingerprint(config_defaults(self.prep.module.Config))
@@ -94,13 +94,13 @@ class Session:
         """Before any data is decoded or file written: the storage opens, and a search study of
         this name already in it is ours (`check_adoptable`) and of this space (or `allow_change`)."""
         prep = self.prep
-        path = storage.sqlite_file(prep.storage_url)
+        path = prep.storage.file
         if path is not None and not path.exists():
-            return  # a new SQLite file holds no study yet: created once the data has been read
+            return  # a new SQLite or journal file holds no study yet: created once the data has been read
         if prep.study_name not in storage.study_names(self.store):
             return
         study = optuna.load_study(study_name=prep.study_name, storage=self.store)
-        check_adoptable(study, prep.space.study.direction, records.StudyRecord.is_ours, prep.storage_url)
+        check_adoptable(study, prep.space.study.direction, records.StudyRecord.is_ours, prep.storage)
         recorded = records.StudyRecord.from_study(study)
         if recorded.space_hash is not None and recorded.space_hash != self.fingerprint() and not allow_change:
             raise self.changed()
@@ -188,7 +188,7 @@ class Session:
 
     def announce(self, study: optuna.Study, target: int) -> bool:
         """Say where `study` stands; False when it already holds `target` finished trials."""
-        return announce(study, target, str(self.prep.device), self.prep.storage_url, self.out)
+        return announce(study, target, str(self.prep.device), self.prep.storage, self.out)
 
     def optimize(self, study: optuna.Study, objective: Callable[[optuna.Trial], float], *, target: int,
                  sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner | None = None,
@@ -209,7 +209,7 @@ class Session:
                 self._trainer.pages.close()  # the last trials' figures and notes
 
     def summary(self, study: optuna.Study) -> None:
-        print_summary(study, self.prep.space.study.metric, self.prep.storage_url, self.out)
+        print_summary(study, self.prep.space.study.metric, self.prep.storage, self.out)
 
 
 def _short(content: str) -> str:
@@ -222,7 +222,7 @@ def direction_name(direction: str | optuna.study.StudyDirection) -> str:
 
 
 def adopt(store: optuna.storages.BaseStorage, name: str, direction: str | optuna.study.StudyDirection,
-          ours: Callable[[optuna.Study], bool], url: str) -> optuna.Study:
+          ours: Callable[[optuna.Study], bool], url: str | storage.Resolved) -> optuna.Study:
     """The study `name`: created in `direction` if the storage has none, else loaded and checked
     (`check_adoptable`): never a same-named study that this tool did not make."""
     direction = direction_name(direction)
@@ -237,7 +237,7 @@ def adopt(store: optuna.storages.BaseStorage, name: str, direction: str | optuna
 
 
 def check_adoptable(study: optuna.Study, direction: str | optuna.study.StudyDirection,
-                    ours: Callable[[optuna.Study], bool], url: str) -> None:
+                    ours: Callable[[optuna.Study], bool], url: str | storage.Resolved) -> None:
     """Refuse a same-named study this tool did not make: one that optimises in another direction
     (its sampler would minimise what we maximise, and "best" would be the worst), or one that holds
     trials without our record of what defines them (they would count toward the target and their
@@ -245,7 +245,7 @@ def check_adoptable(study: optuna.Study, direction: str | optuna.study.StudyDire
     study and recording it leaves exactly that. Records can be forged by whoever can write to the
     storage: this guards against accidents; code is guarded by `registry.trusted_objective`."""
     direction = direction_name(direction)
-    where = f"study {study.study_name} in {storage.mask(url)}"
+    where = f"study {study.study_name} in {storage.resolve(url).shown}"
     fork = "; choose another name with --study-name"
     if len(study.directions) != 1:
         raise InputError(f"{where} has {len(study.directions)} objectives, not made by this tool{fork}")

@@ -113,6 +113,8 @@ class TrialTrainer:
         evaluations = {split: (evaluation.loss, evaluation.metrics, evaluation.confusion)
                        for split, evaluation in (("val", result.val), ("test", result.test))}
         writer.result(seconds, result.curves, result.best_epoch, evaluations)
+        if getattr(result, "weights", None):  # an objective that starts from pretrained weights names them
+            writer.weights(result.weights)
         intervals = _keep_predictions(study, trial, splits, result, self.data.manifest_hash(config)
                                       if splits.manifest is not None else None)
         metrics = {split: {"loss": loss, **values} for split, (loss, values, _) in evaluations.items()}
