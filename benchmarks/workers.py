@@ -17,13 +17,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SPACE = """
+SPACE = """schema = 2
 [study]
-objective = "dr_focal"
 sampler = "random"
 pruner = "none"
 trials = {trials}
 [fixed]
+num_classes = 5
+hflip = true
+vflip = true
 epochs = {epochs}
 batch_size = 16
 image_size = {size}

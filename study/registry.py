@@ -23,7 +23,8 @@ def named_studies() -> dict[str, Path]:
 
 
 # The objectives that ship with the tool: the only ones a space read from a storage may name
-# without the user naming it too (`trusted_objective`). Schema-1 names run the image classifier.
+# without the user naming it too (`trusted_objective`). Schema-1 names run the image classifier
+# (the studies made from schema-1 files recorded them, and migrated files keep them).
 BUILTIN_OBJECTIVES = frozenset({DEFAULT_OBJECTIVE, *SCHEMA1_OBJECTIVES})
 
 
@@ -74,7 +75,7 @@ def recorded_space(study: Any, *, objective: str | None = None) -> SearchSpace |
     if not record.space_text:
         return None
     space = load_space_text(record.space_text, stored_label(study.study_name), study.study_name,
-                            direction=stored_direction(study))
+                            direction=stored_direction(study), stored=True)
     trusted_objective(space.study.objective, study.study_name, objective)
     return with_recorded_settings(space, study)
 

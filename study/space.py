@@ -2,7 +2,8 @@
 typed configs it suggests.
 
 A study is one TOML file. ``schema = 2`` at the top names the format this module writes about; a
-file without it is schema 1, the format before it (read as `study.schema1` describes).
+file without it is schema 1, the format before it: refused as a file (``python -m study migrate``
+converts it), read only from the text a study recorded (as `study.schema1` describes).
 ``[study]`` says what is optimised and how, including the objective module (``objective``,
 ``"image_classifier"`` by default; see `objectives.contract`); ``[fixed]`` holds settings every
 trial shares; ``[space]`` holds the sampled parameters, each either ``{choices = [...]}`` or
@@ -36,8 +37,8 @@ from objectives import contract
 from objectives.errors import InputError
 from study.report_layout import ReportLayout
 
-SCHEMA = 2  # the format of the shipped files; a file without `schema` is schema 1
-SCHEMAS = (1, 2)
+SCHEMA = 2  # the format of search-space files; a file without `schema` is schema 1: an error
+SCHEMAS = (1, 2)  # what a study's recorded space text may be
 DEFAULT_OBJECTIVE = "image_classifier"
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 PRUNERS = ("median", "percentile", "catchup", "asha", "hyperband", "none")
@@ -118,8 +119,9 @@ class StudySettings:
 @dataclass(frozen=True)
 class SearchSpace:
     """A parsed search-space file plus the pins of this run. `defaults` lie underneath [fixed]: the
-    settings a schema-1 objective implied (`study.schema1`), which every config of the study is
-    built over (`with_defaults`)."""
+    settings a schema-1 objective implied (`study.schema1`; a stored schema-1 space, or a file
+    `study migrate` wrote, which names it in ``schema1_objective``), which every config of the
+    study is built over (`with_defaults`)."""
 
     name: str
     path: Path

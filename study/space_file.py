@@ -4,6 +4,7 @@ every problem one line naming file, parameter and problem (`SpaceError`)."""
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from study.space import (
     PRUNER_FEEDS,
     PRUNERS,
     SAMPLERS,
+    SCHEMA,
     SCHEMAS,
     Param,
     SearchSpace,
@@ -53,14 +55,21 @@ STUDY_KEYS = {
     "description",
     *PRUNER_KEYS,
 }
+SCHEMA1_KEY = "schema1_objective"  # a schema-2 file `study migrate` wrote: the schema-1 objective it goes on with
 RANGE_KEYS = {"low", "high", "log", "step", "when"}
 CHOICE_KEYS = {"choices", "when"}
 
 
 def load_space(path: Path, name: str | None = None) -> SearchSpace:
-    """Parse and validate one search-space file (schema 1 or 2)."""
+    """Parse and validate one search-space file (schema 2; a schema-1 file is an error naming
+    `study migrate`)."""
+    return load_space_text(read_space_file(path), path, name)
+
+
+def read_space_file(path: Path) -> str:
+    """The text of a search-space file; a one-line SpaceError where it cannot be read."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
         raise SpaceError(f"{path}: no such search-space file") from None
     except IsADirectoryError:
@@ -69,12 +78,16 @@ def load_space(path: Path, name: str | None = None) -> SearchSpace:
         raise SpaceError(f"{path}: cannot read the search-space file ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise SpaceError(f"{path}: not valid TOML ({exc})") from None
-    return load_space_text(text, path, name)
 
 
-def load_space_text(text: str, path: Path, name: str | None = None, *, direction: str | None = None) -> SearchSpace:
+def load_space_text(text: str, path: Path, name: str | None = None, *, direction: str | None = None,
+                    stored: bool = False) -> SearchSpace:
     """Parse and validate a search space from its TOML text; `path` names it in messages (and
     is the file it came from, or the one a stored study recorded).
+
+    `stored`: the text a study recorded (user attr ``space_text``), which may be schema 1 (a file
+    without ``schema``): the studies made from such files re-read it to resume by name and to
+    ablate. A file of schema 1 is refused with the command that converts it (`schema1_error`).
 
     `direction` is given for a stored space: the direction its study actually ran with. Then the
     metric is not checked against the registry and the direction is the study's, so a study made
@@ -85,20 +98,24 @@ def load_space_text(text: str, path: Path, name: str | None = None, *, direction
     except tomllib.TOMLDecodeError as exc:
         raise SpaceError(f"{path}: not valid TOML ({exc})") from None
     where = str(path)
-    schema = doc.pop("schema", 1)
+    schema = doc.pop("schema", 1 if stored else None)
+    if not stored and (schema is None or (type(schema) is int and schema == 1)):
+        raise schema1_error(path)
     if type(schema) is not int or schema not in SCHEMAS:
-        raise SpaceError(f"{where}: schema = {schema!r} is unknown; this version reads schema "
-                         f"{' or '.join(map(str, SCHEMAS))}")
+        raise SpaceError(f"{where}: schema = {schema!r} is unknown; this version reads schema {SCHEMA}")
     tables = {"study", "fixed", "space", "embedded", *(("report",) if schema >= 2 else ())}
     if schema == 1 and "report" in doc:
         raise SpaceError(f"{where}: [report] needs schema = 2 at the top of the file")
     _only(doc, tables, where, "top-level table")
     study_doc = _table(doc, "study", where)
+    made_by = _schema1_objective(study_doc, schema, where)
     _only(study_doc, STUDY_KEYS, where, "[study] key")
     if schema == 1 and "objective" not in study_doc:
         raise SpaceError(f"{where}: [study] needs objective = \"<module in objectives/>\"")
-    legacy = SCHEMA1_OBJECTIVES.get(study_doc.get("objective")) if schema == 1 else None
-    if schema >= 2 and study_doc.get("objective") in SCHEMA1_OBJECTIVES:
+    if made_by is not None:
+        study_doc = {**study_doc, "objective": made_by}
+    legacy = SCHEMA1_OBJECTIVES.get(study_doc.get("objective")) if schema == 1 or made_by else None
+    if schema >= 2 and not made_by and study_doc.get("objective") in SCHEMA1_OBJECTIVES:
         old = study_doc["objective"]
         raise SpaceError(f"{where}: [study].objective = {old!r} is a schema-1 objective; with schema = {schema} write "
                          f"objective = \"{DEFAULT_OBJECTIVE}\" and {old}'s settings (see search_spaces/{old}.toml)")
@@ -162,6 +179,32 @@ def load_space_text(text: str, path: Path, name: str | None = None, *, direction
         report=report,
         text=text,
     )
+
+
+def schema1_error(path: Path) -> SpaceError:
+    """The one line a schema-1 file (no ``schema = 2`` line) gets: the command that converts it."""
+    return SpaceError(f"{path}: a schema-1 search-space file (no `schema = {SCHEMA}` line); convert it with "
+                      f"`python -m study migrate {shlex.quote(str(path))}` (the same study: same fingerprint)")
+
+
+def _schema1_objective(study_doc: dict[str, Any], schema: int, where: str) -> str | None:
+    """[study].schema1_objective of a file `study migrate` wrote, taken out of `study_doc`: the
+    schema-1 objective (`study.schema1`) whose study the file goes on with. Its settings lie under
+    the file's (the file spells them out) and it stands for the objective in the fingerprint, so
+    the study made from the schema-1 file resumes from this one; None for any other file."""
+    if SCHEMA1_KEY not in study_doc:
+        return None
+    made_by = study_doc.pop(SCHEMA1_KEY)
+    if schema < 2:
+        raise SpaceError(f"{where}: [study].{SCHEMA1_KEY} needs schema = 2 at the top of the file")
+    if made_by not in SCHEMA1_OBJECTIVES:
+        raise SpaceError(f"{where}: [study].{SCHEMA1_KEY} = {made_by!r}; expected one of "
+                         f"{', '.join(SCHEMA1_OBJECTIVES)}")
+    if study_doc.get("objective", DEFAULT_OBJECTIVE) != DEFAULT_OBJECTIVE:
+        raise SpaceError(f"{where}: [study].{SCHEMA1_KEY} runs objective = \"{DEFAULT_OBJECTIVE}\", not "
+                         f"{study_doc['objective']!r}")
+    study_doc.pop("objective", None)
+    return made_by
 
 
 def _parse_param(name: str, spec: Any, where: str, fixed: Mapping[str, Any], earlier: list[Param]) -> Param:

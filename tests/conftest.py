@@ -117,19 +117,25 @@ def tiny_space(
 
 
 # The study `made` runs: both archs, pretraining, FE epochs, lr, loss and focal gamma, 2 epochs at 32 px.
-ANALYSIS_SPACE = """
+ANALYSIS_SPACE = """schema = 2
 [study]
-objective = "dr_focal"
+objective = "image_classifier"
 sampler = "random"
 pruner = "median"
 trials = 7
 startup_trials = 3
 seed = 3
+[report.endpoints]
+referable = { positive = [2, 3, 4] }
 [fixed]
 epochs = 2
 batch_size = 16
 image_size = 32
 split_seed = 0
+num_classes = 5
+weight_decay = 5e-4
+hflip = true
+vflip = true
 [space]
 arch = { choices = ["resnet18", "resnet50"] }
 pretrained = { choices = [true, false] }

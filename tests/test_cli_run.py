@@ -118,9 +118,10 @@ def test_median_pruner_prunes_trials_with_shorter_curves(tmp_path: Path, dr_dir:
     stops the bad ones after their warm-up epoch, with their curves kept."""
     space = tmp_path / "prune.toml"
     space.write_text(
-        '[study]\nobjective = "dr_focal"\ndirection = "minimize"\nmetric = "loss"\nsampler = "random"\n'
+        'schema = 2\n[study]\ndirection = "minimize"\nmetric = "loss"\nsampler = "random"\n'
         'pruner = "median"\ntrials = 8\nstartup_trials = 2\nwarmup_epochs = 1\nseed = 1\n'
-        '[fixed]\nepochs = 4\nbatch_size = 16\nimage_size = 32\narch = "resnet18"\npretrained = false\n'
+        '[fixed]\nnum_classes = 5\nhflip = true\nvflip = true\n'
+        'epochs = 4\nbatch_size = 16\nimage_size = 32\narch = "resnet18"\npretrained = false\n'
         '[space]\nlr = { choices = [1e-7, 0.05] }\n'
     )
     result = run_cli("run", str(space), "--data", str(dr_dir), cwd=tmp_path)
@@ -139,8 +140,9 @@ def test_median_pruner_prunes_trials_with_shorter_curves(tmp_path: Path, dr_dir:
 def test_nan_trial_is_recorded_and_study_goes_on(tmp_path: Path, dr_dir: Path):
     space = tmp_path / "nan.toml"
     space.write_text(
-        '[study]\nobjective = "dr_focal"\nsampler = "grid"\npruner = "none"\ntrials = 2\n'
-        '[fixed]\nepochs = 1\nbatch_size = 16\nimage_size = 32\narch = "resnet18"\npretrained = false\n'
+        'schema = 2\n[study]\nsampler = "grid"\npruner = "none"\ntrials = 2\n'
+        '[fixed]\nnum_classes = 5\nhflip = true\nvflip = true\n'
+        'epochs = 1\nbatch_size = 16\nimage_size = 32\narch = "resnet18"\npretrained = false\n'
         '[space]\nlr = { choices = [1e30, 0.01] }\n'
     )
     result = run_cli("run", str(space), "--data", str(dr_dir), cwd=tmp_path)
@@ -244,8 +246,9 @@ def test_corrupt_jpeg_and_bad_label_via_cli(tmp_path: Path, dr_dir: Path, torch_
 
 def test_changed_space_refuses_to_mix_trials(tmp_path: Path, dr_dir: Path):
     space = tmp_path / "s.toml"
-    text = ('[study]\nobjective = "dr_focal"\npruner = "none"\ntrials = 1\n'
-            '[fixed]\nepochs = 1\nbatch_size = 16\nimage_size = 32\narch = "resnet18"\npretrained = false\n'
+    text = ('schema = 2\n[study]\npruner = "none"\ntrials = 1\n'
+            '[fixed]\nnum_classes = 5\nhflip = true\nvflip = true\n'
+            'epochs = 1\nbatch_size = 16\nimage_size = 32\narch = "resnet18"\npretrained = false\n'
             '[space]\nlr = { low = 0.001, high = 0.1, log = true }\n')
     space.write_text(text)
     assert run_cli("run", str(space), "--data", str(dr_dir), cwd=tmp_path).returncode == 0
@@ -267,8 +270,9 @@ def test_five_failed_trials_in_a_row_end_run_with_exit_1_and_one_summary_line(tm
     exit, never 0 as if the study were done."""
     space = tmp_path / "diverge.toml"
     space.write_text(
-        '[study]\nobjective = "dr_focal"\nsampler = "random"\npruner = "none"\ntrials = 20\n'
-        '[fixed]\nepochs = 1\nbatch_size = 16\nimage_size = 32\narch = "resnet18"\npretrained = false\n'
+        'schema = 2\n[study]\nsampler = "random"\npruner = "none"\ntrials = 20\n'
+        '[fixed]\nnum_classes = 5\nhflip = true\nvflip = true\n'
+        'epochs = 1\nbatch_size = 16\nimage_size = 32\narch = "resnet18"\npretrained = false\n'
         '[space]\nlr = { low = 1e29, high = 1e30, log = true }\n'
     )
     result = run_cli("run", str(space), "--data", str(dr_dir), cwd=tmp_path)

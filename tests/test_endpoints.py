@@ -8,7 +8,7 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-from test_schema import write
+from test_space import write
 
 from study.report import endpoints as ep
 from study.report.endpoints import Endpoint, SplitPredictions

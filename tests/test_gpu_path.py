@@ -380,7 +380,7 @@ def _fail_on_second_call(error):
     return hook
 
 
-SPACE = """
+SPACE = """schema = 2
 [study]
 objective = "test_gpu_path"  # not used: the runner is handed this file as the objective module
 direction = "maximize"
@@ -494,7 +494,7 @@ def test_a_sticky_cuda_error_is_recorded_and_ends_the_process(tmp_path: Path):
 # ---------------------------------------------------------------- torch.compile
 
 
-ARCH_SPACE = """
+ARCH_SPACE = """schema = 2
 [study]
 objective = "test_gpu_path"  # not used, as above
 direction = "maximize"

@@ -1,7 +1,8 @@
 """Storages written by earlier versions of the tool still list and report: tests/fixtures/old_study
 (commit 8a456c0, an earlier recipe: `run` refuses to add trials to it) and
 tests/fixtures/recipe2_study (commit 0795b6c, when dr_focal was an objective module of its own:
-`run` of its schema-1 file goes on adding trials to it)."""
+`run` goes on adding trials to it from its file converted by `study migrate`, or by name from
+schema-1 text a study recorded)."""
 
 import shutil
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+
+from study import cli
 
 from conftest import ROOT, dr_labels, run_cli, write_dr_lab
 
@@ -22,6 +25,12 @@ def copied(tmp_path: Path, fixture: str, space_file: str) -> Path:
     shutil.copy(FIXTURES / fixture / "optuna.db", results / "optuna.db")
     shutil.copy(FIXTURES / fixture / space_file, tmp_path / space_file)
     return results
+
+
+def migrated(space_file: Path) -> Path:
+    """`space_file` (schema 1, refused by `run`) rewritten as schema 2 by `study migrate`."""
+    assert cli.main(["migrate", str(space_file)]) == 0
+    return space_file
 
 
 @pytest.fixture
@@ -48,7 +57,7 @@ def test_run_refuses_to_add_new_recipe_trials_to_an_old_study(tmp_path: Path, ol
     data = write_dr_lab(tmp_path / "dr", dr_labels(40), dr_labels(20, seed=1), size=32)
     study = optuna.load_study(study_name="old", storage=f"sqlite:///{old_results / 'optuna.db'}")
     study.set_user_attr("dataset", str(data.resolve()))  # the same data: only the recipe differs
-    result = run_cli("run", str(tmp_path / "old.toml"), "--data", str(data), "--results", str(old_results),
+    result = run_cli("run", str(migrated(tmp_path / "old.toml")), "--data", str(data), "--results", str(old_results),
                      "--trials", "3", cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     line = result.stderr.strip()
@@ -69,17 +78,26 @@ def test_a_recipe2_study_and_its_ablation_list_and_report(tmp_path: Path, recipe
 
 
 def test_run_goes_on_adding_trials_to_a_recipe2_study(tmp_path: Path, recipe2_results: Path):
-    """Its schema-1 file (objective = "dr_focal") still has the fingerprint the study recorded."""
+    """Its schema-1 file (objective = "dr_focal") is refused with the command that converts it;
+    the converted file has the fingerprint the study recorded, and so has schema-1 text a study
+    recorded, which `run recipe2` resumes from by name."""
     data = write_dr_lab(tmp_path / "dr", dr_labels(40), dr_labels(20, seed=1), size=32)
     storage = f"sqlite:///{recipe2_results / 'optuna.db'}"
     optuna.load_study(study_name="recipe2", storage=storage).set_user_attr("dataset", str(data.resolve()))
-    result = run_cli("run", str(tmp_path / "recipe2.toml"), "--data", str(data), "--results", str(recipe2_results),
-                     "--trials", "4", cwd=tmp_path)
+    args = ("--data", str(data), "--results", str(recipe2_results))
+    refused = run_cli("run", str(tmp_path / "recipe2.toml"), *args, "--trials", "4", cwd=tmp_path)
+    assert refused.returncode == 2 and "study migrate" in refused.stderr and refused.stderr.count("\n") == 1
+    result = run_cli("run", str(migrated(tmp_path / "recipe2.toml")), *args, "--trials", "4", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    # a study made from a schema-1 file after studies recorded their TOML (this one predates that)
+    optuna.load_study(study_name="recipe2", storage=storage).set_user_attr(
+        "space_text", (FIXTURES / "recipe2_study" / "recipe2.toml").read_text())
+    by_name = run_cli("run", "recipe2", *args, "--trials", "5", cwd=tmp_path)
+    assert by_name.returncode == 0, by_name.stdout + by_name.stderr
     study = optuna.load_study(study_name="recipe2", storage=storage)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
-    added = study.trials[3].user_attrs["config"]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
     old = study.trials[0].user_attrs["config"]
-    assert {k: v for k, v in added.items() if k in old and k not in ("lr", "loss", "seed")} == \
-        {k: v for k, v in old.items() if k not in ("lr", "loss", "seed")}  # the same recipe
-    assert (added["num_classes"], added["hflip"], added["vflip"]) == (5, True, True)  # what dr_focal implied
+    for added in (t.user_attrs["config"] for t in study.trials[3:]):
+        assert {k: v for k, v in added.items() if k in old and k not in ("lr", "loss", "seed")} == \
+            {k: v for k, v in old.items() if k not in ("lr", "loss", "seed")}  # the same recipe
+        assert (added["num_classes"], added["hflip"], added["vflip"]) == (5, True, True)  # what dr_focal implied

@@ -309,9 +309,10 @@ def test_a_run_feeds_the_best_so_far_and_keeps_the_raw_curves(tmp_path: Path, dr
 
     space = tmp_path / "feed.toml"
     space.write_text(
-        '[study]\nobjective = "dr_focal"\ndirection = "minimize"\nmetric = "loss"\nsampler = "random"\n'
+        'schema = 2\n[study]\ndirection = "minimize"\nmetric = "loss"\nsampler = "random"\n'
         'pruner = "median"\npruner_feed = "best"\ntrials = 4\nseed = 1\n'
-        '[fixed]\nepochs = 4\nbatch_size = 16\nimage_size = 32\narch = "resnet18"\npretrained = false\n'
+        '[fixed]\nnum_classes = 5\nhflip = true\nvflip = true\n'
+        'epochs = 4\nbatch_size = 16\nimage_size = 32\narch = "resnet18"\npretrained = false\n'
         '[space]\nlr = { choices = [1e-7, 0.05] }\n'
     )
     result = run_cli("run", str(space), "--data", str(dr_dir), "--pruner", "asha", cwd=tmp_path)

@@ -1,25 +1,26 @@
-"""A study is a TOML file: the schema version, schema-1 objectives as settings of the one image
-classifier, objective modules of one's own, and the [report] table (no training)."""
+"""Schema 1, the search-space format before ``schema = 2``: read only from the text a study
+recorded (its old studies resume by name and ablate), refused as a file with a one-line error
+naming `study migrate`, which writes the schema-2 file of the same study (no training)."""
 
-import textwrap
+import shutil
+import tomllib
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution
-from optuna.trial import create_trial
 
 from objectives import contract, image_classifier
-from objectives.errors import InputError
-from study import registry
-from study.report import frames
-from study.report_layout import ReportLayout
-from study.schema1 import SCHEMA1_OBJECTIVES
+from study import cli, registry
+from study.cli.migrate import to_schema2
+from study.schema1 import REFERABLE_DR, SCHEMA1_OBJECTIVES
 from study.space import SpaceError, build_config, config_defaults
-from study.space_file import load_space
+from study.space_file import load_space, load_space_text
 
-# The shipped studies as schema-1 files (search_spaces/*.toml before schema 2, without [embedded]).
+RECIPE2 = Path(__file__).parent / "fixtures" / "recipe2_study" / "recipe2.toml"
+RECIPE2_FINGERPRINT = "f63dadc571738629"  # what its study recorded, computed by the commit that made it (0795b6c)
+
+# The shipped studies as schema-1 text, as the studies made from them recorded it (search_spaces/*.toml
+# before schema 2, without [embedded]).
 SCHEMA1 = {
     "dr_focal": """
 [study]
@@ -86,11 +87,18 @@ def configs(space, n=40):
     return found
 
 
+def fingerprint(space) -> str:
+    """The fingerprint `run` compares with what a study recorded."""
+    return space.fingerprint(config_defaults(image_classifier.Config))
+
+
+def stored(text: str, name: str = "old"):
+    return load_space_text(text, Path(f"{name}.toml"), name, stored=True)
+
+
 @pytest.mark.parametrize("name", list(SCHEMA1))
-def test_a_schema1_file_and_the_shipped_schema2_file_give_the_same_trials(tmp_path: Path, name):
-    old = tmp_path / f"{name}.toml"
-    old.write_text(SCHEMA1[name])
-    legacy, shipped = load_space(old), registry.resolve(name)
+def test_a_recorded_schema1_space_and_the_shipped_schema2_file_give_the_same_trials(name):
+    legacy, shipped = stored(SCHEMA1[name], name), registry.resolve(name)
     assert (legacy.schema, shipped.schema) == (1, 2)
     assert legacy.study.objective == name and shipped.study.objective == "image_classifier"
     assert registry.objective_module(legacy) is registry.objective_module(shipped) is image_classifier
@@ -104,11 +112,97 @@ def test_the_schema1_table_names_every_setting_of_the_image_classifier():
         build_config(image_classifier.Config, dict(legacy.settings))  # every value passes the checks
 
 
-def test_a_schema1_study_keeps_its_fingerprint():
-    """The hash `run` compares with what a study recorded, computed by the commit that made the
-    fixture (0795b6c, when dr_focal was a module of its own)."""
-    fixture = Path(__file__).parent / "fixtures" / "recipe2_study" / "recipe2.toml"
-    assert load_space(fixture).fingerprint(config_defaults(image_classifier.Config)) == "f63dadc571738629"
+def test_a_recorded_schema1_study_keeps_its_fingerprint():
+    assert fingerprint(stored(RECIPE2.read_text(), "recipe2")) == RECIPE2_FINGERPRINT
+
+
+@pytest.mark.parametrize("text", [
+    RECIPE2.read_text(),  # a schema-1 objective
+    "schema = 1\n" + RECIPE2.read_text(),
+    '[study]\nobjective = "image_classifier"\n[fixed]\nepochs = 1\n',  # no schema line: once schema 1, now an error
+])
+def test_a_schema1_file_is_one_line_naming_study_migrate(tmp_path: Path, capsys, text):
+    path = tmp_path / "old.toml"
+    path.write_text(text)
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(path)) and f"python -m study migrate {path}" in message
+    assert cli.main(["run", str(path), "--results", str(tmp_path / "results")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "study migrate" in error
+    assert not (tmp_path / "results").exists()
+
+
+def test_migrate_writes_the_schema2_file_of_the_same_study(tmp_path: Path, capsys):
+    old = tmp_path / "recipe2.toml"
+    shutil.copy(RECIPE2, old)
+    new = tmp_path / "new" / "recipe2.toml"
+    new.parent.mkdir()
+    assert cli.main(["migrate", str(old), "-o", str(new)]) == 0
+    space = load_space(new)
+    assert space.schema == 2 and fingerprint(space) == RECIPE2_FINGERPRINT
+    assert configs(space) == configs(stored(RECIPE2.read_text()))  # the same trials
+    assert space.embedded["dataset"] == "synthetic-fundus" and space.report.endpoints == (REFERABLE_DR,)
+    doc = tomllib.loads(new.read_text())
+    assert doc["study"]["schema1_objective"] == "dr_focal" and "objective" not in doc["study"]
+    assert set(doc["fixed"]) == set(config_defaults(image_classifier.Config)) - set(doc["space"])  # spelled out
+    assert doc["fixed"]["num_classes"] == 5 and doc["fixed"]["epochs"] == 1  # dr_focal's, the file's own
+    assert old.read_text() == RECIPE2.read_text()
+
+
+@pytest.mark.parametrize("name", list(SCHEMA1))
+def test_migrate_keeps_the_fingerprint_trials_data_and_endpoints_of_each_schema1_objective(name):
+    old = stored(SCHEMA1[name], name)
+    new = load_space_text(to_schema2(SCHEMA1[name], Path(f"{name}.toml")), Path(f"{name}.toml"), name)
+    assert (new.schema, new.study.objective) == (2, name) and fingerprint(new) == fingerprint(old)
+    assert configs(new) == configs(old) and new.embedded == old.embedded and new.report == old.report
+
+
+def test_migrate_refuses_to_overwrite_an_existing_output_without_force(tmp_path: Path, capsys):
+    old = tmp_path / "recipe2.toml"
+    shutil.copy(RECIPE2, old)
+    out = tmp_path / "out.toml"
+    out.write_text("mine")
+    assert cli.main(["migrate", str(old), "-o", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{out} exists" in error and "--force" in error
+    assert out.read_text() == "mine"
+    assert cli.main(["migrate", str(old), "-o", str(out), "--force"]) == 0
+    migrated = out.read_text()
+    assert fingerprint(load_space(out)) == RECIPE2_FINGERPRINT
+    assert cli.main(["migrate", str(old)]) == 0  # in place: the old file kept next to it
+    assert old.read_text() == migrated and (tmp_path / "recipe2.toml.schema1").read_text() == RECIPE2.read_text()
+    assert cli.main(["migrate", str(old)]) == 2
+    assert "already schema 2" in capsys.readouterr().err
+    assert (tmp_path / "recipe2.toml.schema1").read_text() == RECIPE2.read_text()
+
+
+def test_a_schema1_file_of_another_objective_gains_only_the_schema_line(tmp_path: Path):
+    text = ('[study]\nobjective = "image_classifier"\nsampler = "random"\nmetric = "accuracy"\n'
+            '[fixed]\nepochs = 3\nbatch_size = 8\n'
+            '[space]\nlr = { low = 1e-3, high = 1e-1, log = true }\nloss = { choices = ["ce", "focal"] }\n'
+            '[embedded]\ntrials = 2\n')
+    old = tmp_path / "mine.toml"
+    old.write_text(text)
+    assert cli.main(["migrate", str(old), "-o", str(tmp_path / "new.toml")]) == 0
+    space = load_space(tmp_path / "new.toml")
+    assert "schema1_objective" not in (tmp_path / "new.toml").read_text() and not space.defaults
+    assert fingerprint(space) == fingerprint(stored(text)) and configs(space) == configs(stored(text))
+    assert dict(space.embedded) == {"trials": 2} and space.study.metric == "accuracy"
+
+
+@pytest.mark.parametrize("study, message", [
+    ('schema1_objective = "dr_focus"', "[study].schema1_objective = 'dr_focus'; expected one of dr_focal, cifar_loss"),
+    ('schema1_objective = "dr_focal"\nobjective = "mine.clf"', "runs objective = \"image_classifier\", not 'mine.clf'"),
+    ('objective = "dr_focal"', "'dr_focal' is a schema-1 objective"),
+])
+def test_schema1_names_in_a_schema2_file_are_one_line_errors(tmp_path: Path, study, message):
+    path = tmp_path / "s.toml"
+    path.write_text(f"schema = 2\n[study]\n{study}\n[fixed]\nepochs = 1\n")
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    assert message in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_settings_are_checked_once_for_every_study():
@@ -128,132 +222,3 @@ def test_settings_are_checked_once_for_every_study():
                                                                            "norm_std": [0.2] * 3}).data)
     parts = {s.part for s in contract.settings(image_classifier.Config).values()}
     assert parts == {"data", "train"} and set(contract.flat(config)) == set(contract.settings(image_classifier.Config))
-
-
-GOOD = """
-schema = 2
-[study]
-metric = "accuracy"
-[fixed]
-epochs = 2
-[space]
-arch = { choices = ["convnet", "resnet18"] }
-loss = { choices = ["ce", "focal"] }
-"""
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "s.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def test_schema2_defaults_to_the_image_classifier(tmp_path: Path):
-    space = load_space(write(tmp_path, GOOD))
-    assert space.schema == 2 and space.study.objective == "image_classifier" and not space.defaults
-    assert registry.objective_module(space) is image_classifier
-    assert space.report == ReportLayout()
-    stated = load_space(write(tmp_path, GOOD.replace("[study]", '[study]\nobjective = "image_classifier"')))
-    assert stated.fingerprint() == space.fingerprint()
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        (GOOD.replace("schema = 2", "schema = 3"), "schema = 3 is unknown; this version reads schema 1 or 2"),
-        (GOOD.replace("schema = 2", 'schema = "2"'), "schema = '2' is unknown"),
-        (GOOD.replace("schema = 2", "") + "[report]\ncells = []\n", "[report] needs schema = 2"),
-        (GOOD.replace("[study]", '[study]\nobjective = "dr_focal"'), "'dr_focal' is a schema-1 objective"),
-        (
-            GOOD + '[report]\ncells = ["arch", "optimizer"]\n',
-            "[report].cells: 'optimizer' is not a setting in [fixed] or [space]",
-        ),
-        (GOOD + '[report]\nfigures = ["arch", "arch"]\n', "[report].figures must be a list of distinct setting names"),
-        (GOOD + '[report]\ncolumns = ["arch"]\n', "[report]: unknown key 'columns'"),
-        (GOOD + '[report]\nlabels = { arch = { vgg = "v" } }\n', "[report].labels.arch: 'vgg' is not a value of arch"),
-        (
-            GOOD + '[report]\nlabels = { arch = { convnet = "small/net" } }\n',
-            "[report].labels.arch.convnet: 'small/net' must be",
-        ),
-    ],
-)
-def test_bad_schema_and_report_are_one_line_errors_naming_the_file(tmp_path: Path, text, message):
-    path = write(tmp_path, text)
-    with pytest.raises(SpaceError) as err:
-        load_space(path)
-    assert message in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
-
-
-def test_report_names_must_be_settings_of_the_objective(tmp_path: Path):
-    path = write(tmp_path, GOOD.replace("[fixed]", "[fixed]\nwidth = 3") + '[report]\ncells = ["arch", "width"]\n')
-    with pytest.raises(SpaceError, match="width: not a setting of objective image_classifier"):
-        load_space(path).check_config(image_classifier.Config)
-
-
-def test_an_objective_module_of_ones_own(tmp_path: Path, monkeypatch):
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "__init__.py").write_text("")
-    (tmp_path / "mine" / "partial.py").write_text("Config = None\n")
-    (tmp_path / "mine" / "classifier.py").write_text(
-        "from objectives.image_classifier import EMBEDDED_DATASET, Config, load_data, run\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for objective, message in (
-        ("mine.nothere", "no module mine.nothere"),
-        ("nothere", "no module objectives.nothere"),
-        ("mine.partial", "mine.partial is not an objective module: it lacks EMBEDDED_DATASET, load_data, run"),
-        ("synthetic", "objectives.synthetic is not an objective module"),
-    ):
-        path = write(tmp_path, GOOD.replace("[study]", f'[study]\nobjective = "{objective}"'))
-        with pytest.raises(InputError) as err:
-            registry.objective_module(load_space(path))
-        assert message in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
-    path = write(tmp_path, GOOD.replace("[study]", '[study]\nobjective = "mine.classifier"'))
-    assert registry.objective_module(load_space(path)).Config is image_classifier.Config
-
-
-def trial(number, value, **config):
-    return create_trial(
-        params={"arch": config["arch"]},
-        distributions={"arch": CategoricalDistribution(["convnet", "resnet18"])},
-        value=value,
-        user_attrs={"config": config, "test_confusion": [[1, 0], [0, 1]], "class_names": ["a", "b"]},
-    )
-
-
-def layout_study(report=None):
-    study = optuna.create_study(direction="maximize")
-    for i, (arch, pretrained, loss) in enumerate(
-        [("convnet", False, "ce"), ("resnet18", True, "ce"), ("resnet18", False, "focal"), ("resnet18", True, "focal")]
-    ):
-        study.add_trial(trial(i, 0.1 * i, arch=arch, pretrained=pretrained, loss=loss))
-    if report is not None:
-        study.set_user_attr("report", report)
-    return study
-
-
-def test_report_cells_and_figures_come_from_the_recorded_layout_or_the_dr_defaults():
-    old = layout_study()  # a study made before studies recorded [report]
-    frame = frames.trial_frame(old)
-    assert set(frames.best_trials_per_cell(old, frame, True)) == {
-        "best",
-        "convnet_scratch",
-        "resnet18_pretrained",
-        "resnet18_scratch",
-    }
-    assert {"arch", "pretrained", "loss"} <= set(frames.cell_table(frame, True).columns)
-    layout = ReportLayout(cells=("loss",), figures=("loss", "pretrained"), labels={"loss": {"focal": "fl"}})
-    new = layout_study(layout.record())
-    assert frames.recorded_layout(new) == ReportLayout.from_record(layout.record())
-    picked = frames.best_trials_per_cell(new, frames.trial_frame(new), True)
-    assert set(picked) == {"best", "ce_False", "ce_True", "fl_False", "fl_True"}
-    cells = frames.cell_table(frames.trial_frame(new), True, frames.recorded_layout(new).cells)
-    assert list(cells.loss) == ["ce", "focal"] and "arch" not in cells
-    assert (
-        ReportLayout().label("pretrained", True) == "pretrained"
-        and ReportLayout().label("arch", "convnet") == "convnet"
-    )
-    assert (
-        ReportLayout().label("pretrained", np.False_) == "scratch"
-        and ReportLayout().label("pretrained", "True") == "pretrained"
-    )

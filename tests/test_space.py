@@ -2,11 +2,18 @@ import dataclasses
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import create_trial
 
+from objectives import image_classifier
+from objectives.errors import InputError
 from objectives.image_classifier import Config
 from study import registry
+from study.report import frames
+from study.report_layout import ReportLayout
 from study.space import SpaceError, build_config, parse_value
 from study.space_file import load_space
 
@@ -78,9 +85,9 @@ def test_fingerprint_changes_with_space_and_pins_not_trials():
     assert bigger.fingerprint() == space.fingerprint()
 
 
-GOOD = """
+GOOD = """schema = 2
 [study]
-objective = "dr_focal"
+objective = "image_classifier"
 [fixed]
 epochs = 3
 [space]
@@ -89,13 +96,19 @@ loss = { choices = ["ce", "focal"] }
 """
 
 
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
         ("[study\nobjective=1", "not valid TOML"),
         (GOOD.replace("[fixed]", "[fixd]"), "unknown top-level table 'fixd'"),
         (
-            GOOD.replace('objective = "dr_focal"', 'objective = "dr_focal"\nsampeler = "tpe"'),
+            GOOD.replace('objective = "image_classifier"', 'objective = "image_classifier"\nsampeler = "tpe"'),
             "unknown [study] key 'sampeler'",
         ),
         (GOOD.replace("low = 1e-3, high = 1e-1", "low = 1e-1, high = 1e-3"), "lr: low 0.1 > high 0.001"),
@@ -109,15 +122,22 @@ loss = { choices = ["ce", "focal"] }
         (GOOD + 'x = { low = 0, high = "epoch - 1" }\n', "bound 'epoch - 1'"),
         (GOOD + "x = { low = 0.0, high = 1.0, log = true }\n", "log range needs low > 0"),
         (
-            GOOD.replace('objective = "dr_focal"', 'objective = "dr_focal"\nsampler = "bayes"'),
+            GOOD.replace('objective = "image_classifier"', 'objective = "image_classifier"\nsampler = "bayes"'),
             "[study].sampler = 'bayes'",
         ),
         (GOOD + '[embedded]\nwarmup_epochs = "two"\n', "[embedded].warmup_epochs must be a non-negative integer"),
+        (GOOD.replace("schema = 2", "schema = 3"), "schema = 3 is unknown; this version reads schema 2"),
+        (GOOD.replace("schema = 2", 'schema = "2"'), "schema = '2' is unknown"),
+        (GOOD.replace('"image_classifier"', '"dr_focal"'), "'dr_focal' is a schema-1 objective"),
+        (GOOD + '[report]\ncells = ["loss", "optimizer"]\n', "[report].cells: 'optimizer' is not a setting in [fixed]"),
+        (GOOD + '[report]\nfigures = ["loss", "loss"]\n', "[report].figures must be a list of distinct setting names"),
+        (GOOD + '[report]\ncolumns = ["loss"]\n', "[report]: unknown key 'columns'"),
+        (GOOD + '[report]\nlabels = { loss = { l1 = "v" } }\n', "[report].labels.loss: 'l1' is not a value of loss"),
+        (GOOD + '[report]\nlabels = { loss = { ce = "c/e" } }\n', "[report].labels.loss.ce: 'c/e' must be"),
     ],
 )
 def test_malformed_space_files_name_file_parameter_problem(tmp_path: Path, text, message):
-    path = tmp_path / "bad.toml"
-    path.write_text(textwrap.dedent(text))
+    path = write(tmp_path, text)
     with pytest.raises(SpaceError) as err:
         load_space(path)
     assert message in str(err.value)
@@ -125,10 +145,18 @@ def test_malformed_space_files_name_file_parameter_problem(tmp_path: Path, text,
     assert "\n" not in str(err.value)
 
 
+def test_schema2_defaults_to_the_image_classifier(tmp_path: Path):
+    space = load_space(write(tmp_path, GOOD.replace('objective = "image_classifier"\n', "")))
+    assert space.schema == 2 and space.study.objective == "image_classifier" and not space.defaults
+    assert registry.objective_module(space) is image_classifier
+    assert space.report == ReportLayout()
+    assert load_space(write(tmp_path, GOOD)).fingerprint() == space.fingerprint()
+
+
 def test_space_name_not_a_config_field(tmp_path: Path):
     path = tmp_path / "s.toml"
     path.write_text(GOOD + "dropout = { low = 0.0, high = 0.5 }\n")
-    with pytest.raises(SpaceError, match="dropout: not a setting of objective dr_focal"):
+    with pytest.raises(SpaceError, match="dropout: not a setting of objective image_classifier"):
         load_space(path).check_config(Config)
 
 
@@ -147,3 +175,78 @@ def test_bad_pins():
         space.pin("lr", 5)
     with pytest.raises(SpaceError, match="--set arch='vgg'"):
         space.pin("arch", "vgg")
+
+
+def test_report_names_must_be_settings_of_the_objective(tmp_path: Path):
+    path = write(tmp_path, GOOD.replace("[fixed]", "[fixed]\nwidth = 3") + '[report]\ncells = ["loss", "width"]\n')
+    with pytest.raises(SpaceError, match="width: not a setting of objective image_classifier"):
+        load_space(path).check_config(Config)
+
+
+def test_an_objective_module_of_ones_own(tmp_path: Path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "__init__.py").write_text("")
+    (tmp_path / "mine" / "partial.py").write_text("Config = None\n")
+    (tmp_path / "mine" / "classifier.py").write_text(
+        "from objectives.image_classifier import EMBEDDED_DATASET, Config, load_data, run\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for objective, message in (
+        ("mine.nothere", "no module mine.nothere"),
+        ("nothere", "no module objectives.nothere"),
+        ("mine.partial", "mine.partial is not an objective module: it lacks EMBEDDED_DATASET, load_data, run"),
+        ("synthetic", "objectives.synthetic is not an objective module"),
+    ):
+        path = write(tmp_path, GOOD.replace('"image_classifier"', f'"{objective}"'))
+        with pytest.raises(InputError) as err:
+            registry.objective_module(load_space(path))
+        assert message in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+    path = write(tmp_path, GOOD.replace('"image_classifier"', '"mine.classifier"'))
+    assert registry.objective_module(load_space(path)).Config is Config
+
+
+def trial(number, value, **config):
+    return create_trial(
+        params={"arch": config["arch"]},
+        distributions={"arch": CategoricalDistribution(["convnet", "resnet18"])},
+        value=value,
+        user_attrs={"config": config, "test_confusion": [[1, 0], [0, 1]], "class_names": ["a", "b"]},
+    )
+
+
+def layout_study(report=None):
+    study = optuna.create_study(direction="maximize")
+    for i, (arch, pretrained, loss) in enumerate(
+        [("convnet", False, "ce"), ("resnet18", True, "ce"), ("resnet18", False, "focal"), ("resnet18", True, "focal")]
+    ):
+        study.add_trial(trial(i, 0.1 * i, arch=arch, pretrained=pretrained, loss=loss))
+    if report is not None:
+        study.set_user_attr("report", report)
+    return study
+
+
+def test_report_cells_and_figures_come_from_the_recorded_layout_or_the_dr_defaults():
+    old = layout_study()  # a study made before studies recorded [report]
+    frame = frames.trial_frame(old)
+    assert set(frames.best_trials_per_cell(old, frame, True)) == {
+        "best",
+        "convnet_scratch",
+        "resnet18_pretrained",
+        "resnet18_scratch",
+    }
+    assert {"arch", "pretrained", "loss"} <= set(frames.cell_table(frame, True).columns)
+    layout = ReportLayout(cells=("loss",), figures=("loss", "pretrained"), labels={"loss": {"focal": "fl"}})
+    new = layout_study(layout.record())
+    assert frames.recorded_layout(new) == ReportLayout.from_record(layout.record())
+    picked = frames.best_trials_per_cell(new, frames.trial_frame(new), True)
+    assert set(picked) == {"best", "ce_False", "ce_True", "fl_False", "fl_True"}
+    cells = frames.cell_table(frames.trial_frame(new), True, frames.recorded_layout(new).cells)
+    assert list(cells.loss) == ["ce", "focal"] and "arch" not in cells
+    assert (
+        ReportLayout().label("pretrained", True) == "pretrained"
+        and ReportLayout().label("arch", "convnet") == "convnet"
+    )
+    assert (
+        ReportLayout().label("pretrained", np.False_) == "scratch"
+        and ReportLayout().label("pretrained", "True") == "pretrained"
+    )

@@ -18,13 +18,15 @@ from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
-SPACE = """
+SPACE = """schema = 2
 [study]
-objective = "dr_focal"
 sampler = "random"
 pruner = "none"
 trials = 4
 [fixed]
+num_classes = 5
+hflip = true
+vflip = true
 epochs = {epochs}
 batch_size = 16
 image_size = 32

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import optuna
 
-from study.cli import ablate, dashboard, data, listing, report, run
+from study.cli import ablate, dashboard, data, listing, migrate, report, run
 from study.cli.common import Parser
 from study.exits import exit_code
 
@@ -24,6 +24,7 @@ COMMANDS = {  # name -> (module, help)
     "report": (report, "ablation tables, importances, confusion matrices, curves"),
     "ablate": (ablate, "re-train the best configuration with factors changed, over fresh paired seeds"),
     "dashboard": (dashboard, "optuna-dashboard on the storage, with trial figures"),
+    "migrate": (migrate, "rewrite a schema-1 search-space file as schema 2, the same study"),
 }
 
 

@@ -64,9 +64,6 @@ def build_report(
     sections.append(data_section)
     files += data_files
 
-    for stale in out.glob("ablation.*"):  # the factor table's old name: left there, it would read as an ablation
-        if stale.suffix.lstrip(".") in tables.FORMATS:
-            stale.unlink()
     factor = factor_table(frame, factors(study), maximize)
     if not factor.empty:
         caption = (

@@ -42,7 +42,7 @@ def pilot_settings(record: StudyRecord) -> StudySettings:
     from study.space_file import load_space_text
 
     try:
-        space = load_space_text(record.space_text or "", Path("recorded.toml"))
+        space = load_space_text(record.space_text or "", Path("recorded.toml"), stored=True)
     except Exception:  # noqa: BLE001 - any failure means: no usable recorded settings
         return StudySettings()
     return (space.embedded_run() if record.dataset and is_embedded(record.dataset) else space).study

@@ -66,7 +66,7 @@ class RunOptions:
             if space.get("text"):
                 # as the parent parsed it (a stored space keeps the direction its study ran with)
                 loaded = load_space_text(space["text"], Path(space["file"]), space["name"],
-                                         direction=space.get("direction"))
+                                         direction=space.get("direction"), stored=True)
             else:
                 loaded = load_space(Path(space["file"]), space["name"])
             loaded = loaded.with_settings(**{k: v for k, v in space.get("fixed", {}).items() if k in loaded.fixed})
