@@ -13,7 +13,7 @@
 # The figures come from elsewhere: docs/confusion_best.png is the report's confusion_best.png
 # (copied to OUT_DIR by the `report` step), docs/dashboard.png the dashboard test's screenshot
 # (STUDY_DOCS_SCREENSHOT=docs/dashboard.png, tests/test_analysis.py), docs/ablation_table.png the
-# LaTeX ablation table of tests/fixtures/recipe2_study.
+# LaTeX ablation table of the `ablate` step below, rendered by pdflatex + pdftoppm (the `exhibit` step).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$(mktemp -d)}
@@ -42,5 +42,25 @@ cp -r results/data/synthetic-fundus-pairs-800-200-seed0 fundus
 rm fundus/train_00295_left.jpeg
 cp fundus/train_00136_right.jpeg fundus/test_00050_right.jpeg
 step data-inspect python -m study data inspect fundus
+
+# docs/pruning.md (the what-if) and docs/ablations.md (the exhibit): a pilot without pruning, its
+# report's "Pruning what-if", its ablation (5 fresh seeds) and the ablation table as LaTeX renders it.
+step pilot python -m study run dr_focal --pruner none --study-name dr_focal_pilot
+step ablate python -m study ablate dr_focal_pilot
+step pilot-report python -m study report dr_focal_pilot
+exhibit() {
+    mkdir -p exhibit && cp results/dr_focal_pilot/ablation_study.tex exhibit/
+    printf '%s\n' '\documentclass[11pt]{article}' '\usepackage[margin=2cm]{geometry}' '\usepackage{booktabs}' \
+        '\usepackage{graphicx}' '\pagestyle{empty}' '\begin{document}' '\input{ablation_study.tex}' '\end{document}' \
+        > exhibit/doc.tex
+    (cd exhibit && pdflatex -interaction=nonstopmode -halt-on-error doc.tex && pdftoppm -r 130 -png -singlefile doc.pdf page)
+    python - <<'PY'
+from PIL import Image, ImageChops
+page = Image.open("exhibit/page.png").convert("RGB")
+box = ImageChops.difference(page, Image.new("RGB", page.size, (255, 255, 255))).getbbox()
+page.crop((box[0] - 20, box[1] - 20, box[2] + 20, box[3] + 20)).save("ablation_table.png", optimize=True)
+PY
+}
+step exhibit exhibit
 
 echo "outputs in $out" >&2

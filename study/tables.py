@@ -155,7 +155,8 @@ class Caption:
         """The notes as a small paragraph under the tabular, inside the float."""
         if not self.notes:
             return ""
-        return "\\par\\smallskip{\\footnotesize\\emph{Notes.} " + latex_escape(" ".join(self.notes)) + "\\par}\n"
+        notes = latex_escape(" ".join(self.notes))
+        return "\\par\\smallskip{\\footnotesize\\raggedright\\emph{Notes.} " + notes + "\\par}\n"
 
 
 def write(frame: pd.DataFrame, display: pd.DataFrame, stem: Path, formats: Sequence[str],

@@ -360,8 +360,8 @@ def test_ablation_frame_contract_and_numbers(tmp_path):
     assert "No parameter was retuned" in caption and "lr 0.01" in caption
     assert "loss=ce (focal_gamma 2 -> unused) seed 1004" in caption  # the unpaired seed is named
     # a caption a paper can use: three sentences, the caveats as notes under the table
-    assert "Supports:" in caption.text and "not that a factor does not matter" in caption.text
-    assert caption.text.count(". ") <= 3 and len(caption.text) < 700, caption.text
+    assert "Supports effects beyond" in caption.text and "not their absence" in caption.text
+    assert caption.text.count(". ") <= 3 and len(caption.text) < 420, caption.text
     assert "loss=ce (focal_gamma 2 -> unused) seed 1004" not in caption.text and caption.notes
     tables.write(table, display, tmp_path / "ablation_study", ["md", "tex"], caption)
     md = (tmp_path / "ablation_study.md").read_text()

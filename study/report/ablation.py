@@ -255,27 +255,21 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
     failed and missing seeds. The full explanation is docs/reports.md, "What the tables mean"."""
     plan = AblationRecord.from_study(study)
     seeds = plan.seeds
-    parent, baseline = plan.parent or "?", plan.baseline
+    parent = plan.parent or "?"
     metrics = sorted(set(table.metric), key=ablation_metrics(plan.metric).index)
     label = metric_label(headline)
     covers = _covers(table)
+    noise = "seed and test-set noise" if covers == "seeds and test patients" else "seed noise"
     if plan.factorial:
-        reference = ", ".join(f"{f}={v}" for f, v in plan.levels[baseline].items())
         what = (f"Factorial ablation of {parent} over {' x '.join(plan.factors)}, every cell trained on the same "
-                f"{len(seeds)} fresh seeds (mean ± std). Main effects: a level's mean over the other factors minus "
-                f"the reference level's ({reference}); interactions: y11 - y10 - y01 + y00; Δ in {label}, paired "
-                f"by seed, with its 95 % interval over {covers}; * = Holm-adjusted p < {SIGNIFICANT} across the "
-                "effect rows. ")
-        claim = "a level, averaged over the other factors here, or an interaction"
+                f"{len(seeds)} fresh seeds (mean ± std). Δ: a level's main effect or an interaction in {label}, "
+                f"paired by seed, 95 % CI over {covers}; *: Holm-adjusted p < {SIGNIFICANT}. ")
     else:
-        what = (f"Ablation of {parent}: its best configuration (baseline) with one factor changed at a time, every "
-                f"variant trained on the same {len(seeds)} fresh seeds (mean ± std). Δ = variant - baseline in "
-                f"{label}, paired by seed, with its 95 % interval over {covers}; * = Holm-adjusted p < "
-                f"{SIGNIFICANT} across the {len(plan.variants) - 1} variants; P(better) = share of seeds on which "
-                "the variant wins. ")
-        claim = "this change to this configuration"
-    text = (what + f"Supports: whether {claim} moves {label} beyond that noise on this dataset; not that a factor "
-            "does not matter, nor effects at other configurations, datasets or budgets (notes below).")
+        what = (f"Ablation of {parent}: one factor changed at a time from its best configuration, every variant "
+                f"trained on the same {len(seeds)} fresh seeds (mean ± std). Δ: variant - baseline in {label}, paired "
+                f"by seed, 95 % CI over {covers}; *: Holm-adjusted p < {SIGNIFICANT}. ")
+    text = (what + f"Supports effects beyond {noise} on this dataset, not their absence nor other settings "
+            "(notes below).")
     return tables.Caption(text, tuple(_ablation_notes(study, plan, table, metrics)))
 
 
@@ -297,7 +291,15 @@ def _ablation_notes(study: optuna.Study, plan: AblationRecord, table: pd.DataFra
     notes = [f"Seeds {', '.join(map(str, plan.seeds))} (none used by {parent}) set the initialisation, batch "
              f"order, augmentation {split}, never the test set; only seeds both arms finished are paired."]
     if plan.factorial:
-        notes.append("Cell rows have no test.")
+        reference = ", ".join(f"{f}={v}" for f, v in plan.levels[baseline].items())
+        notes.append(f"Rows main:f=l: the level's marginal mean over the other factors' cells minus the reference "
+                     f"level's ({reference}, the best trial's), per seed; rows interaction:f x g: y11 - y10 - y01 + "
+                     "y00 per seed (0 = reference level); the Holm family is one metric across the effect rows. "
+                     "Cell rows have no test.")
+    else:
+        notes.append(f"Every other parameter keeps the baseline's value; parentheses name the parameters that change "
+                     f"with a variant. The Holm family is one metric across the {len(plan.variants) - 1} variants; "
+                     "P(better) = share of seeds on which the variant beats the baseline (ties count one half).")
     notes.append(_interval_text(table))
     notes.append("Test metrics are the headline: validation chose the baseline, so validation differences are "
                  "biased in its favour (the table shows validation's mean ± std only; the CSV has every metric's "
