@@ -118,3 +118,17 @@ def test_dashboard_still_imports_no_torch():
     code = ("import sys; from study import cli; from study.cli import dashboard; import study.dashboard, study.log; "
             "cli.build_parser().parse_args(['dashboard', 's', '-v']); assert 'torch' not in sys.modules, 'torch'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_run_workers_are_started_with_the_commands_verbosity(tmp_path):
+    from study.run import workers
+
+    with log.restored():
+        log.configure(log.QUIET)
+        assert workers.worker_command(tmp_path / "o.json", 0)[-1] == "-q"
+        log.configure(log.VERBOSE)
+        command = workers.worker_command(tmp_path / "o.json", 0)
+    assert command[-1] == "-v" and workers.worker_command(tmp_path / "o.json", 0)[-1] == "0"
+    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 74 and "study: debug: what ended the command:" in done.stderr  # -v reached it
+    assert done.stderr.splitlines()[-1].startswith("study: error: No such file or directory")
