@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from study import log as _log  # noqa: F401 - installs the one-line handler of the `study` logger (`study.log`)
+
 __all__ = ["ablation_table", "cell_table", "factor_table", "importance_table", "load_ablation", "load_trials",
            "open_study", "write_report"]
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import sys
 from pathlib import Path
 
 import optuna
 
 from objectives.errors import InputError
 from study import paths, storage
+from study.log import get_logger
+
+_log = get_logger(__name__)
 
 
 def study_url(host: str, port: int, study_id: int) -> str:
@@ -36,9 +38,8 @@ def serve(name: str, where: storage.Resolved, results: Path, host: str, port: in
         raise InputError(f"no study {name!r} in {where.shown} (it has: {', '.join(names) or 'none'})") from None
     check_bind(host, port)
     if not is_loopback(host):
-        print(f"study: warning: serving on {host}, not a loopback address: the dashboard has no authentication, "
-              f"so anyone who reaches {host}:{port} can read and annotate every study in this storage",
-              file=sys.stderr, flush=True)
+        _log.warning("serving on %s, not a loopback address: the dashboard has no authentication, so anyone who "
+                     "reaches %s:%s can read and annotate every study in this storage", host, host, port)
     print(f"dashboard: {study_url(host, port, study_id)}  (storage {where.shown}; Ctrl-C stops)", flush=True)
     try:
         run_server(store, host=host, port=port, artifact_store=paths.artifact_store(results))

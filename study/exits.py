@@ -2,7 +2,9 @@
 
 Shared by `python -m study` and the worker processes it starts (`study.run.worker`), so a worker
 ends exactly as the command would. Bad input is `objectives.errors.InputError` (exit 2); the other
-errors that end a command on purpose are `ExitError`s, each with its code.
+errors that end a command on purpose are `ExitError`s, each with its code. That line is printed,
+not logged: ``-q`` never silences it and an application's logging set-up never reroutes it; ``-v``
+shows the traceback of what ended the command before it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import sys
 from collections.abc import Callable
 
 from objectives.errors import InputError
+from study.log import get_logger
+
+_log = get_logger(__name__)
 
 INPUT_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130  # 128 + SIGINT
@@ -94,19 +99,24 @@ def exit_code(body: Callable[[], int]) -> int:
     error that ended it, after that error's one line on stderr. Any other exception is a bug and
     keeps its traceback."""
     signal.signal(signal.SIGTERM, _terminate)
+
+    def end(line: str) -> None:  # in an except block: exc_info is the exception that ended the command
+        _log.debug("what ended the command:", exc_info=True)
+        print(line, file=sys.stderr)
+
     try:
         return body()
     except InputError as exc:
-        print(f"study: error: {exc}", file=sys.stderr)
+        end(f"study: error: {exc}")
         return INPUT_ERROR_EXIT
     except ExitError as exc:
-        print(exc.line(), file=sys.stderr)
+        end(exc.line())
         return exc.code
     except Terminated:
-        print("study: terminated (SIGTERM); run again to resume", file=sys.stderr)
+        end("study: terminated (SIGTERM); run again to resume")
         return TERMINATED_EXIT
     except KeyboardInterrupt:
-        print("study: interrupted; run again to resume", file=sys.stderr)
+        end("study: interrupted; run again to resume")
         return INTERRUPTED_EXIT
     except Exception as exc:
         from study.run.failures import environment_cause  # optuna and sqlalchemy: only when something failed
@@ -117,7 +127,7 @@ def exit_code(body: Callable[[], int]) -> int:
         if isinstance(cause, BrokenPipeError):  # `study list | head`: the reader is gone, nothing to say
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush is quiet
             return BROKEN_PIPE_EXIT
-        print(f"study: error: {environment_line(cause)}", file=sys.stderr)
+        end(f"study: error: {environment_line(cause)}")
         return ENVIRONMENT_EXIT
 
 

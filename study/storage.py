@@ -8,7 +8,6 @@ import contextlib
 import importlib.util
 import os
 import sqlite3
-import sys
 import urllib.parse
 import warnings
 from collections.abc import Callable, Mapping
@@ -22,6 +21,9 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
 
 from objectives.errors import InputError
+from study.log import get_logger
+
+_log = get_logger(__name__)
 
 HEARTBEAT_SECONDS = 60
 GRACE_FACTOR = 3  # a trial whose worker sent no heartbeat for 3 intervals is failed and retried
@@ -246,8 +248,7 @@ class RetryAndNote(RetryHeartbeatStaleTrialCallback):
             text = trial_pages.heartbeat_note(trial, records.StudyRecord.metric_of(study), retried)
             trial_pages.save_note(study, self.storage, trial.number, text)
         except Exception as exc:  # noqa: BLE001 - the bookkeeping must not stop the retry (already queued)
-            print(f"study: warning: trial {trial.number}'s failure record: {type(exc).__name__}: {exc}",
-                  file=sys.stderr)
+            _log.warning("trial %s's failure record: %s: %s", trial.number, type(exc).__name__, exc)
 
 
 def open_storage(where: str | Resolved | BaseStorage, *, heartbeat: int = HEARTBEAT_SECONDS,

@@ -33,9 +33,12 @@ from optuna.artifacts import upload_artifact
 from optuna.storages import BaseStorage
 
 from objectives.metrics import headline_first, long_label
+from study.log import get_logger
 from study.records import TrialRecord, interval_bounds, interval_resamples
 from study.renderer import receive as renderer_receive
 from study.renderer import send as renderer_send
+
+_log = get_logger(__name__)
 
 # A 1x1 transparent PNG: the artifact's content until its figure is drawn (a dashboard opened in
 # that instant shows an empty image, never a broken one).
@@ -206,7 +209,7 @@ class TrialPages:
     def _warn(self, page: Page, exc: BaseException) -> None:
         text = f"trial {page.number}'s dashboard page: {type(exc).__name__}: {exc}".splitlines()[0]
         self.errors.append(text)
-        print(f"study: warning: {text}", file=sys.stderr, flush=True)
+        _log.warning("%s", text)
 
 
 def _start_renderer() -> subprocess.Popen:

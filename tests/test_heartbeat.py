@@ -1,6 +1,7 @@
 """A trial whose worker died (no heartbeat for the grace period), on a real SQLite storage with
 a 1 s heartbeat: its reason, its checkpoint, and what a worker that waits for it says."""
 
+import contextlib
 import io
 import time
 import warnings
@@ -68,8 +69,9 @@ def test_a_worker_waiting_for_a_dead_workers_trial_says_why_once_then_runs_its_r
     study = dead_trial(store)
     out, err = io.StringIO(), io.StringIO()
     warnings.simplefilter("always")
-    optimize(study, lambda trial: trial.suggest_float("x", 0.0, 1.0), target=1, out=Output(out, err), metric="kappa",
-             wait_s=0.05, stale_after_s=1, notice_s=0.2)
+    with contextlib.redirect_stderr(err):  # the warnings: the `study` logger writes to sys.stderr
+        optimize(study, lambda trial: trial.suggest_float("x", 0.0, 1.0), target=1, out=Output(out, err),
+                 metric="kappa", wait_s=0.05, stale_after_s=1, notice_s=0.2)
     waiting = [line for line in out.getvalue().splitlines() if line.startswith("waiting:")]
     assert waiting == ["waiting: 0 of 1 trials finished and 1 running (trial 0) in other workers or left by a worker "
                        "that died; a dead worker's trial is failed 1 s after its last heartbeat and retried"]

@@ -2,6 +2,7 @@
 exact target, the timeout, five failures in a row, a grid's last point, and a worker that waits
 while the last trials run elsewhere."""
 
+import contextlib
 import errno
 import io
 import os
@@ -27,7 +28,8 @@ def memory_study(sampler: optuna.samplers.BaseSampler | None = None) -> optuna.S
 
 def run(study: optuna.Study, objective, target: int, **kwargs) -> str:
     out, err = io.StringIO(), io.StringIO()
-    optimize(study, objective, target=target, out=Output(out, err), metric="kappa", **kwargs)
+    with contextlib.redirect_stderr(err):  # the warnings: the `study` logger writes to sys.stderr
+        optimize(study, objective, target=target, out=Output(out, err), metric="kappa", **kwargs)
     return out.getvalue() + err.getvalue()
 
 

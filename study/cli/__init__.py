@@ -2,19 +2,22 @@
 
 One module per command, each with `add_arguments(parser)` and `run(args) -> int`. Every bad input
 ends as one line on stderr (``study: error: ...``) and exit code 2, without a traceback and before
-anything is written; Ctrl-C exits 130, SIGTERM 143 (`study.exits`).
+anything is written; Ctrl-C exits 130, SIGTERM 143 (`study.exits`). Every command takes ``-q``
+(errors only) and ``-v`` (debug detail): its warnings and debug lines are logs of the `study`
+logger (`study.log`); what it prints on stdout is its result.
 """
 
 from __future__ import annotations
 
 import argparse
-import warnings
+import platform
 from collections.abc import Sequence
 
 import optuna
 
+from study import log
 from study.cli import ablate, dashboard, data, listing, migrate, report, run
-from study.cli.common import Parser
+from study.cli.common import Parser, verbosity_of
 from study.exits import exit_code
 
 COMMANDS = {  # name -> (module, help)
@@ -36,18 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-              line: str | None = None) -> str:
-    """A warning the tool raises (a damaged record it skips) as the CLI's other warnings look:
-    one line, no source path."""
-    return f"study: warning: {message}\n"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     def command() -> int:
         args = build_parser().parse_args(argv)
+        log.configure(verbosity_of(args))
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        warnings.formatwarning = _one_line
+        log.get_logger(__name__).debug("%s: Python %s, Optuna %s", args.command, platform.python_version(),
+                                       optuna.__version__)
         return COMMANDS[args.command][0].run(args)
 
-    return exit_code(command)
+    with log.restored():
+        return exit_code(command)

@@ -1,5 +1,6 @@
-"""What the commands share: the parser whose errors are one line, the flags several commands take
-(defined once here), and argparse validators (`type=` functions) for their values."""
+"""What the commands share: the parser whose errors are one line and which takes ``-q`` / ``-v``,
+the flags several commands take (defined once here), and argparse validators (`type=` functions)
+for their values."""
 
 from __future__ import annotations
 
@@ -7,21 +8,41 @@ import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from objectives.errors import InputError
-from study import storage
+from study import log, storage
 from study.exits import UsageError
 
+_log = log.get_logger(__name__)
 T = TypeVar("T", int, float)
 LAYOUTS = "dr_lab, kaggle, cifar10 or imagefolder"
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit 2 (argparse prints the whole usage)."""
+    """argparse, but a usage error is one line and exit 2 (argparse prints the whole usage), and
+    every parser of the CLI (the top one, each command's, `data inspect`'s) takes -q / -v."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        add_verbosity(self)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(self.prog, message)
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """-q / -v, into `args.verbosity` (absent when neither is given: a command's own parser then
+    keeps what the top one parsed, `study -q run ...` as `study run ... -q`)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=log.QUIET,
+                       default=argparse.SUPPRESS, help="errors only: no warnings (results are still printed)")
+    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=log.VERBOSE,
+                       default=argparse.SUPPRESS, help="add debug detail (and the traceback of an error)")
+
+
+def verbosity_of(args: argparse.Namespace) -> int:
+    return getattr(args, "verbosity", log.NORMAL)
 
 
 def validated(parse: Callable[[str], T], check: Callable[[T], None]) -> Callable[[str], T]:
@@ -117,6 +138,7 @@ def storage_of(args: argparse.Namespace, *, must_exist: bool = False) -> storage
     """The storage the command reads: --storage, $STUDY_STORAGE, or the SQLite file under --results
     (a local file, for a command that only reads, must exist)."""
     where = storage.resolve(args.storage, results=args.results)
+    _log.debug("storage: %s", where.shown)
     if must_exist and where.file is not None and not where.file.exists():
         raise InputError(f"no storage at {where.file}; run a study first")
     return where

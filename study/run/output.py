@@ -11,10 +11,14 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from study import records, storage
+from study.log import get_logger
+
+_log = get_logger(__name__)
 
 
 class Output:
-    """Where progress goes: bars on a terminal, plain lines otherwise."""
+    """Where progress goes: bars on a terminal, plain lines otherwise. Lines are results (stdout);
+    warnings are logs (the `study` logger, `study.log`), which ``-q`` silences."""
 
     def __init__(self, stream: TextIO | None = None, err: TextIO | None = None) -> None:
         # the streams of the call, not of the import: the CLI called in-process after sys.stderr
@@ -27,7 +31,7 @@ class Output:
         tqdm.write(text, file=self.stream) if self.bars else print(text, file=self.stream, flush=True)
 
     def warn(self, text: str) -> None:
-        print(f"study: warning: {text}", file=self.err, flush=True)
+        _log.warning("%s", text)
 
     def bar(self, total: int, desc: str, **kwargs: Any) -> tqdm:
         """A bar on a terminal (an `objectives.progress.BarFactory`, with tqdm's options)."""

@@ -17,7 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.run.worker", description=__doc__.splitlines()[0])
     parser.add_argument("options", type=Path, help="the run's options as JSON (written by the parent)")
     parser.add_argument("--index", type=int, required=True, help="this worker's index, 0 .. N - 1")
+    from study import log
+    from study.cli.common import add_verbosity, verbosity_of
+
+    add_verbosity(parser)  # the parent's -q / -v (`workers.worker_command`)
     args = parser.parse_args(argv)
+    log.configure(verbosity_of(args))
 
     from study.exits import exit_code
     from study.run.options import RunOptions

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from study import log
 from study.exits import CUDA_ERROR_EXIT, WorkerFailed
 from study.run.options import RunOptions
 from study.run.output import Output
@@ -33,7 +34,9 @@ def worker_options(opts: RunOptions, device: torch.device, gpus: Sequence[str], 
 
 
 def worker_command(options_file: Path, index: int) -> list[str]:
-    return [sys.executable, "-m", "study.run.worker", str(options_file), "--index", str(index)]
+    """The worker's command line, with this process's -q / -v (`study.log.verbosity`)."""
+    flag = {log.QUIET: ["-q"], log.VERBOSE: ["-v"]}.get(log.verbosity(), [])
+    return [sys.executable, "-m", "study.run.worker", str(options_file), "--index", str(index), *flag]
 
 
 def run_workers(opts: RunOptions, device: torch.device, out: Output) -> None:
