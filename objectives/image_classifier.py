@@ -22,16 +22,22 @@ The defaults are a neutral generic recipe; a study states what its data needs:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field, replace
 
-from objectives.contract import DataSource, TrialContext
+from objectives.contract import DataSource, Roles, TrialContext
 from objectives.data import Augment, Splits, find_dataset, load_splits
 from objectives.losses import ALPHA_KINDS, LOSSES, build_loss
+from objectives.metrics import CONFUSION_METRICS
 from objectives.models import build_model, check_arch, size_problem, weights_name, weights_of
+from objectives.train import CHECKPOINT_KEYS as CHECKPOINT_KEYS  # what `fit` saves: the objective's
 from objectives.train import FitConfig, FitResult, fit
 
+# the `objectives.contract.Objective` declarations
 EMBEDDED_DATASET = "digits"
+ROLES = Roles(epochs="epochs", fe_epochs="fe_epochs", seed="seed", split_seed="split_seed")
+METRICS = ("loss", *CONFUSION_METRICS)  # `objectives.train.evaluate`'s
 
 
 @dataclass(frozen=True)
@@ -159,25 +165,20 @@ def load_data(data: DataConfig, source: DataSource) -> Splits:
                            mean=data.norm_mean or None, std=data.norm_std or None)
 
 
+def fit_config(train: TrainConfig, *, metric: str, maximize: bool) -> FitConfig:
+    """The `FitConfig` of `train`: every field the two share, copied by name (so `TrainConfig`
+    holds the one set of defaults), its augmentation, and the study's metric and direction."""
+    shared = {f.name for f in dataclasses.fields(FitConfig)} & {f.name for f in dataclasses.fields(TrainConfig)}
+    return FitConfig(**{name: getattr(train, name) for name in shared}, metric=metric, maximize=maximize,
+                     augment=Augment(hflip=train.hflip, vflip=train.vflip, crop_padding=train.crop_padding))
+
+
 def run(config: Config, data: Splits, context: TrialContext) -> FitResult:
     """Build the model and loss of `config` and train them (`objectives.train.fit`)."""
     train = config.train
     model = build_model(train.arch, data.num_classes, pretrained=train.pretrained, seed=train.seed)
     loss = build_loss(train.loss, class_counts=data.train.class_counts(data.num_classes), gamma=train.focal_gamma,
                       alpha=train.focal_alpha)
-    fit_config = FitConfig(
-        epochs=train.epochs,
-        fe_epochs=train.fe_epochs,
-        lr=train.lr,
-        momentum=train.momentum,
-        weight_decay=train.weight_decay,
-        batch_size=train.batch_size,
-        metric=context.metric,
-        maximize=context.maximize,
-        step_size=train.step_size,
-        step_gamma=train.step_gamma,
-        augment=Augment(hflip=train.hflip, vflip=train.vflip, crop_padding=train.crop_padding),
-        seed=train.seed,
-    )
-    result = fit(model, loss, data, fit_config, context.runtime, context.report, context.checkpoint)
+    result = fit(model, loss, data, fit_config(train, metric=context.metric, maximize=context.maximize),
+                 context.runtime, context.report, context.checkpoint)
     return replace(result, weights=weights_name(train.arch, train.pretrained))
