@@ -24,7 +24,7 @@ from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 from torchvision import models as tvm
 
-from objectives import metrics
+from objectives import contract, metrics
 from objectives.contract import DataSource, TrialContext
 from objectives.data import Augment, DeviceBatches, ImageSet, Splits
 from objectives.losses import build_loss
@@ -415,7 +415,7 @@ def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str
     path.write_text(space)
     prep = Prepared(
         space=load_space(path),
-        module=sys.modules[__name__],
+        module=contract.objective(sys.modules[__name__]),  # a module of the contract's first form
         source=DataSource(root=tmp_path),
         dataset="tiny",
         device=runtime.device,
@@ -436,7 +436,8 @@ def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str
     gc.disable()
     try:
         session.optimize(study, SearchObjective(study, prep, session.trainer), target=prep.target,
-                         sampler=optuna.samplers.RandomSampler(seed=0), pruner=make_pruner(prep.space))
+                         sampler=optuna.samplers.RandomSampler(seed=0),
+                         pruner=make_pruner(prep.space, prep.module.ROLES))
     finally:
         alive = [ref() is not None for ref in MODELS]
         gc.enable()

@@ -76,9 +76,9 @@ def test_a_retried_trial_keeps_the_seed_of_the_trial_it_resumes():
     study.tell(first, state=TrialState.FAIL)
     study.enqueue_trial({}, user_attrs={"resume_of": first.number})
     retry = study.ask()
-    assert trial_seed(study, retry, base=0) == 41
+    assert trial_seed(study, retry, base=0, setting="seed") == 41
     fresh = study.ask()
-    assert trial_seed(study, fresh, base=100) == 100 + fresh.number
+    assert trial_seed(study, fresh, base=100, setting="seed") == 100 + fresh.number
 
 
 def test_validation_loss_is_cross_entropy_whatever_the_training_loss(dr_dir: Path):

@@ -7,11 +7,10 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
-from objectives.contract import DataSource
+from objectives.contract import DataSource, Objective
 from objectives.data import detect_layout, embedded_root, ensure_embedded
 from objectives.errors import InputError
 from objectives.models import missing_weights, weights_normalisation
@@ -26,7 +25,7 @@ class Prepared:
     """A run whose inputs have all been checked: what the trial loop needs and nothing else."""
 
     space: SearchSpace
-    module: ModuleType
+    module: Objective  # `objectives.contract.objective` of the study's module
     source: DataSource
     dataset: str
     device: torch.device
