@@ -7,7 +7,7 @@ import torch
 from objectives.data import find_dataset, load_splits
 from objectives.losses import build_loss
 from objectives.models import build_model, head_name, in_head, missing_weights, weights_file
-from objectives.train import Checkpointing, Diverged, Runtime, fit
+from objectives.train import CHECKPOINT_KEYS, Checkpointing, Diverged, Runtime, fit
 
 from conftest import fit_cfg
 
@@ -124,9 +124,10 @@ def test_checkpoints_follow_their_time_interval(splits, every_s, saves):
         cfg,
         Runtime(),
         lambda e, r: None,
-        Checkpointing(save=lambda state: saved.append(state["epoch"]), every_s=every_s),
+        Checkpointing(save=saved.append, every_s=every_s),
     )
-    assert saved == saves
+    assert [state["epoch"] for state in saved] == saves
+    assert all(set(state) == CHECKPOINT_KEYS for state in saved)  # the objective's declared keys, exactly
 
 
 def test_compiled_model_trains_like_the_eager_one(splits):
