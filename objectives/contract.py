@@ -177,6 +177,20 @@ class Roles:
                 for role, name in wanted.items() if name is not None and name not in names]
 
 
+@dataclass(frozen=True)
+class Settled:
+    """What an objective's `settle` decides about a run's settings before its first trial:
+    settings to pin (recorded as pins), settings to add to the fixed ones (they enter the
+    study's fingerprint), and one-line warnings to show."""
+
+    pins: Mapping[str, Any] = field(default_factory=dict)
+    adds: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+Possible = Callable[[str], tuple[Any, ...]]  # every value a setting may take in a run (() for ranges)
+
+
 @runtime_checkable
 class Objective(Protocol):
     """What an objective module provides: module-level names, checked by `isinstance`.
@@ -199,6 +213,13 @@ class Objective(Protocol):
         The validation metrics ``run`` reports (``val_<name>`` in every curve row, the keys of
         its evaluations' ``metrics``; ``loss`` is its evaluations' ``loss``): a study may pick
         one of them as its metric.
+    ``settle(possible, embedded) -> Settled``
+        Checks and rules that need the whole run, before its first trial: ``possible(name)`` is
+        every value setting ``name`` may take (pinned, fixed or choices; () for a range) and
+        ``embedded`` whether the run uses the embedded dataset. The image classifier checks
+        that pretrained weights it may need are present (on the embedded data it pins
+        ``pretrained = false`` with a warning instead) and normalises both arms of
+        ``pretrained`` with the weights' statistics. A problem is an `InputError`.
     ``load_data(data, source) -> objectives.data.Splits``
         The decoded splits for ``data`` (a ``Config``'s data part) from `DataSource` ``source``;
         it may report progress through ``source.bar``. The runner calls it once per distinct
@@ -223,6 +244,8 @@ class Objective(Protocol):
     CHECKPOINT_KEYS: frozenset[str]
     METRICS: tuple[str, ...]
 
+    def settle(self, possible: Possible, *, embedded: bool) -> Settled: ...
+
     def load_data(self, data: Any, source: DataSource) -> Any: ...
 
     def run(self, config: Any, splits: Any, context: TrialContext) -> Any: ...
@@ -246,6 +269,10 @@ class Legacy:
     @property
     def EMBEDDED_DATASET(self) -> str:  # noqa: N802 - the contract's name
         return self.module.EMBEDDED_DATASET
+
+    def settle(self, possible: Possible, *, embedded: bool) -> Settled:
+        """Nothing to settle: a module of the first form keeps its settings as they are."""
+        return Settled()
 
     @property
     def load_data(self) -> Callable[..., Any]:

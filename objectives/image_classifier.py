@@ -26,11 +26,20 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, replace
 
-from objectives.contract import DataSource, Roles, TrialContext
+from objectives.contract import DataSource, Possible, Roles, Settled, TrialContext
 from objectives.data import Augment, Splits, find_dataset, load_splits
+from objectives.errors import InputError
 from objectives.losses import ALPHA_KINDS, LOSSES, build_loss
 from objectives.metrics import CONFUSION_METRICS
-from objectives.models import build_model, check_arch, size_problem, weights_name, weights_of
+from objectives.models import (
+    build_model,
+    check_arch,
+    missing_weights,
+    size_problem,
+    weights_name,
+    weights_normalisation,
+    weights_of,
+)
 from objectives.train import CHECKPOINT_KEYS as CHECKPOINT_KEYS  # what `fit` saves: the objective's
 from objectives.train import FitConfig, FitResult, fit
 
@@ -151,6 +160,44 @@ class Config:
         problem = size_problem(self.train.arch, self.data.image_size, self.train.pretrained)
         if problem:
             raise ValueError(problem)
+
+
+def settle(possible: Possible, *, embedded: bool) -> Settled:
+    """Pretrained weights the run may need must be in torchvision's cache before trial one.
+
+    On the embedded default a missing file pins ``pretrained = false`` with a warning, so the
+    README's first command works offline; on real data it is an error naming the file. Then
+    `pretrained_normalisation`."""
+    if True not in possible("pretrained"):
+        return Settled()
+    missing = missing_weights(a for a in possible("arch") if isinstance(a, str))
+    if not missing:
+        return Settled(adds=pretrained_normalisation(possible))
+    hint = f"{missing[0].name} into {missing[0].parent}/" + (
+        f" (and {', '.join(p.name for p in missing[1:])})" if missing[1:] else ""
+    )
+    if not embedded:
+        raise InputError(f"pretrained weights missing and not downloadable: put {hint}, or --set pretrained=false")
+    return Settled(pins={"pretrained": False},
+                   warnings=(f"pretrained weights not found, running with pretrained=false; to use them put {hint}",))
+
+
+def pretrained_normalisation(possible: Possible) -> dict[str, list[float]]:
+    """Where the run may use pretrained weights and sets no `norm_mean` of its own, both arms of
+    `pretrained` are normalised with the weights' own statistics (the settings to add).
+
+    ImageNet weights expect ImageNet-normalised inputs and the FE phase freezes BatchNorm with
+    ImageNet statistics, so the dataset's own statistics would handicap the pretrained arm; using
+    the weights' values for the scratch arm too keeps `pretrained` a factor that changes one thing.
+    The resolved values become settings, so they key the decoded data and enter the study's
+    fingerprint."""
+    if True not in possible("pretrained") or any(possible("norm_mean")):
+        return {}
+    found = {weights_normalisation(a) for a in possible("arch") if isinstance(a, str)} - {None}
+    if len(found) != 1:
+        return {}  # no arch with weights, or archs whose weights disagree: the data's own statistics
+    mean, std = found.pop()
+    return {"norm_mean": list(mean), "norm_std": list(std)}
 
 
 def load_data(data: DataConfig, source: DataSource) -> Splits:

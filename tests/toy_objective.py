@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from objectives.contract import DataSource, Roles, TrialContext
+from objectives.contract import DataSource, Possible, Roles, Settled, TrialContext
 from objectives.metrics import summarize
 
 EMBEDDED_DATASET = "digits"  # what a run without --data prepares; the toy draws its own points
@@ -70,6 +70,10 @@ class Result:
     best_epoch: int
     val: Evaluation
     test: Evaluation
+
+
+def settle(possible: Possible, *, embedded: bool) -> Settled:
+    return Settled()  # nothing to download, nothing derived
 
 
 def load_data(data: Points, source: DataSource) -> Splits:
