@@ -40,28 +40,15 @@ test_images = 10
 """
 
 
-@dataclasses.dataclass(frozen=True)
-class Data:
-    image_size: int = 32
+def part(name: str, **defaults: object) -> type:
+    """A frozen dataclass `name` of `defaults` (int settings, or a nested part)."""
+    return dataclasses.make_dataclass(name, [(k, type(v), dataclasses.field(default=v)) for k, v in defaults.items()],
+                                      frozen=True)
 
 
-@dataclasses.dataclass(frozen=True)
-class Train:
-    epochs: int = 2
-    seed: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """A Config of the contract's first form: no fe_epochs, no split_seed."""
-
-    data: Data = Data()
-    train: Train = Train()
-
-
-@dataclasses.dataclass(frozen=True)
-class DataOnly:
-    data: Data = Data()
+Data = part("Data", image_size=32)
+Config = part("Config", data=Data(), train=part("Train", epochs=2, seed=0)())  # the first form: no fe_epochs
+DataOnly = part("DataOnly", data=Data())
 
 
 def test_the_image_classifier_and_the_toy_are_objectives_as_they_stand():

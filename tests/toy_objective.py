@@ -9,6 +9,7 @@ so a study of it runs through `run`, `ablate` and `report` only if ``study/`` re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -57,21 +58,6 @@ class Splits:
     manifest: None = None  # no files, so nothing to write as split.csv
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    loss: float
-    metrics: dict
-    confusion: list
-
-
-@dataclass(frozen=True)
-class Result:
-    curves: dict
-    best_epoch: int
-    val: Evaluation
-    test: Evaluation
-
-
 def settle(possible: Possible, *, embedded: bool) -> Settled:
     return Settled()  # nothing to download, nothing derived
 
@@ -87,19 +73,20 @@ def load_data(data: Points, source: DataSource) -> Splits:
                   cloud(data.points // 2, np.random.default_rng(10**6)))
 
 
-def evaluate(w: np.ndarray, split: Split) -> Evaluation:
+def evaluate(w: np.ndarray, split: Split) -> SimpleNamespace:
+    """What the runner records of an evaluation: loss, metrics, confusion matrix (no probabilities)."""
     p = 1 / (1 + np.exp(-(split.x @ w[:2] + w[2])))
     loss = float(-np.mean(split.y * np.log(p + 1e-9) + (1 - split.y) * np.log(1 - p + 1e-9)))
     confusion = np.zeros((2, 2), dtype=int)
     np.add.at(confusion, (split.y, (p > 0.5).astype(int)), 1)
-    return Evaluation(loss, summarize(confusion), confusion.tolist())
+    return SimpleNamespace(loss=loss, metrics=summarize(confusion), confusion=confusion.tolist())
 
 
-def run(config: Config, splits: Splits, context: TrialContext) -> Result:
+def run(config: Config, splits: Splits, context: TrialContext) -> SimpleNamespace:
     train, resume = config.train, context.checkpoint.resume if context.checkpoint else None
     w = np.array(resume["weights"]) if resume else np.random.default_rng(train.rng).normal(0, 0.1, 3)
     curves: dict = {k: list(v) for k, v in resume["curves"].items()} if resume else {}
-    best: tuple[float, int, Evaluation, np.ndarray] | None = None
+    best: tuple[float, int, SimpleNamespace, np.ndarray] | None = None
     for epoch in range(len(curves.get("epoch", [])) + 1, train.rounds + 1):
         p = 1 / (1 + np.exp(-(splits.train.x @ w[:2] + w[2])))
         grad = np.r_[splits.train.x.T @ (p - splits.train.y), np.sum(p - splits.train.y)] / len(p)
@@ -115,4 +102,4 @@ def run(config: Config, splits: Splits, context: TrialContext) -> Result:
         if context.checkpoint is not None:
             context.checkpoint.save({"epoch": epoch, "curves": curves, "weights": w.tolist()})
     assert best is not None
-    return Result(curves, best[1], best[2], evaluate(best[3], splits.test))
+    return SimpleNamespace(curves=curves, best_epoch=best[1], val=best[2], test=evaluate(best[3], splits.test))
