@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/NAME.py` from anywhere, with
 
 # E402: these project imports must follow the sys.path line above, so a benchmark runs as a plain script
 from objectives import synthetic  # noqa: E402
-from objectives.data import DeviceBatches, ImageSet  # noqa: E402
+from objectives.data import Augment, DeviceBatches, ImageSet  # noqa: E402
 from objectives.losses import build_loss  # noqa: E402
 from objectives.models import build_model  # noqa: E402
 from objectives.train import FitConfig, Runtime, _start_phase, _train_epoch  # noqa: E402
@@ -348,7 +348,8 @@ def make_trainee(arch: str, device: torch.device, *, channels_last: bool, lr: fl
     model = build_model(arch, NUM_CLASSES, pretrained=False)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     loss_fn = build_loss("ce", class_counts=class_counts).to(device)
-    cfg = FitConfig(epochs=1, fe_epochs=0, lr=lr, momentum=0.9, weight_decay=5e-4, batch_size=1)
+    cfg = FitConfig(epochs=1, fe_epochs=0, lr=lr, momentum=0.9, weight_decay=5e-4, batch_size=1, metric="kappa",
+                    maximize=True, step_size=0, step_gamma=0.1, augment=Augment(), seed=seed)
     if not scales_loss:  # also what a checkout without loss scaling builds
         return Trainee(model, loss_fn, _start_phase(model, "ft", cfg)[0])
     optimizer, _ = _start_phase(model, "ft", cfg, fused=True)

@@ -1,56 +1,44 @@
-"""The objective contract: what an objective module provides and how the runner calls it.
+"""The objective contract: the typed interface (`Objective`) an objective module provides, and
+what the runner does with it.
 
 A study's TOML names its objective in ``[study].objective``: ``"image_classifier"`` (the default:
 `objectives.image_classifier`, which every shipped study uses), another module of this package by
 its bare name, or a module of your own as ``"package.module"``, imported with importlib from the
 Python path of the ``study`` command (its working folder, ``PYTHONPATH``, installed packages).
-A module that cannot be imported, or lacks a name below, is a one-line error before anything runs.
+A module that cannot be imported, or does not provide the interface, is a one-line error before
+anything runs.
 
-An objective module provides:
+`Objective` is a `typing.Protocol` (as Optuna states samplers and storages): a module satisfies
+it by defining its names at module level; no base class, no registration. It is
+runtime-checkable, so `objective` can tell a full module from one written against the contract's
+first form (``Config``, ``EMBEDDED_DATASET``, ``load_data``, ``run`` only), which it wraps with
+the defaults of `legacy` (the image classifier's setting names, checkpoint keys and metrics), so
+such a module keeps working unchanged.
 
-``Config``
-    A frozen dataclass of two parts, ``data`` and ``train``, each a frozen dataclass whose fields
-    are settings of the study's TOML (``[fixed]``, ``[space]``, ``--set``), every one with a
-    default; a name is unique across the two parts. ``data`` holds everything the loaded data
-    depends on, ``train`` everything else. A check that fails raises ValueError with one line.
-    The runner reads a few settings by name: ``epochs`` (required: the last epoch, after which a
-    trial is never pruned), ``fe_epochs`` (epochs the pruner does not see; 0 when absent),
-    ``seed`` (set to the study seed + the trial number unless the study sets it) and
-    ``split_seed`` (which ``ablate`` sets to each evaluation seed).
-``EMBEDDED_DATASET``
-    The embedded dataset (a key of `objectives.data.EMBEDDED`) a run without ``--data`` uses,
-    unless the TOML's ``[embedded].dataset`` names another.
-``load_data(data, source) -> objectives.data.Splits``
-    The decoded splits for ``data`` (a ``Config``'s data part) from `DataSource` ``source``; it
-    may report progress through ``source.bar``. The runner calls it once per distinct ``data``
-    in a process and gives the result to every trial with that ``data``: because ``data`` is the
-    key, nothing the splits depend on can be left out of it. ``Splits.manifest`` (where not None)
-    is written as the study's ``split.csv``.
-``run(config, splits, context) -> objectives.train.FitResult``
-    Trains one trial. ``context`` (`TrialContext`) says where to train (``runtime``), which
-    validation metric picks the best epoch and in which direction, and where to checkpoint and
-    resume; ``context.report(epoch, row)`` must be called after every epoch with that epoch's
-    curve row (``val_<metric>`` among its keys) and may raise to stop the trial (pruning).
-    The returned curves, best epoch and validation and test evaluations (and ``weights``, the
-    pretrained weights' name, where set) are what the trial records.
+The runner (``study/``) reads no setting of a particular objective by name: the epoch count, the
+FE epochs, the seed and the split seed are whichever settings `ROLES` names, checkpoints are
+checked against `CHECKPOINT_KEYS`, the study's metric against `METRICS`. How a trial trains (an
+image classifier's `objectives.train.FitConfig`, built from its `TrainConfig`) is the objective's
+own business: the runner never builds it, so the interface does not name it.
 
-How the runner calls it, per run: resolve and import the module; check every setting of the
-TOML against `settings` (name and type); build one ``Config`` from the fixed settings and the
-pins (`build_config`) so contradictions fail before the first trial; ``load_data`` for it (the
-manifest is written); then per trial: the sampler's values plus the fixed settings -> ``Config``
--> ``load_data`` (shared where the data part is equal) -> ``run``. The trial stores the config as
-one flat mapping (`flat`). Nothing here imports the CLI or Optuna.
+How the runner calls it, per run: resolve and import the module (`objective`); check every
+setting of the TOML against `settings` (name and type); build one ``Config`` from the fixed
+settings and the pins (`build_config`) so contradictions fail before the first trial;
+``load_data`` for it (the manifest is written); then per trial: the sampler's values plus the
+fixed settings (and ``ROLES.seed`` set to the study seed + the trial number, unless the space
+sets it) -> ``Config`` -> ``load_data`` (shared where the data part is equal) -> ``run``. The
+trial stores the config as one flat mapping (`flat`). Nothing here imports the CLI, Optuna or torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from objectives.progress import BarFactory, no_bar
 
@@ -58,7 +46,8 @@ if TYPE_CHECKING:
     from objectives.train import Checkpointing, Report, Runtime
 
 PARTS = ("data", "train")  # the parts of a Config, in the order their settings are listed
-PROVIDES = ("Config", "EMBEDDED_DATASET", "load_data", "run")  # what an objective module defines
+PROVIDES = ("Config", "EMBEDDED_DATASET", "load_data", "run")  # what every objective module defines
+RESUMES_FROM = frozenset({"epoch", "curves"})  # what the runner itself reads of a checkpoint (the epochs it replays)
 
 
 @dataclass(frozen=True)
@@ -125,7 +114,9 @@ def flat(config: Any) -> dict[str, Any]:
 
 
 def missing(module: ModuleType) -> list[str]:
-    """What `module` lacks of the contract: names it does not define, or a Config of another shape."""
+    """What `module` lacks of the contract: names every objective defines (`PROVIDES`), a Config
+    of another shape, or roles (`Roles`) naming no setting; the declarations of `Objective`
+    beyond `PROVIDES` are optional (`legacy` supplies them)."""
     absent = [name for name in PROVIDES if not hasattr(module, name)]
     config_cls = getattr(module, "Config", None)
     if config_cls is not None:
@@ -134,7 +125,181 @@ def missing(module: ModuleType) -> list[str]:
             absent.append("a Config of dataclass parts data and train")
         else:
             try:
-                settings(config_cls)
+                names = settings(config_cls)
             except TypeError as exc:
                 absent.append(f"a Config with unique setting names ({exc})")
+            else:
+                roles = getattr(module, "ROLES", Roles())
+                absent += roles.problems(names) if hasattr(module, "ROLES") else \
+                    [] if roles.epochs in names else [f"a setting {roles.epochs!r} (or ROLES naming its epoch count)"]
     return absent
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which of an objective's settings play the parts the runner needs, by name; None where the
+    objective has no such setting.
+
+    ``epochs`` (required): the last epoch, after which a trial is never pruned, and the pruner's
+    largest resource; ``fe_epochs``: leading epochs the pruner does not see (0 when None);
+    ``seed``: set to the study seed + the trial number unless the space sets it, and to each
+    evaluation seed by ``ablate``; ``split_seed``: what else ``ablate`` sets to each evaluation
+    seed, so a seed also draws the validation split."""
+
+    epochs: str = "epochs"
+    fe_epochs: str | None = "fe_epochs"
+    seed: str | None = "seed"
+    split_seed: str | None = "split_seed"
+
+    def epoch_count(self, config: Any) -> int:
+        """The epochs a trial of `config` trains."""
+        return int(flat(config)[self.epochs])
+
+    def fe_epoch_count(self, config: Any) -> int:
+        """The leading epochs of `config` the pruner does not see."""
+        return int(flat(config)[self.fe_epochs]) if self.fe_epochs else 0
+
+    def split_seed_of(self, config: Any) -> int | None:
+        """The seed of `config`'s validation split; None where the objective has none."""
+        return flat(config).get(self.split_seed) if self.split_seed else None
+
+    def seeded(self, values: Mapping[str, Any], seed: int, split: bool) -> dict[str, Any]:
+        """`values` run with `seed`, which also draws the validation split where `split`."""
+        named = {self.seed: seed} if self.seed else {}
+        if split and self.split_seed:
+            named[self.split_seed] = seed
+        return {**values, **named}
+
+    def problems(self, names: Mapping[str, Any]) -> list[str]:
+        """The roles naming a setting that is not among `names` (an objective's `settings`)."""
+        wanted = {"epochs": self.epochs, "fe_epochs": self.fe_epochs, "seed": self.seed, "split_seed": self.split_seed}
+        return [f"ROLES.{role} = {name!r}, which is not a setting of its Config"
+                for role, name in wanted.items() if name is not None and name not in names]
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What an objective's `settle` decides about a run's settings before its first trial:
+    settings to pin (recorded as pins), settings to add to the fixed ones (they enter the
+    study's fingerprint), and one-line warnings to show."""
+
+    pins: Mapping[str, Any] = field(default_factory=dict)
+    adds: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+Possible = Callable[[str], tuple[Any, ...]]  # every value a setting may take in a run (() for ranges)
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """What an objective module provides: module-level names, checked by `isinstance`.
+
+    ``Config``
+        A frozen dataclass of two parts, ``data`` and ``train``, each a frozen dataclass whose
+        fields are settings of the study's TOML (``[fixed]``, ``[space]``, ``--set``), every one
+        with a default; a name is unique across the two parts. ``data`` holds everything the
+        loaded data depends on, ``train`` everything else. A check that fails raises ValueError
+        with one line.
+    ``EMBEDDED_DATASET``
+        The embedded dataset (a key of `objectives.data.EMBEDDED`) a run without ``--data``
+        uses, unless the TOML's ``[embedded].dataset`` names another.
+    ``ROLES``
+        Which settings are the epoch count, the FE epochs, the seed and the split seed (`Roles`).
+    ``CHECKPOINT_KEYS``
+        The keys of every state ``run`` gives ``context.checkpoint.save`` (`RESUMES_FROM` among
+        them): a saved state that lacks one is not resumed (the trial restarts from epoch 1).
+    ``METRICS``
+        The validation metrics ``run`` reports (``val_<name>`` in every curve row, the keys of
+        its evaluations' ``metrics``; ``loss`` is its evaluations' ``loss``): a study may pick
+        one of them as its metric.
+    ``settle(possible, embedded) -> Settled``
+        Checks and rules that need the whole run, before its first trial: ``possible(name)`` is
+        every value setting ``name`` may take (pinned, fixed or choices; () for a range) and
+        ``embedded`` whether the run uses the embedded dataset. The image classifier checks
+        that pretrained weights it may need are present (on the embedded data it pins
+        ``pretrained = false`` with a warning instead) and normalises both arms of
+        ``pretrained`` with the weights' statistics. A problem is an `InputError`.
+    ``load_data(data, source) -> objectives.data.Splits``
+        The decoded splits for ``data`` (a ``Config``'s data part) from `DataSource` ``source``;
+        it may report progress through ``source.bar``. The runner calls it once per distinct
+        ``data`` in a process and gives the result to every trial with that ``data``: because
+        ``data`` is the key, nothing the splits depend on can be left out of it. What the runner
+        reads of the result: ``class_names``, ``manifest`` (None, or written as the study's
+        ``split.csv``) and, where ``run`` returns probabilities, the rows of each split.
+    ``run(config, splits, context) -> objectives.train.FitResult``
+        Trains one trial. ``context`` (`TrialContext`) says where to train (``runtime``), which
+        validation metric picks the best epoch and in which direction, and where to checkpoint
+        and resume; ``context.report(epoch, row)`` must be called after every epoch with that
+        epoch's curve row (``val_<metric>`` among its keys) and may raise to stop the trial
+        (pruning). What the trial records of the result: ``curves`` (name -> one value per
+        epoch), ``best_epoch``, ``val`` and ``test`` (each with ``loss``, ``metrics`` and
+        ``confusion``, and optionally ``probabilities``), and ``weights`` (the pretrained weights'
+        name) where set.
+    """
+
+    Config: type
+    EMBEDDED_DATASET: str
+    ROLES: Roles
+    CHECKPOINT_KEYS: frozenset[str]
+    METRICS: tuple[str, ...]
+
+    def settle(self, possible: Possible, *, embedded: bool) -> Settled: ...
+
+    def load_data(self, data: Any, source: DataSource) -> Any: ...
+
+    def run(self, config: Any, splits: Any, context: TrialContext) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Legacy:
+    """An objective module of the contract's first form (``Config``, ``EMBEDDED_DATASET``,
+    ``load_data``, ``run``) as an `Objective`: what it does not declare takes the image
+    classifier's defaults (`legacy`), which is what the runner assumed of every module then."""
+
+    module: ModuleType
+    ROLES: Roles
+    CHECKPOINT_KEYS: frozenset[str]
+    METRICS: tuple[str, ...]
+
+    @property
+    def Config(self) -> type:  # noqa: N802 - the contract's name
+        return self.module.Config
+
+    @property
+    def EMBEDDED_DATASET(self) -> str:  # noqa: N802 - the contract's name
+        return self.module.EMBEDDED_DATASET
+
+    def settle(self, possible: Possible, *, embedded: bool) -> Settled:
+        """Nothing to settle: a module of the first form keeps its settings as they are."""
+        return Settled()
+
+    @property
+    def load_data(self) -> Callable[..., Any]:
+        return self.module.load_data
+
+    @property
+    def run(self) -> Callable[..., Any]:
+        return self.module.run
+
+
+def legacy(module: ModuleType) -> Legacy:
+    """`module` with the defaults of the contract's first form: the roles of `Roles` whose
+    settings its Config has, `objectives.train`'s checkpoint keys, the metrics
+    `objectives.metrics.summarize` computes and the loss."""
+    from objectives.metrics import CONFUSION_METRICS
+    from objectives.train import CHECKPOINT_KEYS  # torch: a module of the first form trains with `fit`
+
+    names = settings(module.Config)
+    roles = Roles(**{f.name: f.default if f.default in names else None
+                     for f in dataclasses.fields(Roles) if f.name != "epochs"})
+    return Legacy(module, roles, CHECKPOINT_KEYS, ("loss", *CONFUSION_METRICS))
+
+
+def objective(module: ModuleType) -> Objective:
+    """`module` as an `Objective`: itself where it declares the whole interface, else `legacy`;
+    a TypeError listing what it lacks (`missing`)."""
+    lacking = missing(module)
+    if lacking:
+        raise TypeError(f"it lacks {', '.join(lacking)}")
+    return module if isinstance(module, Objective) else legacy(module)  # type: ignore[return-value]

@@ -22,16 +22,31 @@ The defaults are a neutral generic recipe; a study states what its data needs:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field, replace
 
-from objectives.contract import DataSource, TrialContext
+from objectives.contract import DataSource, Possible, Roles, Settled, TrialContext
 from objectives.data import Augment, Splits, find_dataset, load_splits
+from objectives.errors import InputError
 from objectives.losses import ALPHA_KINDS, LOSSES, build_loss
-from objectives.models import build_model, check_arch, size_problem, weights_name, weights_of
+from objectives.metrics import CONFUSION_METRICS
+from objectives.models import (
+    build_model,
+    check_arch,
+    missing_weights,
+    size_problem,
+    weights_name,
+    weights_normalisation,
+    weights_of,
+)
+from objectives.train import CHECKPOINT_KEYS as CHECKPOINT_KEYS  # what `fit` saves: the objective's
 from objectives.train import FitConfig, FitResult, fit
 
+# the `objectives.contract.Objective` declarations
 EMBEDDED_DATASET = "digits"
+ROLES = Roles(epochs="epochs", fe_epochs="fe_epochs", seed="seed", split_seed="split_seed")
+METRICS = ("loss", *CONFUSION_METRICS)  # `objectives.train.evaluate`'s
 
 
 @dataclass(frozen=True)
@@ -147,6 +162,44 @@ class Config:
             raise ValueError(problem)
 
 
+def settle(possible: Possible, *, embedded: bool) -> Settled:
+    """Pretrained weights the run may need must be in torchvision's cache before trial one.
+
+    On the embedded default a missing file pins ``pretrained = false`` with a warning, so the
+    README's first command works offline; on real data it is an error naming the file. Then
+    `pretrained_normalisation`."""
+    if True not in possible("pretrained"):
+        return Settled()
+    missing = missing_weights(a for a in possible("arch") if isinstance(a, str))
+    if not missing:
+        return Settled(adds=pretrained_normalisation(possible))
+    hint = f"{missing[0].name} into {missing[0].parent}/" + (
+        f" (and {', '.join(p.name for p in missing[1:])})" if missing[1:] else ""
+    )
+    if not embedded:
+        raise InputError(f"pretrained weights missing and not downloadable: put {hint}, or --set pretrained=false")
+    return Settled(pins={"pretrained": False},
+                   warnings=(f"pretrained weights not found, running with pretrained=false; to use them put {hint}",))
+
+
+def pretrained_normalisation(possible: Possible) -> dict[str, list[float]]:
+    """Where the run may use pretrained weights and sets no `norm_mean` of its own, both arms of
+    `pretrained` are normalised with the weights' own statistics (the settings to add).
+
+    ImageNet weights expect ImageNet-normalised inputs and the FE phase freezes BatchNorm with
+    ImageNet statistics, so the dataset's own statistics would handicap the pretrained arm; using
+    the weights' values for the scratch arm too keeps `pretrained` a factor that changes one thing.
+    The resolved values become settings, so they key the decoded data and enter the study's
+    fingerprint."""
+    if True not in possible("pretrained") or any(possible("norm_mean")):
+        return {}
+    found = {weights_normalisation(a) for a in possible("arch") if isinstance(a, str)} - {None}
+    if len(found) != 1:
+        return {}  # no arch with weights, or archs whose weights disagree: the data's own statistics
+    mean, std = found.pop()
+    return {"norm_mean": list(mean), "norm_std": list(std)}
+
+
 def load_data(data: DataConfig, source: DataSource) -> Splits:
     """Find the dataset under `source.root`, check it against the classes the study fixes, decode
     it once (cached) and split it by `group_by` groups (`objectives.data.splits`)."""
@@ -159,25 +212,20 @@ def load_data(data: DataConfig, source: DataSource) -> Splits:
                            mean=data.norm_mean or None, std=data.norm_std or None)
 
 
+def fit_config(train: TrainConfig, *, metric: str, maximize: bool) -> FitConfig:
+    """The `FitConfig` of `train`: every field the two share, copied by name (so `TrainConfig`
+    holds the one set of defaults), its augmentation, and the study's metric and direction."""
+    shared = {f.name for f in dataclasses.fields(FitConfig)} & {f.name for f in dataclasses.fields(TrainConfig)}
+    return FitConfig(**{name: getattr(train, name) for name in shared}, metric=metric, maximize=maximize,
+                     augment=Augment(hflip=train.hflip, vflip=train.vflip, crop_padding=train.crop_padding))
+
+
 def run(config: Config, data: Splits, context: TrialContext) -> FitResult:
     """Build the model and loss of `config` and train them (`objectives.train.fit`)."""
     train = config.train
     model = build_model(train.arch, data.num_classes, pretrained=train.pretrained, seed=train.seed)
     loss = build_loss(train.loss, class_counts=data.train.class_counts(data.num_classes), gamma=train.focal_gamma,
                       alpha=train.focal_alpha)
-    fit_config = FitConfig(
-        epochs=train.epochs,
-        fe_epochs=train.fe_epochs,
-        lr=train.lr,
-        momentum=train.momentum,
-        weight_decay=train.weight_decay,
-        batch_size=train.batch_size,
-        metric=context.metric,
-        maximize=context.maximize,
-        step_size=train.step_size,
-        step_gamma=train.step_gamma,
-        augment=Augment(hflip=train.hflip, vflip=train.vflip, crop_padding=train.crop_padding),
-        seed=train.seed,
-    )
-    result = fit(model, loss, data, fit_config, context.runtime, context.report, context.checkpoint)
+    result = fit(model, loss, data, fit_config(train, metric=context.metric, maximize=context.maximize),
+                 context.runtime, context.report, context.checkpoint)
     return replace(result, weights=weights_name(train.arch, train.pretrained))

@@ -36,9 +36,18 @@ class Diverged(RuntimeError):
     reason = "nan_loss"
 
 
+# what `fit` saves after an epoch and resumes from: the one list (the objective's `CHECKPOINT_KEYS`,
+# which `study.run.checkpoints` checks a saved state against)
+CHECKPOINT_KEYS = frozenset({"epoch", "phase", "model", "optimizer", "scheduler", "curves", "best_score", "best_epoch",
+                             "best_model", "best_val", "torch_rng", "batch_rng"})
+
+
 @dataclass(frozen=True)
 class FitConfig:
-    """What to train: epochs and phases, optimiser settings, the metric that picks the best epoch."""
+    """What to train: epochs and phases, optimiser settings, augmentation, the metric that picks
+    the best epoch. No defaults: a study's are its objective's settings
+    (`objectives.image_classifier.TrainConfig`, which `image_classifier.fit_config` copies here
+    by name), so there is one set of them."""
 
     epochs: int
     fe_epochs: int
@@ -46,12 +55,12 @@ class FitConfig:
     momentum: float
     weight_decay: float
     batch_size: int
-    metric: str = "kappa"
-    maximize: bool = True
-    step_size: int = 0  # StepLR period in epochs within a phase; 0 keeps the rate constant
-    step_gamma: float = 0.1
-    augment: Augment = Augment(hflip=True, vflip=True)  # the DR default; CIFAR crops and flips left-right only
-    seed: int = 0
+    metric: str
+    maximize: bool
+    step_size: int  # StepLR period in epochs within a phase; 0 keeps the rate constant
+    step_gamma: float
+    augment: Augment
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -226,7 +235,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
             best = (score, epoch, weights, val)
         report(epoch, row)
         if checkpoint is not None and time.monotonic() - last_saved >= checkpoint.every_s:
-            checkpoint.save({
+            checkpoint.save({  # CHECKPOINT_KEYS
                 "epoch": epoch, "phase": phase, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else {}, "curves": curves,
                 "best_score": best[0], "best_epoch": best[1], "best_model": best[2],

@@ -44,7 +44,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -113,8 +112,9 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
     tuned_param = retune_param(space, ablation.retune) if ablation.retune else None
     study_name = ablation.study_name or f"{name}{records.ABLATION_SUFFIX}"
     existing = _existing(store, study_name, location, parent.direction)
-    split = splits_per_seed(registry.objective_module(space))
-    plan = _plan(name, parent, space, found, ablation, existing, split)
+    objective = registry.objective_module(space)
+    split = splits_per_seed(objective)
+    plan = _plan(name, parent, space, found, ablation, existing, split, objective.ROLES)
     if existing is not None:
         _check_same_plan(existing, plan, ablation, location)
 
@@ -173,18 +173,24 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
     )
     objective = _AblationObjective(study, configs, list(plan.seeds), split, session.trainer)
     session.optimize(study, objective, target=target,
-                     sampler=sampler, pruner=make_pruner(session.prep.space), timeout=_left(deadline),
+                     sampler=sampler, pruner=_pruner(session), timeout=_left(deadline),
                      max_failures=None)  # a failed cell (nan_loss) is a result; an environment error still stops
     _rerun_infrastructure(session, study, objective, _left(deadline))
     session.summary(study)
     return study
 
 
-def splits_per_seed(module: ModuleType) -> bool:
-    """Whether seed s of an ablation also sets ``split_seed``: whenever the objective's Config
-    (`module`'s) has that setting (`objectives.contract.settings`), whether or not the TOML names
-    it; the runner sets it like any other setting."""
-    return "split_seed" in contract.settings(module.Config)
+def splits_per_seed(objective: contract.Objective) -> bool:
+    """Whether seed s of an ablation also sets the split seed: whenever the objective names one
+    (`ROLES.split_seed`) that its Config has (`objectives.contract.settings`), whether or not the
+    TOML names it; the runner sets it like any other setting."""
+    name = objective.ROLES.split_seed
+    return name is not None and name in contract.settings(objective.Config)
+
+
+def _pruner(session: Session) -> optuna.pruners.BasePruner:
+    """The pruner of the session's space, over the epochs of its objective."""
+    return make_pruner(session.prep.space, session.prep.module.ROLES)
 
 
 def infrastructure_cells(study: optuna.Study) -> list[dict[str, Any]]:
@@ -217,7 +223,7 @@ def _rerun_infrastructure(session: Session, study: optuna.Study, objective: Any,
         finished = records.count(study, records.FINISHED)
         try:
             session.optimize(study, objective, target=finished + 1, sampler=optuna.samplers.RandomSampler(seed=0),
-                             pruner=make_pruner(session.prep.space), timeout=timeout, max_failures=1)
+                             pruner=_pruner(session), timeout=timeout, max_failures=1)
         except TrialsFailing:
             continue
 
@@ -229,7 +235,7 @@ def is_embedded(dataset: str) -> bool:
 
 
 def _plan(name: str, parent: optuna.Study, space: SearchSpace, found: list[Variant], ablation: AblationOptions,
-          existing: optuna.Study | None, split: bool) -> AblationRecord:
+          existing: optuna.Study | None, split: bool, roles: contract.Roles) -> AblationRecord:
     """What the ablation study records: the variants, the evaluation seeds (fresh, or as recorded
     by the first run), whether a seed draws the split too, and the retune grid with its r tuning
     seeds (shared by every candidate)."""
@@ -237,7 +243,7 @@ def _plan(name: str, parent: optuna.Study, space: SearchSpace, found: list[Varia
         recorded = AblationRecord.from_study(existing)
         seeds, retune, split = recorded.seeds, recorded.retune, bool(recorded.split_per_seed)
     else:
-        used = parent_seeds(parent, space.study.seed)
+        used = parent_seeds(parent, space.study.seed, (roles.seed, roles.split_seed))
         seeds, retune = fresh_seeds(ablation.seeds, used, EVAL_SEED_START), None
         if ablation.retune:
             values = candidates(
@@ -254,9 +260,6 @@ def _plan(name: str, parent: optuna.Study, space: SearchSpace, found: list[Varia
         dataset=records.StudyRecord.from_study(parent).dataset, split_per_seed=split)
 
 
-def seeded(values: Mapping[str, Any], seed: int, split: bool) -> dict[str, Any]:
-    """`values` run with `seed`, which also draws the validation split where the space has one."""
-    return {**values, "seed": seed, **({"split_seed": seed} if split else {})}
 
 
 class _AblationObjective:
@@ -273,7 +276,8 @@ class _AblationObjective:
     def __call__(self, trial: optuna.Trial) -> float:
         name = trial.suggest_categorical(records.VARIANT, list(self.configs))
         seed = trial.suggest_categorical(records.SEED, self.seeds)
-        return self.trainer(self.study, trial, seeded(self.configs[name], seed, self.split))
+        roles = self.trainer.prep.module.ROLES
+        return self.trainer(self.study, trial, roles.seeded(self.configs[name], seed, self.split))
 
 
 class _RetuneObjective:
@@ -303,7 +307,8 @@ class _RetuneObjective:
         else:
             value = trial.suggest_float(self.param.name, float(low), float(high), log=self.param.log)
         seed = trial.suggest_categorical(records.TUNE_SEED, self.seeds)
-        return self.trainer(self.study, trial, seeded({**self.values, self.param.name: value}, seed, self.split))
+        roles = self.trainer.prep.module.ROLES
+        return self.trainer(self.study, trial, roles.seeded({**self.values, self.param.name: value}, seed, self.split))
 
 
 def _retune(session: Session, name: str, variant: Variant, values: dict[str, Any], param: Param,
@@ -322,7 +327,7 @@ def _retune(session: Session, name: str, variant: Variant, values: dict[str, Any
     target = len(retune[records.CANDIDATES]) * len(retune[records.TUNING_SEEDS])
     if session.announce(study, target):
         session.optimize(study, _RetuneObjective(study, values, param, retune, split, session.trainer), target=target,
-                         sampler=grid, pruner=make_pruner(session.prep.space), timeout=timeout, max_failures=None)
+                         sampler=grid, pruner=_pruner(session), timeout=timeout, max_failures=None)
     if not grid.is_exhausted(study):
         return None
     results = retune_results(study, param.name, retune)

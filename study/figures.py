@@ -83,8 +83,9 @@ def curves_figure(lines: Sequence[Curve], metric: str, path: Path | BinaryIO) ->
         style = "--" if line.pruned else "-"
         label = f"{line.label} (pruned)" if line.pruned else line.label
         labels.append(label)
-        axes[0].plot(epochs, curves.get("train_accuracy", []), style, color=color, marker=".", label=label)
-        axes[1].plot(epochs, curves.get(f"val_{metric}", []), style, color=color, marker=".", label=label)
+        for ax, key in ((axes[0], "train_accuracy"), (axes[1], f"val_{metric}")):
+            if len(curves.get(key, [])) == len(epochs):  # an objective's rows may lack train_accuracy
+                ax.plot(epochs, curves[key], style, color=color, marker=".", label=label)
         fe_epochs = curves.get("phase", []).count("fe")
         if 0 < fe_epochs < len(epochs):
             for ax in axes:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib
 from importlib import resources
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from objectives import contract
 from objectives.errors import InputError
+from objectives.metrics import REGISTRY
 from study.schema1 import SCHEMA1_OBJECTIVES
 from study.space import DEFAULT_OBJECTIVE, SearchSpace
 from study.space_file import load_space, load_space_text
@@ -114,9 +114,11 @@ def module_name(objective: str) -> str:
     return objective if "." in objective else f"objectives.{objective}"
 
 
-def objective_module(space: SearchSpace) -> ModuleType:
+def objective_module(space: SearchSpace) -> contract.Objective:
     """The objective module `space` names in [study].objective, imported and checked against the
-    contract (`objectives.contract`); a one-line InputError naming the file otherwise."""
+    contract (`objectives.contract.objective`: the module itself, or one of the contract's first
+    form with its defaults), reporting the study's metric; a one-line InputError naming the file
+    otherwise."""
     name = space.study.objective
     target = module_name(name)
     at = f"{space.path}: [study].objective = {name!r}"
@@ -129,8 +131,12 @@ def objective_module(space: SearchSpace) -> ModuleType:
                          f"the folder the study command runs in or PYTHONPATH)") from None
     except ImportError as exc:
         raise InputError(f"{at}: importing {target} failed ({exc})") from None
-    lacking = contract.missing(module)
-    if lacking:
-        raise InputError(f"{at}: {target} is not an objective module: it lacks {', '.join(lacking)} "
-                         f"(see objectives/contract.py)")
-    return module
+    try:
+        found = contract.objective(module)
+    except TypeError as exc:
+        raise InputError(f"{at}: {target} is not an objective module: {exc} (see objectives/contract.py)") from None
+    metric = space.study.metric
+    if metric in REGISTRY and metric not in found.METRICS:  # an unregistered one is an old study's: as it ran
+        raise InputError(f"{at}: {target} does not report metric {metric!r} (it reports {', '.join(found.METRICS)}); "
+                         f"set [study].metric to one of them")
+    return found

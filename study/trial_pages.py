@@ -72,6 +72,7 @@ class Page:
     class_names: Sequence[str] = ()
     seconds: float | None = None
     intervals: Mapping[str, Any] | None = None  # records.TEST_INTERVALS; None: an older run, or no test
+    epochs: int | None = None  # the epochs the trial was to train (the objective's `ROLES.epochs`)
 
 
 def note(page: Page) -> str:
@@ -81,8 +82,7 @@ def note(page: Page) -> str:
         lines.append(f"**{'Pruned' if page.state == 'PRUNED' else 'Failed'}:** {page.reason}")
     facts = []
     if page.best_epoch is not None:
-        epochs = page.config.get("epochs")
-        of = f" of {epochs}" if epochs else ""
+        of = f" of {page.epochs}" if page.epochs else ""
         facts.append(f"best epoch (on validation {page.metric}): **{page.best_epoch}**{of}")
     if page.seconds is not None:
         facts.append(f"training time: {page.seconds:.1f} s")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -156,14 +156,16 @@ def label(changed: Mapping[str, Any], base: Mapping[str, Any], values: Mapping[s
     return head + (f" ({', '.join(coupled)})" if coupled else "")
 
 
-def parent_seeds(parent: optuna.Study, study_seed: int) -> set[int]:
-    """Every seed the parent may have used: each trial's recorded ``seed`` and ``split_seed``,
+def parent_seeds(parent: optuna.Study, study_seed: int, settings: Iterable[str | None]) -> set[int]:
+    """Every seed the parent may have used: each trial's recorded seed `settings` (the objective's
+    ``ROLES.seed`` and ``ROLES.split_seed``; None: it has no such setting),
     and ``study seed + trial number`` of every trial (the runner's seed where the space samples
     none; also covers trials that failed before recording a config)."""
     used: set[int] = set()
+    names = [k for k in settings if k is not None]
     for trial in parent.get_trials(deepcopy=False):
         config = TrialRecord.from_trial(trial).config
-        used.update(int(config[k]) for k in ("seed", "split_seed") if isinstance(config.get(k), int))
+        used.update(int(config[k]) for k in names if isinstance(config.get(k), int))
         used.add(study_seed + trial.number)
     return used
 

@@ -4,6 +4,7 @@ test of `report` and `ablate` reads instead of training its own."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -15,6 +16,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 from PIL import Image
+
+from objectives import image_classifier
+from objectives.data import Augment
+from objectives.train import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,3 +181,11 @@ def made(tmp_path_factory: pytest.TempPathFactory, torch_home: Path) -> tuple[Pa
     failed.set_user_attr("fail_reason", "cuda_oom")
     study.tell(failed, state=TrialState.FAIL)
     return root, data, torch_home
+
+
+def fit_cfg(**settings) -> FitConfig:
+    """A `FitConfig` for tests that call `fit` directly: the image classifier's settings at their
+    (one set of) defaults, flipped both ways (what these tests trained with before `FitConfig`
+    lost its own defaults), metric kappa maximised, then `settings`."""
+    base = image_classifier.fit_config(image_classifier.TrainConfig(), metric="kappa", maximize=True)
+    return dataclasses.replace(base, augment=Augment(hflip=True, vflip=True), **settings)

@@ -18,7 +18,7 @@ from optuna.trial import TrialState, create_trial
 from test_ablation_stats import stored_parent
 
 import objectives.image_classifier
-from objectives import metrics
+from objectives import contract, metrics
 from objectives.errors import InputError
 from study import ablate, records, registry, variants
 from study.records import ABLATION_VERSION
@@ -273,7 +273,9 @@ def test_split_per_seed_comes_from_the_objectives_settings_not_the_toml():
         data: Data = Data()
         train: Train = Train()
 
-    assert not ablate.splits_per_seed(types.SimpleNamespace(Config=Config))
+    assert not ablate.splits_per_seed(contract.legacy(types.SimpleNamespace(Config=Config)))  # no split_seed: no role
+    renamed = types.SimpleNamespace(Config=Config, ROLES=contract.Roles(fe_epochs=None, split_seed="image_size"))
+    assert ablate.splits_per_seed(renamed)  # whichever setting the objective names
 
 
 # ---------------------------------------------------------------- retune

@@ -196,7 +196,7 @@ def test_factorial_cells_start_with_the_best_trials_levels(space):
 
 def test_fresh_seeds_avoid_every_seed_the_parent_used(space):
     parent = parent_study([(BEST, 0.8, 1000), ({**BEST, "lr": 0.02}, 0.7, 1002)])
-    used = variants.parent_seeds(parent, study_seed=3)
+    used = variants.parent_seeds(parent, study_seed=3, settings=("seed", "split_seed"))
     assert {1000, 1002, 0, 3, 4} <= used  # recorded seeds, the split seed, study seed + trial number
     seeds = variants.fresh_seeds(5, used, variants.EVAL_SEED_START)
     assert seeds == [1001, 1003, 1004, 1005, 1006] and not set(seeds) & used

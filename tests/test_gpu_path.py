@@ -24,12 +24,12 @@ from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 from torchvision import models as tvm
 
-from objectives import metrics
+from objectives import contract, metrics
 from objectives.contract import DataSource, TrialContext
 from objectives.data import Augment, DeviceBatches, ImageSet, Splits
 from objectives.losses import build_loss
 from objectives.models import build_model, head_name
-from objectives.train import Diverged, FitConfig, Runtime, autocast_dtype, fit
+from objectives.train import Diverged, Runtime, autocast_dtype, fit
 from study import storage
 from study.exits import CUDA_ERROR_EXIT, CudaContextLost
 from study.run import data as run_data
@@ -42,6 +42,8 @@ from study.run.samplers import make_pruner
 from study.run.session import Session
 from study.run.trainer import SearchObjective
 from study.space_file import load_space
+
+from conftest import fit_cfg
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,7 +229,7 @@ def test_fp16_autocast_with_loss_scaling_trains_like_fp32():
     splits = tiny_splits()
     runs = []
     for runtime in (Runtime(), Runtime(amp=True, amp_dtype=torch.float16)):
-        cfg = FitConfig(epochs=2, fe_epochs=0, lr=0.01, momentum=0.9, weight_decay=0.0, batch_size=8, metric="accuracy")
+        cfg = fit_cfg(epochs=2, fe_epochs=0, lr=0.01, momentum=0.9, weight_decay=0.0, batch_size=8, metric="accuracy")
         model = build_model("convnet", 3, pretrained=False, seed=0)
         runs.append(fit(model, build_loss("ce", class_counts=[1, 1, 1]), splits, cfg, runtime, lambda e, r: None))
     assert Runtime(amp=True, amp_dtype=torch.float16).scales_loss
@@ -356,7 +358,7 @@ def run(config: Config, splits: Splits, context: TrialContext):
     if config.fail:
         model.register_forward_hook(_fail_on_second_call(FAILURES[config.fail]))
     MODELS.append(weakref.ref(model))
-    cfg = FitConfig(epochs=config.epochs, fe_epochs=config.fe_epochs, lr=config.lr, momentum=0.0, weight_decay=0.0,
+    cfg = fit_cfg(epochs=config.epochs, fe_epochs=config.fe_epochs, lr=config.lr, momentum=0.0, weight_decay=0.0,
                     batch_size=config.batch_size, metric=context.metric, maximize=context.maximize, seed=config.seed)
     return fit(
         model,
@@ -413,7 +415,7 @@ def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str
     path.write_text(space)
     prep = Prepared(
         space=load_space(path),
-        module=sys.modules[__name__],
+        module=contract.objective(sys.modules[__name__]),  # a module of the contract's first form
         source=DataSource(root=tmp_path),
         dataset="tiny",
         device=runtime.device,
@@ -434,7 +436,8 @@ def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str
     gc.disable()
     try:
         session.optimize(study, SearchObjective(study, prep, session.trainer), target=prep.target,
-                         sampler=optuna.samplers.RandomSampler(seed=0), pruner=make_pruner(prep.space))
+                         sampler=optuna.samplers.RandomSampler(seed=0),
+                         pruner=make_pruner(prep.space, prep.module.ROLES))
     finally:
         alive = [ref() is not None for ref in MODELS]
         gc.enable()

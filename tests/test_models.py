@@ -30,10 +30,10 @@ from objectives.models import (
     weights_file,
     weights_name,
 )
-from objectives.train import FitConfig, Runtime, fit, freeze_backbone
+from objectives.train import Runtime, fit, freeze_backbone
 from study import cli, records
 
-from conftest import dr_labels, run_cli, storage_of, write_dr_lab
+from conftest import dr_labels, fit_cfg, run_cli, storage_of, write_dr_lab
 
 
 def test_every_torchvision_classifier_is_an_arch_and_the_own_nets_stay():
@@ -148,7 +148,7 @@ def test_fe_trains_only_the_head_of_a_pretrained_mobilenet(tmp_path, monkeypatch
         if epoch == 1:
             after_fe.update({k: v.clone() for k, v in model.state_dict().items()})
 
-    cfg = FitConfig(epochs=2, fe_epochs=1, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=8)
+    cfg = fit_cfg(epochs=2, fe_epochs=1, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=8)
     fit(model, build_loss("ce", class_counts=[1] * 5), splits, cfg, Runtime(), report)
     moved = {k for k in start if not torch.equal(start[k], after_fe[k])}
     assert moved == {"classifier.3.weight", "classifier.3.bias"}  # BatchNorm statistics and classifier.0 too

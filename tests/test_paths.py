@@ -12,10 +12,11 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
 from objectives.errors import InputError
+from objectives.train import CHECKPOINT_KEYS
 from study import cli, paths
 from study.records import RESUME_OF, TrialRecord, TrialWriter
 from study.registry import resolve
-from study.run.checkpoints import CHECKPOINT_KEYS, OWNER, checkpoint_file, checkpoint_owner, resume_state
+from study.run.checkpoints import OWNER, checkpoint_file, checkpoint_owner, resume_state
 from study.run.options import RunOptions
 from study.run.output import Output
 from study.run.prepare import prepare
@@ -106,7 +107,7 @@ def test_a_checkpoint_of_another_study_or_trial_is_not_resumed(tmp_path: Path, c
         state[OWNER] = owner
     torch.save(state, checkpoint_file(tmp_path, 0))
     record, writer, reporter = trial_resuming(optuna.create_study(study_name="mine"), 0)
-    assert resume_state(record, tmp_path, writer, reporter, "mine") is None
+    assert resume_state(record, tmp_path, writer, reporter, "mine", CHECKPOINT_KEYS) is None
     err = capsys.readouterr().err
     assert words in err and "restarts from epoch 1" in err
     assert checkpoint_file(tmp_path, 0).exists()  # not ours to delete
@@ -116,5 +117,5 @@ def test_the_checkpoint_of_the_trial_itself_is_resumed(tmp_path: Path):
     state = {key: 0 for key in CHECKPOINT_KEYS} | {"epoch": 1, "curves": {"epoch": [1], "val_kappa": [0.3]}}
     torch.save({**state, OWNER: checkpoint_owner("mine", 0)}, checkpoint_file(tmp_path, 0))
     record, writer, reporter = trial_resuming(optuna.create_study(study_name="mine"), 0)
-    resumed = resume_state(record, tmp_path, writer, reporter, "mine")
+    resumed = resume_state(record, tmp_path, writer, reporter, "mine", CHECKPOINT_KEYS)
     assert resumed is not None and resumed["epoch"] == 1 and reporter.curves["val_kappa"] == [0.3]

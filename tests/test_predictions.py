@@ -17,10 +17,10 @@ from objectives.data import find_dataset, load_splits
 from objectives.losses import build_loss
 from objectives.metrics import summarize
 from objectives.models import build_model
-from objectives.train import Evaluation, FitConfig, Runtime, fit
+from objectives.train import Evaluation, Runtime, fit
 from study import predictions as pr
 from study.records import predictions_key, rows_key
-from tests.conftest import class_image
+from tests.conftest import class_image, fit_cfg
 
 
 def _storage(tmp_path: Path, kind: str):
@@ -105,7 +105,7 @@ def test_rows_line_up_with_the_imageset_and_stored_probabilities_give_the_record
     files = find_dataset(_grouped_dr(tmp_path / "dr", patients=40, seed=0), num_classes=5)
     assert files.train.groups is not None
     splits = load_splits(files, image_size=32, val_fraction=0.25, split_seed=0, cache_dir=None)
-    cfg = FitConfig(epochs=2, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16, metric="accuracy")
+    cfg = fit_cfg(epochs=2, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16, metric="accuracy")
     result = fit(build_model("convnet", 5, pretrained=False, seed=0), build_loss("ce", class_counts=[1] * 5),
                  splits, cfg, Runtime(), lambda e, r: None)
     study = optuna.create_study(storage=_storage(tmp_path, "sqlite"), study_name="s")
@@ -201,7 +201,7 @@ def test_fit_resumed_from_its_last_checkpoint_keeps_the_best_validation_probabil
 
     from objectives.train import Checkpointing
 
-    cfg = FitConfig(epochs=2, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16)
+    cfg = fit_cfg(epochs=2, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16)
     first = fit(build_model("convnet", 5, pretrained=False, seed=0), build_loss("ce", class_counts=[1] * 5),
                 splits_dr, cfg, Runtime(), lambda e, r: None, Checkpointing(save=save))
     state = torch.load(io.BytesIO(saved[-1]), weights_only=True)  # after the last epoch: nothing left to train

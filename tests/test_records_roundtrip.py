@@ -115,7 +115,7 @@ def test_the_notes_read_the_stored_record(study: optuna.Study) -> None:
     done = TrialRecord.from_trial(study.best_trial)
     page = Page("s", done.number, done.state.name, "kappa", done.params, done.config, done.best_epoch,
                 done.val_metrics, done.test_metrics, None, done.curves, done.test_confusion, done.class_names,
-                done.seconds, done.test_intervals)
+                done.seconds, done.test_intervals, epochs=3)  # the trainer's: the objective's `ROLES.epochs`
     shown = note(page)
     low, high = done.interval("kappa")
     assert f"| test | {done.test_metrics['kappa']:.3f} [{low:.3f}, {high:.3f}] |" in shown

@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from objectives.image_classifier import ROLES
 from study import records
 from study.run.replay import (
     CANDIDATES,
@@ -210,11 +211,11 @@ def space(study: str):
 def test_pruner_keys_build_and_record_the_rule(tmp_path):
     loaded = space('pruner = "percentile"\npruner_percentile = 25\npruner_patience = 2\npruner_feed = "ema"\n'
                    'pruner_ema = 0.3\nwarmup_epochs = 5')
-    recorded = pruner_settings(loaded)
+    recorded = pruner_settings(loaded, ROLES)
     assert recorded == {"class": "PatientPruner", "patience": 2, "feed": "ema", "ema": 0.3, "wrapped_pruner": {
         "class": "PercentilePruner", "percentile": 25.0, "n_startup_trials": 4, "n_warmup_steps": 5}}
     with _no_experimental_warning():
-        pruner = make_pruner(loaded)
+        pruner = make_pruner(loaded, ROLES)
     assert isinstance(pruner, optuna.pruners.PatientPruner)
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
     records.StudyRecord(space_hash="h", space_file="t.toml", space_text=loaded.text, objective="image_classifier",
@@ -224,10 +225,10 @@ def test_pruner_keys_build_and_record_the_rule(tmp_path):
     assert back.pruner == recorded
     assert type(build_pruner(back.pruner)) is optuna.pruners.PatientPruner
     assert pruner_feed(back.pruner, "maximize") == Feed("ema", ema=0.3, maximize=True)
-    asha = pruner_settings(space('pruner = "asha"\npruner_reduction_factor = 4\npruner_min_resource = 3'))
+    asha = pruner_settings(space('pruner = "asha"\npruner_reduction_factor = 4\npruner_min_resource = 3'), ROLES)
     assert asha == {"class": "SuccessiveHalvingPruner", "min_resource": 3, "min_early_stopping_rate": 0,
                     "reduction_factor": 4}
-    assert pruner_settings(space('pruner = "hyperband"\npruner_feed = "best"')) == {
+    assert pruner_settings(space('pruner = "hyperband"\npruner_feed = "best"'), ROLES) == {
         "class": "HyperbandPruner", "min_resource": 1, "max_resource": 15, "reduction_factor": 3, "feed": "best"}
 
 
@@ -254,8 +255,8 @@ def test_pruner_keys_at_their_defaults_keep_the_fingerprint_and_the_record():
             == space('pruner = "asha"').fingerprint())
     assert (space('pruner = "percentile"\npruner_percentile = 25').fingerprint()
             == space('pruner = "percentile"').fingerprint())
-    assert pruner_settings(plain) == {"class": "MedianPruner", "n_startup_trials": 4, "n_warmup_steps": 1}
-    assert pruner_settings(space('pruner = "hyperband"')) == {
+    assert pruner_settings(plain, ROLES) == {"class": "MedianPruner", "n_startup_trials": 4, "n_warmup_steps": 1}
+    assert pruner_settings(space('pruner = "hyperband"'), ROLES) == {
         "class": "HyperbandPruner", "min_resource": 1, "max_resource": 15, "reduction_factor": 3}
     assert space('pruner = "median"\npruner_patience = 2').fingerprint() != plain.fingerprint()
     assert space('pruner = "median"\npruner_feed = "best"').fingerprint() != plain.fingerprint()

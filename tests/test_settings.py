@@ -11,12 +11,11 @@ import torch.nn.functional as F
 from optuna.trial import TrialState
 
 from objectives.data import DeviceBatches, find_dataset, load_splits
-from objectives.image_classifier import Config
+from objectives.image_classifier import Config, pretrained_normalisation
 from objectives.models import build_model
 from objectives.train import Runtime, evaluate
 from study import registry
 from study import space as space_module
-from study.run.prepare import pretrained_normalisation
 from study.run.samplers import make_sampler, sampler_settings
 from study.run.trainer import trial_seed
 from study.space import build_config, config_defaults
@@ -25,9 +24,14 @@ from study.space_file import load_space
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
+def normalised(space):
+    """`space` with the settings the image classifier adds for its pretrained arm."""
+    return space.with_settings(add=True, **pretrained_normalisation(space.possible_values))
+
+
 def test_pretrained_arm_and_scratch_arm_both_get_the_weights_normalisation():
     space = registry.resolve("dr_focal")
-    resolved = pretrained_normalisation(space)
+    resolved = normalised(space)
     assert resolved.fixed["norm_mean"] == pytest.approx(IMAGENET[0]) and resolved.fixed["norm_std"] == pytest.approx(
         IMAGENET[1]
     )
@@ -36,10 +40,10 @@ def test_pretrained_arm_and_scratch_arm_both_get_the_weights_normalisation():
         assert config.data.norm_mean == pytest.approx(tuple(IMAGENET[0]))
         assert config.data != build_config(Config, {**space.fixed}).data  # the data part keys the decoded data
     assert (
-        pretrained_normalisation(space.pin("pretrained", False)).fixed["norm_mean"] == []
+        normalised(space.pin("pretrained", False)).fixed["norm_mean"] == []
     )  # no weights: the data's own
     own = space.pin("norm_mean", [0.5, 0.5, 0.5]).pin("norm_std", [0.2, 0.2, 0.2])
-    assert pretrained_normalisation(own).fixed["norm_mean"] == [0.5, 0.5, 0.5]  # explicit settings win
+    assert normalised(own).fixed["norm_mean"] == [0.5, 0.5, 0.5]  # explicit settings win
     defaults = config_defaults(Config)
     assert resolved.fingerprint(defaults) != space.pin("pretrained", False).fingerprint(defaults)
 
@@ -76,9 +80,9 @@ def test_a_retried_trial_keeps_the_seed_of_the_trial_it_resumes():
     study.tell(first, state=TrialState.FAIL)
     study.enqueue_trial({}, user_attrs={"resume_of": first.number})
     retry = study.ask()
-    assert trial_seed(study, retry, base=0) == 41
+    assert trial_seed(study, retry, base=0, setting="seed") == 41
     fresh = study.ask()
-    assert trial_seed(study, fresh, base=100) == 100 + fresh.number
+    assert trial_seed(study, fresh, base=100, setting="seed") == 100 + fresh.number
 
 
 def test_validation_loss_is_cross_entropy_whatever_the_training_loss(dr_dir: Path):

@@ -10,7 +10,9 @@ from objectives import synthetic
 from objectives.data import ImageTable, ensure_embedded, find_dataset, load_splits
 from objectives.losses import build_loss
 from objectives.models import build_model
-from objectives.train import FitConfig, Runtime, fit
+from objectives.train import Runtime, fit
+
+from conftest import fit_cfg
 
 
 def test_grade_counts_follow_the_dr_mix():
@@ -118,7 +120,7 @@ def test_a_resnet18_learns_the_synthetic_grades_beyond_the_majority_class(tmp_pa
     splits = load_splits(
         find_dataset(root, num_classes=5), image_size=64, val_fraction=0.2, split_seed=0, cache_dir=None
     )
-    cfg = FitConfig(epochs=6, fe_epochs=0, lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=32, seed=0)
+    cfg = fit_cfg(epochs=6, fe_epochs=0, lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=32, seed=0)
     result = fit(
         build_model("resnet18", 5, pretrained=False, seed=0),
         build_loss("ce", class_counts=splits.train.class_counts(5)),

@@ -7,7 +7,9 @@ import torch
 from objectives.data import find_dataset, load_splits
 from objectives.losses import build_loss
 from objectives.models import build_model, head_name, in_head, missing_weights, weights_file
-from objectives.train import Checkpointing, Diverged, FitConfig, Runtime, fit
+from objectives.train import CHECKPOINT_KEYS, Checkpointing, Diverged, Runtime, fit
+
+from conftest import fit_cfg
 
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def test_fe_phase_freezes_backbone_bit_identical_then_ft_moves_it(splits, torch_
         if epoch == 3:  # after FT; fit later restores the best epoch's weights, which may be FE's
             after_fe["ft"] = backbone_state(model)
 
-    cfg = FitConfig(epochs=3, fe_epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=16)
+    cfg = fit_cfg(epochs=3, fe_epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=16)
     result = fit(model, build_loss("ce", class_counts=[1] * 5), splits, cfg, Runtime(), report)
     assert result.curves["phase"] == ["fe", "fe", "ft"]
     # weights and BatchNorm running statistics alike
@@ -67,7 +69,7 @@ def test_fe_phase_freezes_backbone_bit_identical_then_ft_moves_it(splits, torch_
 
 def test_fit_picks_best_epoch_on_validation_and_evaluates_test(splits):
     seen = []
-    cfg = FitConfig(epochs=3, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16, metric="accuracy")
+    cfg = fit_cfg(epochs=3, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16, metric="accuracy")
     result = fit(
         build_model("resnet18", 5, pretrained=False),
         build_loss("ce", class_counts=[1] * 5),
@@ -85,7 +87,7 @@ def test_fit_picks_best_epoch_on_validation_and_evaluates_test(splits):
 
 
 def test_nan_loss_raises_diverged(splits):
-    cfg = FitConfig(epochs=2, fe_epochs=0, lr=1e30, momentum=0.9, weight_decay=0.0, batch_size=16)
+    cfg = fit_cfg(epochs=2, fe_epochs=0, lr=1e30, momentum=0.9, weight_decay=0.0, batch_size=16)
     with pytest.raises(Diverged) as err:
         fit(
             build_model("resnet18", 5, pretrained=False),
@@ -105,7 +107,7 @@ def test_bf16_autocast_path_runs_on_cpu(splits):
         torch.manual_seed(0)
         model = build_model("resnet18", 5, pretrained=False)
         runtime = Runtime(amp=amp, channels_last=amp)
-        cfg = FitConfig(epochs=1, fe_epochs=0, lr=0.0, momentum=0.0, weight_decay=0.0, batch_size=16)
+        cfg = fit_cfg(epochs=1, fe_epochs=0, lr=0.0, momentum=0.0, weight_decay=0.0, batch_size=16)
         results.append(fit(model, build_loss("ce", class_counts=[1] * 5), splits, cfg, runtime, lambda e, r: None))
     assert results[1].curves["val_loss"][0] == pytest.approx(results[0].curves["val_loss"][0], rel=0.05)
 
@@ -114,7 +116,7 @@ def test_bf16_autocast_path_runs_on_cpu(splits):
 def test_checkpoints_follow_their_time_interval(splits, every_s, saves):
     """Every epoch with interval 0 (what the resume tests use); none within a long interval."""
     saved = []
-    cfg = FitConfig(epochs=3, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16)
+    cfg = fit_cfg(epochs=3, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16)
     fit(
         build_model("convnet", 5, pretrained=False, seed=0),
         build_loss("ce", class_counts=[1] * 5),
@@ -122,16 +124,17 @@ def test_checkpoints_follow_their_time_interval(splits, every_s, saves):
         cfg,
         Runtime(),
         lambda e, r: None,
-        Checkpointing(save=lambda state: saved.append(state["epoch"]), every_s=every_s),
+        Checkpointing(save=saved.append, every_s=every_s),
     )
-    assert saved == saves
+    assert [state["epoch"] for state in saved] == saves
+    assert all(set(state) == CHECKPOINT_KEYS for state in saved)  # the objective's declared keys, exactly
 
 
 def test_compiled_model_trains_like_the_eager_one(splits):
     """`--compile` runs torch.compile (inductor, a C compiler on the CPU) and keeps the results."""
     results = []
     for compiled in (False, True):
-        cfg = FitConfig(epochs=2, fe_epochs=1, lr=0.01, momentum=0.9, weight_decay=0.0, batch_size=16)
+        cfg = fit_cfg(epochs=2, fe_epochs=1, lr=0.01, momentum=0.9, weight_decay=0.0, batch_size=16)
         model = build_model("convnet", 5, pretrained=False, seed=0)
         results.append(
             fit(

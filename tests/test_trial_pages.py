@@ -25,7 +25,7 @@ def _page(trial: optuna.Trial, state: str, reason: str | None = None) -> Page:
                 val={"kappa": 0.4, "accuracy": 0.7, "loss": 0.81} if complete else {},
                 test={"kappa": 0.35, "accuracy": 0.65, "loss": 0.9} if complete else {},
                 reason=reason, curves=CURVES, confusion=[[5, 1, 0], [1, 2, 1], [0, 0, 0]] if complete else None,
-                class_names=NAMES, seconds=9.25)
+                class_names=NAMES, seconds=9.25, epochs=3)
 
 
 @pytest.mark.parametrize("enabled", [True, False])

@@ -3,12 +3,14 @@ re-runs a trial (a heartbeat retry or a re-queued interrupted trial)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from objectives.atomic import atomic_path, report_damaged
+from objectives.contract import RESUMES_FROM
 from study.records import TrialRecord, TrialWriter
 from study.run.reporter import Reporter
 
@@ -33,19 +35,16 @@ def save_checkpoint(state: dict, path: Path) -> None:
         torch.save(state, file)
 
 
-# what `objectives.train.fit` saves and resumes from
-CHECKPOINT_KEYS = {"epoch", "phase", "model", "optimizer", "scheduler", "curves", "best_score", "best_epoch",
-                   "best_model", "best_val", "torch_rng", "batch_rng"}
-
-
-def read_checkpoint(path: Path) -> tuple[dict | None, str]:
+def read_checkpoint(path: Path, keys: Collection[str]) -> tuple[dict | None, str]:
     """(the checkpoint at `path`, "") or (None, why not): it does not load (truncated, not a
-    checkpoint) or lacks what `fit` resumes from."""
+    checkpoint) or lacks one of `keys` (the objective's `CHECKPOINT_KEYS`: what its `run` resumes
+    from) or what the runner replays (`objectives.contract.RESUMES_FROM`)."""
+    keys = set(keys) | RESUMES_FROM
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises RuntimeError, EOFError, UnpicklingError, ...
         return None, f"{type(exc).__name__}: {exc}"
-    missing = CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else CHECKPOINT_KEYS
+    missing = keys - set(state) if isinstance(state, dict) else keys
     if missing:
         return None, f"it lacks {', '.join(sorted(missing))}"
     rows = len(state["curves"].get("epoch", []))
@@ -55,7 +54,7 @@ def read_checkpoint(path: Path) -> tuple[dict | None, str]:
 
 
 def resume_state(record: TrialRecord, folder: Path, writer: TrialWriter, reporter: Reporter,
-                 study_name: str) -> dict | None:
+                 study_name: str, keys: Collection[str]) -> dict | None:
     """The checkpoint of the attempt this trial re-runs, with its epochs re-reported to Optuna so
     the pruner and the curves continue where that attempt stopped; None to start at epoch 1.
     A checkpoint that names another study or trial (copied, planted, or saved before checkpoints
@@ -64,7 +63,7 @@ def resume_state(record: TrialRecord, folder: Path, writer: TrialWriter, reporte
     path = checkpoint_file(folder, origin) if origin is not None else None
     if path is None or not path.is_file():
         return None
-    state, damage = read_checkpoint(path)
+    state, damage = read_checkpoint(path, keys)
     if state is None:
         report_damaged(path, damage, f"trial {writer.trial.number} restarts from epoch 1")
         path.unlink(missing_ok=True)

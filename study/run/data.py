@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from objectives.atomic import atomic_write_text
-from objectives.contract import DataSource, flat
+from objectives.contract import DataSource, Objective
 from study.records import DataSummary
 from study.run.output import Output
 from study.run.prepare import Prepared
@@ -24,7 +23,7 @@ class DataCache:
     that this data is its study's (`accept`): a refused run must leave the study's manifest as it was.
     """
 
-    def __init__(self, module: ModuleType, source: DataSource, manifest_dir: Path, base_split_seed: int | None) -> None:
+    def __init__(self, module: Objective, source: DataSource, manifest_dir: Path, base_split_seed: int | None) -> None:
         self.module = module
         self.source = source
         self.manifest_dir = manifest_dir
@@ -39,7 +38,7 @@ class DataCache:
         if key not in self.loaded:
             splits = self.module.load_data(key, self.source)
             if splits.manifest is not None:
-                seed = getattr(key, "split_seed", None)
+                seed = self.module.ROLES.split_seed_of(config)
                 self.pending["split.csv" if seed == self.base_split_seed else f"split-{seed}.csv"] = \
                     splits.manifest.csv_text()
                 self.hashes[key] = splits.manifest.digest()
@@ -69,7 +68,7 @@ class DataCache:
         splits = self.get(config)
         if splits.manifest is None:
             return None
-        seed = getattr(config.data, "split_seed", None)
+        seed = self.module.ROLES.split_seed_of(config)
         return data_summary(splits.manifest, splits.class_names, seed, self.manifest_hash(config),
                             self.content_hash(config))
 
@@ -107,7 +106,7 @@ def load_data(prep: Prepared, out: Output) -> DataCache:
     """Decode (or read the cache of) and validate every image before any study is written; warn
     where the data's own test split shares groups with train. The manifest is written on `accept`."""
     base = prep.base_config()
-    data = DataCache(prep.module, prep.source, prep.folder(), flat(base).get("split_seed"))
+    data = DataCache(prep.module, prep.source, prep.folder(), prep.module.ROLES.split_seed_of(base))
     manifest = data.get(base).manifest
     if manifest is not None:
         counts = manifest.counts()

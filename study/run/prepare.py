@@ -7,14 +7,12 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
-from objectives.contract import DataSource
+from objectives.contract import DataSource, Objective
 from objectives.data import detect_layout, embedded_root, ensure_embedded
 from objectives.errors import InputError
-from objectives.models import missing_weights, weights_normalisation
 from study import paths, registry, storage
 from study.run.options import CHECKPOINT_EVERY_S, RunOptions
 from study.run.output import Output
@@ -26,7 +24,7 @@ class Prepared:
     """A run whose inputs have all been checked: what the trial loop needs and nothing else."""
 
     space: SearchSpace
-    module: ModuleType
+    module: Objective  # `objectives.contract.objective` of the study's module
     source: DataSource
     dataset: str
     device: torch.device
@@ -77,8 +75,7 @@ def prepare(opts: RunOptions, out: Output) -> Prepared:
     if opts.data is None:
         space = space.embedded_run()
     space.check_config(module.Config)
-    space = check_weights(space, embedded=opts.data is None, out=out)
-    space = pretrained_normalisation(space)
+    space = settle(space, module, embedded=opts.data is None, out=out)
     build_config(
         module.Config, space.with_defaults({**space.fixed, **space.pinned})
     )  # pins that contradict each other fail now
@@ -132,38 +129,13 @@ def check_writable(folder: Path) -> None:
         raise InputError(f"--results {folder}: cannot write there ({exc.strerror or exc})") from None
 
 
-def check_weights(space: SearchSpace, *, embedded: bool, out: Output) -> SearchSpace:
-    """Pretrained weights the space may need must be in torchvision's cache before trial one.
-
-    On the embedded default a missing file pins ``pretrained = false`` with a warning, so the
-    README's first command works offline; on real data it is an error naming the file."""
-    if True not in space.possible_values("pretrained"):
-        return space
-    missing = missing_weights(a for a in space.possible_values("arch") if isinstance(a, str))
-    if not missing:
-        return space
-    hint = f"{missing[0].name} into {missing[0].parent}/" + (
-        f" (and {', '.join(p.name for p in missing[1:])})" if missing[1:] else ""
-    )
-    if not embedded:
-        raise InputError(f"pretrained weights missing and not downloadable: put {hint}, or --set pretrained=false")
-    out.warn(f"pretrained weights not found, running with pretrained=false; to use them put {hint}")
-    return space.pin("pretrained", False)
-
-
-def pretrained_normalisation(space: SearchSpace) -> SearchSpace:
-    """Where the space may use pretrained weights and sets no `norm_mean`/`norm_std` of its own,
-    both arms of `pretrained` are normalised with the weights' own statistics.
-
-    ImageNet weights expect ImageNet-normalised inputs and the FE phase freezes BatchNorm with
-    ImageNet statistics, so the dataset's own statistics would handicap the pretrained arm; using
-    the weights' values for the scratch arm too keeps `pretrained` a factor that changes one thing.
-    The resolved values become settings, so they key the decoded data and enter the study's
-    fingerprint."""
-    if True not in space.possible_values("pretrained") or space.fixed.get("norm_mean") or space.pinned.get("norm_mean"):
-        return space
-    found = {weights_normalisation(a) for a in space.possible_values("arch") if isinstance(a, str)} - {None}
-    if len(found) != 1:
-        return space  # no arch with weights, or archs whose weights disagree: the data's own statistics
-    mean, std = found.pop()
-    return space.with_settings(add=True, norm_mean=list(mean), norm_std=list(std))
+def settle(space: SearchSpace, objective: Objective, *, embedded: bool, out: Output) -> SearchSpace:
+    """`space` with what the objective settles before trial one (`Objective.settle`: the image
+    classifier's pretrained weights and normalisation): its warnings shown, its pins and added
+    settings applied."""
+    settled = objective.settle(space.possible_values, embedded=embedded)
+    for line in settled.warnings:
+        out.warn(line)
+    for name, value in settled.pins.items():
+        space = space.pin(name, value)
+    return space.with_settings(add=True, **settled.adds) if settled.adds else space

@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from objectives.contract import Roles
 from study.run.catchup import CatchUpPruner
 from study.run.reporter import Feed
 from study.space import SearchSpace, StudySettings
@@ -52,9 +53,10 @@ def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
         return kind(**args)
 
 
-def pruner_settings(space: SearchSpace) -> dict[str, Any]:
-    """The pruner's class and arguments, as recorded in the study (`pruner_record`)."""
-    return pruner_record(space.study, epochs=int(space.fixed.get("epochs", 1)))
+def pruner_settings(space: SearchSpace, roles: Roles) -> dict[str, Any]:
+    """The pruner's class and arguments, as recorded in the study (`pruner_record`): its epochs
+    are the fixed value of the objective's epoch setting (`roles.epochs`), 1 where it is searched."""
+    return pruner_record(space.study, epochs=int(space.fixed.get(roles.epochs, 1)))
 
 
 def pruner_record(settings: StudySettings, epochs: int) -> dict[str, Any]:
@@ -131,5 +133,5 @@ def pruner_feed(record: Mapping[str, Any], direction: str) -> Feed:
     return Feed(kind=record.get("feed", "raw"), ema=float(record.get("ema", 0.5)), maximize=direction == "maximize")
 
 
-def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
-    return build_pruner(pruner_settings(space))
+def make_pruner(space: SearchSpace, roles: Roles) -> optuna.pruners.BasePruner:
+    return build_pruner(pruner_settings(space, roles))

@@ -133,7 +133,7 @@ class Session:
                 fixed=dict(prep.space.fixed),
                 pinned=dict(prep.space.pinned),
                 sampler=sampler_settings(prep.space),
-                pruner=pruner_settings(prep.space),
+                pruner=pruner_settings(prep.space, prep.module.ROLES),
                 report=prep.space.report,
                 split_hash=self.data.manifest_hash(base) if manifest is not None else None,
                 shared_test_groups=len(manifest.shared_test_groups) if manifest is not None else None,
@@ -274,7 +274,7 @@ def run_study(opts: RunOptions, out: Output) -> optuna.Study:
         return study
     sampler = make_sampler(prep.space, run_seed(prep.space, len(study.trials), opts.worker))
     session.optimize(study, SearchObjective(study, prep, session.trainer), target=prep.target, sampler=sampler,
-                     pruner=make_pruner(prep.space), timeout=opts.timeout)
+                     pruner=make_pruner(prep.space, prep.module.ROLES), timeout=opts.timeout)
     if opts.worker is None:
         session.summary(study)
     return study

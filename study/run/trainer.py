@@ -56,6 +56,7 @@ class TrialTrainer:
 
     def __call__(self, study: optuna.Study, trial: optuna.Trial, values: dict[str, Any]) -> float:
         settings = self.prep.space.study
+        objective = self.prep.module
         writer = TrialWriter(trial)
         reporter = Reporter(trial, settings.metric)
         folder = self.checkpoints(study.study_name)
@@ -66,11 +67,13 @@ class TrialTrainer:
         page = functools.partial(Page, study.study_name, trial.number, metric=settings.metric,
                                  params=dict(trial.params))
         try:
-            config = build_config(self.prep.module.Config, self.prep.space.with_defaults(values))
+            config = build_config(objective.Config, self.prep.space.with_defaults(values))
             recorded = flat(config)
+            epochs = objective.ROLES.epoch_count(config)
+            page = functools.partial(page, epochs=epochs)
             reporter = Reporter(
-                trial, settings.metric, fe_epochs=recorded.get("fe_epochs", 0), epochs=recorded["epochs"],
-                feed=pruner_feed(pruner_settings(self.prep.space), settings.direction),
+                trial, settings.metric, fe_epochs=objective.ROLES.fe_epoch_count(config), epochs=epochs,
+                feed=pruner_feed(pruner_settings(self.prep.space, objective.ROLES), settings.direction),
             )
             writer.config(recorded)
             splits = self.data.get(config)
@@ -78,13 +81,13 @@ class TrialTrainer:
             record = TrialRecord.from_trial(stored(study, trial))
             if record.origin is not None:
                 spent.append(checkpoint_file(folder, record.origin))
-            resume = resume_state(record, folder, writer, reporter, study.study_name)
+            resume = resume_state(record, folder, writer, reporter, study.study_name, objective.CHECKPOINT_KEYS)
             owner = checkpoint_owner(study.study_name, trial.number)
             context = TrialContext(self.runtime, reporter, settings.metric, settings.direction == "maximize",
                                    Checkpointing(save=functools.partial(_save, own, spent, owner), resume=resume,
                                                  every_s=self.prep.checkpoint_every))
             started = time.perf_counter()
-            result = self.prep.module.run(config, splits, context)
+            result = objective.run(config, splits, context)
         except optuna.TrialPruned as exc:
             reason = f"the {settings.pruner} pruner stopped it {exc}".rstrip()
             self.pages.attach(trial, page("PRUNED", config=recorded, reason=reason, curves=dict(reporter.curves)))
@@ -156,13 +159,14 @@ def _delete(paths: list[Path]) -> None:
             pass
 
 
-def trial_seed(study: optuna.Study, trial: optuna.Trial, base: int) -> int:
+def trial_seed(study: optuna.Study, trial: optuna.Trial, base: int, setting: str) -> int:
     """`base` + the trial's number; a trial that re-runs an earlier one (a heartbeat retry or a
-    re-queued interrupted trial) keeps that trial's seed, since it resumes that trial's weights."""
+    re-queued interrupted trial) keeps that trial's seed (its recorded `setting`, the objective's
+    seed), since it resumes that trial's weights."""
     origin = TrialRecord.from_trial(stored(study, trial)).origin
     if origin is not None:
         earlier = next((t for t in study.get_trials(deepcopy=False) if t.number == origin), None)
-        seed = TrialRecord.from_trial(earlier).config.get("seed") if earlier is not None else None
+        seed = TrialRecord.from_trial(earlier).config.get(setting) if earlier is not None else None
         if isinstance(seed, int):
             return seed
     return base + trial.number
@@ -178,6 +182,7 @@ class SearchObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = self.space.suggest(trial)
-        if "seed" not in self.space.names():
-            values["seed"] = trial_seed(self.study, trial, self.space.study.seed)
+        seed = self.trainer.prep.module.ROLES.seed
+        if seed is not None and seed not in self.space.names():
+            values[seed] = trial_seed(self.study, trial, self.space.study.seed, seed)
         return self.trainer(self.study, trial, values)
