@@ -41,7 +41,7 @@ def timed_run(work: Path, data: Path, workers: int, trials: int) -> float:
     """Seconds of `run` from start to exit (each run decodes the small dataset once, in well
     under a second, and pays the same start-up)."""
     results = work / f"results-{workers}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     command = [sys.executable, "-m", "study", "run", str(work / "bench.toml"), "--data", str(data),
                "--results", str(results), "--trials", str(trials), "--workers", str(workers)]
     started = time.perf_counter()

@@ -9,6 +9,7 @@ checkpoint). So every such file is written to a temporary sibling and renamed in
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -45,4 +46,8 @@ def report_damaged(path: Path, reason: str, action: str) -> None:
     interrupted copy of a results folder); the caller rebuilds or restarts what it held, so a
     damaged file costs time, never a traceback or a wrong number."""
     detail = " ".join(str(reason).split()).split(". ")[0][:200]  # torch's load errors run on for lines
-    print(f"study: warning: {path} is damaged ({detail}); {action}", file=sys.stderr, flush=True)
+    message = f"{path} is damaged ({detail}); {action}"
+    if logging.getLogger("study").handlers:  # the tool is loaded: its logger (``-q`` silences it, study.log)
+        logging.getLogger("study.objectives").warning("%s", message)
+    else:  # objectives used on their own: the same line, as the tool writes it
+        print(f"study: warning: {message}", file=sys.stderr, flush=True)

@@ -90,9 +90,16 @@ def empty_torch_home(tmp_path: Path) -> Path:
     return home
 
 
+def repo_env(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess that imports this checkout: the repo first on PYTHONPATH,
+    before whatever PYTHONPATH the suite itself runs with (packages carried to a GPU machine)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def run_cli(*args: str, cwd: Path, torch_home: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m study ARGS` in a real subprocess, offline-style (TORCH_HOME under our control)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCH_HOME": str(torch_home or cwd / "no_torch_home")}
+    env = repo_env(TORCH_HOME=str(torch_home or cwd / "no_torch_home"))
     return subprocess.run(
         [sys.executable, "-m", "study", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,

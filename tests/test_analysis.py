@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from study.figures import normalize_rows
 
-from conftest import ROOT, run_cli, storage_of
+from conftest import ROOT, repo_env, run_cli, storage_of
 
 pytestmark = pytest.mark.slow  # every test here reads the study `made` trains
 
@@ -170,7 +170,7 @@ def test_dashboard_serves_study_trials_and_artifacts_in_chromium(made, tmp_path)
     root, _, _ = made
     assert run_cli("report", "abl", cwd=root).returncode == 0  # also saves the dashboard note
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = repo_env()
     server = subprocess.Popen(
         [sys.executable, "-m", "study", "dashboard", "abl", "--port", str(port)],
         cwd=root,

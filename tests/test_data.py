@@ -22,7 +22,7 @@ from objectives.data.checksum import seal
 from objectives.data.splits import stratified_split
 from objectives.errors import InputError
 
-from conftest import ROOT, class_image, dr_labels
+from conftest import class_image, dr_labels, repo_env
 
 
 def test_dr_lab_layout_reads_jpegs(dr_dir: Path):
@@ -93,7 +93,7 @@ def test_two_processes_building_the_same_cache_end_with_one_valid_cache(dr_dir: 
         "f = find_dataset(Path(sys.argv[1]), num_classes=5);"
         "a = decode_all(f.train.paths, 32, cache_dir=Path(sys.argv[2])); print(int(a.sum()))"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = repo_env()
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(dr_dir), str(cache)], stdout=subprocess.PIPE, text=True, env=env

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import io
-import os
 import subprocess
 import sys
 import weakref
@@ -43,7 +42,7 @@ from study.run.session import Session
 from study.run.trainer import SearchObjective
 from study.space_file import load_space
 
-from conftest import fit_cfg
+from conftest import fit_cfg, repo_env
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]
@@ -685,7 +684,7 @@ def test_on_cuda_a_device_side_assert_is_a_cuda_error_and_an_allocation_failure_
         "    print('assert', type(exc).__name__, failure_reason(exc))",
     ])
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env=repo_env())
     lines = done.stdout.splitlines()
     assert "oom cuda_oom" in lines, done.stdout + done.stderr
     assert any(line.startswith("assert ") and line.endswith(" cuda_error") for line in lines), done.stdout + done.stderr

@@ -132,3 +132,23 @@ def test_run_workers_are_started_with_the_commands_verbosity(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 74 and "study: debug: what ended the command:" in done.stderr  # -v reached it
     assert done.stderr.splitlines()[-1].startswith("study: error: No such file or directory")
+
+
+def test_a_damaged_file_warning_from_objectives_is_the_same_line_and_q_silences_it(tmp_path, capsys):
+    """objectives cannot import study: `report_damaged` logs under study.objectives once the tool's
+    handler is installed (this process imported study), so -q silences it like any warning."""
+    from objectives.atomic import report_damaged
+
+    with log.restored():
+        report_damaged(tmp_path / "cache.npy", "truncated. more detail", "decoding the images again")
+        assert capsys.readouterr().err == (f"study: warning: {tmp_path / 'cache.npy'} is damaged (truncated); "
+                                           "decoding the images again\n")
+        log.configure(log.QUIET)
+        report_damaged(tmp_path / "cache.npy", "truncated", "decoding the images again")
+        assert capsys.readouterr().err == ""
+    code = ("import sys; from objectives.atomic import report_damaged; report_damaged('x', 'bad', 'again'); "
+            "assert 'study' not in sys.modules")  # on their own, objectives print the same line
+    alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           cwd=Path(__file__).resolve().parents[1])
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stderr == "study: warning: x is damaged (bad); again\n"

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from study import storage as storage_module
 from study import trial_pages
 
-from conftest import ROOT, run_cli
+from conftest import repo_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def start(*args: str, cwd: Path) -> subprocess.Popen:
     """`python -m study ARGS` in its own session, with SIGINT at its default: a test suite started in
     the background of a non-interactive shell inherits SIGINT ignored, and so would the child (a
     Ctrl-C on a terminal reaches a foreground `run` with the default)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCH_HOME": str(cwd / "no_torch_home")}
+    env = repo_env(TORCH_HOME=str(cwd / "no_torch_home"))
     return subprocess.Popen([sys.executable, "-m", "study", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
