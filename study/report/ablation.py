@@ -258,8 +258,8 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
     parent = plan.parent or "?"
     metrics = sorted(set(table.metric), key=ablation_metrics(plan.metric).index)
     label = metric_label(headline)
-    covers = _covers(table)
-    noise = "seed and test-set noise" if covers == "seeds and test patients" else "seed noise"
+    patients = _covers_patients(table)
+    covers, noise = ("seeds and test patients", "seed and test-set noise") if patients else ("seeds only", "seed noise")
     if plan.factorial:
         what = (f"Factorial ablation of {parent} over {' x '.join(plan.factors)}, every cell trained on the same "
                 f"{len(seeds)} fresh seeds (mean ± std). Δ: a level's main effect or an interaction in {label}, "
@@ -273,10 +273,10 @@ def _ablation_caption(study: optuna.Study, table: pd.DataFrame, headline: str) -
     return tables.Caption(text, tuple(_ablation_notes(study, plan, table, metrics)))
 
 
-def _covers(table: pd.DataFrame) -> str:
+def _covers_patients(table: pd.DataFrame) -> bool:
+    """Whether every test Δ's interval covers the test patients too (`covers` is seeds+patients)."""
     test = table[table.metric.str.startswith("test_") & table.covers.notna()]
-    return ("seeds and test patients" if not test.empty and (test.covers == SEEDS_AND_PATIENTS).all()
-            else "seeds only")
+    return not test.empty and bool((test.covers == SEEDS_AND_PATIENTS).all())
 
 
 def _ablation_notes(study: optuna.Study, plan: AblationRecord, table: pd.DataFrame, metrics: list[str]) -> list[str]:
@@ -325,7 +325,7 @@ def _ablation_notes(study: optuna.Study, plan: AblationRecord, table: pd.DataFra
                      + ", tuned for the baseline, so a variant may lose for want of its own (see ablate --retune).")
     if changes_loss(plan):
         notes.append(loss_confound(retune))
-    if sorted(set(table.note.dropna())):
+    if table.note.notna().any():
         notes.append("Rows marked (constant difference): every seed gave the same non-zero Δ, so the t-test has no "
                      "spread to work with (p and the interval are left empty, and no star): with this few seeds and "
                      "a metric in coarse steps, a constant difference is not certainty.")
@@ -370,7 +370,7 @@ def loss_confound(retune: Any) -> str:
 
 def _interval_text(table: pd.DataFrame) -> str:
     """What the Δ intervals of the table cover, from its `covers` column."""
-    if _covers(table) == "seeds and test patients":
+    if _covers_patients(table):
         return ("The intervals and p of test Δ cover two sources of uncertainty: the seeds (paired) and the test "
                 f"patients (a cluster bootstrap of the test split's patients, {ablation_intervals.RESAMPLES} "
                 "resamples, each arm and seed rescored on the same resampled patients; variance components with a "

@@ -7,7 +7,7 @@ trials are the rule's survivors and the pruned ones are cut short, so the what-i
 study run with ``pruner = "none"`` (a pilot); for any other study one line says why not. Replay
 equals what the rule would have done live only where the live run is sequential, its
 configurations fixed (random sampler), nothing failed or resumed, and training deterministic
-(README, Pruning); with TPE it measures pruning of the same configurations, not the sampler's
+(docs/pruning.md); with TPE it measures pruning of the same configurations, not the sampler's
 feedback.
 """
 
