@@ -28,11 +28,12 @@ from pathlib import Path
 import optuna
 
 from objectives.errors import InputError
-from study import registry, storage
+from study import storage
+from study.dashboard.trial_pages import TrialPages
 from study.run.options import RunOptions
 from study.run.output import Output
 from study.run.session import run_study
-from study.trial_pages import TrialPages
+from study.spaces import registry
 
 from common import (
     DEFAULT_WORK,

@@ -57,12 +57,13 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from study import records, registry
+from study import records
 from study.run.options import RunOptions
 from study.run.output import Output
 from study.run.replay import CANDIDATES, Candidate, Curve, OrderResult, orders, replay, unpruned_pick
 from study.run.session import run_study
-from study.space import SearchSpace
+from study.spaces import registry
+from study.spaces.space import SearchSpace
 
 from common import DEFAULT_WORK, add_threads_arg, csv_strs, percent, print_header, set_threads, table
 

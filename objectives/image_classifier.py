@@ -100,7 +100,7 @@ class TrainConfig:
     `crop_padding` is torchvision's RandomCrop(size, padding). A conditional parameter that is not
     sampled takes its default here. A value no trial can train with (lr 0 or NaN, momentum 1, ...)
     fails here, so the study that holds it is refused before its first trial
-    (`study.space.SearchSpace.check_values`)."""
+    (`study.spaces.space.SearchSpace.check_values`)."""
 
     arch: str = "resnet18"
     pretrained: bool = False

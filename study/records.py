@@ -21,7 +21,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from study.report_layout import ReportLayout
+from study.spaces.report_layout import ReportLayout
 
 SPLITS = ("val", "test")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts toward a study's target
@@ -491,7 +491,7 @@ class AblationRecord:
     @staticmethod
     def is_reported(study: optuna.Study) -> bool:
         """An ablation `report` tabulates: this version or one before it that recorded its seeds
-        (each reported as it ran; never resumed, see `study.ablate._existing`)."""
+        (each reported as it ran; never resumed, see `study.ablation.ablate._existing`)."""
         return AblationRecord.version_of(study) in REPORTED_VERSIONS
 
     @property

@@ -233,7 +233,8 @@ class RetryAndNote(RetryHeartbeatStaleTrialCallback):
         self.abandon: Callable[[str, int], None] | None = None  # (study name, trial number): delete its checkpoint
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        from study import records, trial_pages
+        from study import records
+        from study.dashboard import trial_pages
 
         attempts = records.retry_attempts(trial)  # before Optuna's retry appends to the history
         super().__call__(study, trial)

@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 from scipy import stats as scipy_stats
 
-from study import ablate, variants
+from study.ablation import ablate, variants
 from study.report.ablation import ABLATION_COLUMNS
 
 from conftest import run_cli, storage_of

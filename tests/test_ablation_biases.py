@@ -20,14 +20,16 @@ from test_ablation_stats import stored_parent
 import objectives.image_classifier
 from objectives import contract, metrics
 from objectives.errors import InputError
-from study import ablate, records, registry, variants
+from study import records
+from study.ablation import ablate, variants
 from study.records import ABLATION_VERSION
 from study.report import ablation as ablation_report
 from study.report import stats
 from study.run.options import RunOptions
 from study.run.output import Output
-from study.space import SpaceError
-from study.space_file import load_space_text
+from study.spaces import registry
+from study.spaces.space import SpaceError
+from study.spaces.space_file import load_space_text
 
 from conftest import ANALYSIS_SPACE
 
@@ -53,7 +55,7 @@ def test_the_registry_knows_each_metric_direction_and_needs_no_torch():
 
 
 def test_the_registry_imports_without_torch():
-    code = "import sys, objectives.metrics, study.space_file; assert 'torch' not in sys.modules, 'torch loaded'"
+    code = "import sys, objectives.metrics, study.spaces.space_file; assert 'torch' not in sys.modules, 'torch loaded'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 

@@ -12,13 +12,14 @@ from optuna.trial import create_trial
 from scipy import stats as scipy_stats
 
 from objectives.errors import InputError
-from study import ablate, figures, tables, variants
+from study import figures, tables
+from study.ablation import ablate, variants
 from study.records import ABLATION_VERSION
 from study.report import ablation as ablation_report
 from study.report import build, importance, stats
 from study.run.options import RunOptions
 from study.run.output import Output
-from study.space_file import load_space
+from study.spaces.space_file import load_space
 
 from conftest import ANALYSIS_SPACE
 

@@ -14,8 +14,8 @@ from objectives.contract import DataSource, TrialContext
 from objectives.losses import FocalLoss, OneHotL1Loss
 from objectives.models import build_model
 from objectives.train import Runtime
-from study import registry
-from study.space import build_config
+from study.spaces import registry
+from study.spaces.space import build_config
 
 from conftest import run_cli
 from test_layouts import CIFAR_NAMES, write_cifar

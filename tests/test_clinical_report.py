@@ -111,7 +111,7 @@ def test_the_ablation_endpoint_table_pairs_seeds_with_thresholds_from_each_seeds
 @pytest.mark.parametrize("stored", [["referable"], {"r": {"positive": [True]}}, {"r": {"positive": "234"}},
                                     {"r": {}}, {"r": {"positive": [10**9]}}])
 def test_a_damaged_recorded_endpoint_is_left_out_with_a_warning(stored):
-    from study.report_layout import ReportLayout
+    from study.spaces.report_layout import ReportLayout
 
     with pytest.warns(UserWarning, match="endpoints are unreadable"):
         layout = ReportLayout.from_record({"cells": ["arch"], "endpoints": stored})

@@ -14,8 +14,8 @@ import pytest
 from objectives import contract, image_classifier
 from objectives.errors import InputError
 from objectives.train import CHECKPOINT_KEYS, FitConfig
-from study import registry
-from study.space_file import load_space_text
+from study.spaces import registry
+from study.spaces.space_file import load_space_text
 from tests import toy_objective
 
 from conftest import ROOT, run_cli

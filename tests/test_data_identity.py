@@ -28,7 +28,7 @@ from study.report.build import _data_section
 from study.run.options import RunOptions
 from study.run.output import Output
 from study.run.session import Session
-from study.space_file import load_space
+from study.spaces.space_file import load_space
 
 from conftest import class_image, run_cli, storage_of
 

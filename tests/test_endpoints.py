@@ -12,9 +12,9 @@ from test_space import write
 
 from study.report import endpoints as ep
 from study.report.endpoints import Endpoint, SplitPredictions
-from study.report_layout import ReportLayout
-from study.space import SpaceError
-from study.space_file import load_space
+from study.spaces.report_layout import ReportLayout
+from study.spaces.space import SpaceError
+from study.spaces.space_file import load_space
 
 REFERABLE = Endpoint("referable", (2, 3, 4))
 

@@ -40,7 +40,7 @@ from study.run.prepare import Prepared
 from study.run.samplers import make_pruner
 from study.run.session import Session
 from study.run.trainer import SearchObjective
-from study.space_file import load_space
+from study.spaces.space_file import load_space
 
 from conftest import fit_cfg, repo_env
 

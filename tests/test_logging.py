@@ -52,7 +52,7 @@ def test_q_and_v_together_are_a_one_line_usage_error(capsys):
 
 def damaged_endpoints_storage(tmp_path: Path) -> list[str]:
     """A storage whose one study recorded unreadable report endpoints: `list` reads its record and
-    warns once (a Python warning of `study.report_layout`, shown through the logger)."""
+    warns once (a Python warning of `study.spaces.report_layout`, shown through the logger)."""
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="damaged", storage=url, direction="maximize")
     study.set_user_attr(records.REPORT, {"endpoints": ["referable"]})
@@ -115,7 +115,8 @@ def test_the_logger_writes_to_the_stderr_of_the_moment_and_a_library_user_can_ta
 
 
 def test_dashboard_still_imports_no_torch():
-    code = ("import sys; from study import cli; from study.cli import dashboard; import study.dashboard, study.log; "
+    code = ("import sys; from study import cli; from study.cli import dashboard; "
+            "import study.dashboard.server, study.dashboard.trial_pages, study.log; "
             "cli.build_parser().parse_args(['dashboard', 's', '-v']); assert 'torch' not in sys.modules, 'torch'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
 

@@ -15,12 +15,12 @@ from objectives.errors import InputError
 from objectives.train import CHECKPOINT_KEYS
 from study import cli, paths
 from study.records import RESUME_OF, TrialRecord, TrialWriter
-from study.registry import resolve
 from study.run.checkpoints import OWNER, checkpoint_file, checkpoint_owner, resume_state
 from study.run.options import RunOptions
 from study.run.output import Output
 from study.run.prepare import prepare
 from study.run.reporter import Reporter
+from study.spaces.registry import resolve
 
 NASTY = ["..", "../x", "/abs", "a/b", ".", "x" * 300, "étude→☃", "$(id)", "", "a b", "a_b", "a\\b", "..\\..\\x",
          "a\x00b", "~", "-", ".hidden/../../x"]

@@ -16,10 +16,10 @@ from optuna.trial import TrialState
 from objectives.metrics import CONFUSION_METRICS, TABLE_METRICS, summarize
 from study import records
 from study.api import load_ablation, load_trials
+from study.dashboard.trial_pages import Page, heartbeat_note, note
 from study.records import AblationRecord, StudyRecord, TrialRecord, TrialWriter, write_test_intervals
 from study.report.frames import trial_frame
 from study.report.uncertainty import interval_record, test_intervals
-from study.trial_pages import Page, heartbeat_note, note
 
 NAMES = ["No DR", "Mild", "Severe"]
 

@@ -24,8 +24,8 @@ from study.run.replay import (
 )
 from study.run.reporter import Feed, Reporter
 from study.run.samplers import build_pruner, make_pruner, pruner_feed, pruner_record, pruner_settings
-from study.space import SpaceError, StudySettings
-from study.space_file import load_space_text
+from study.spaces.space import SpaceError, StudySettings
+from study.spaces.space_file import load_space_text
 from tests.test_pruning import run_scripted
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pruning_curves" / "synthetic.json"

@@ -10,11 +10,12 @@ import optuna
 import pytest
 
 from objectives import contract, image_classifier
-from study import cli, registry
+from study import cli
 from study.cli.migrate import to_schema2
-from study.schema1 import REFERABLE_DR, SCHEMA1_OBJECTIVES
-from study.space import SpaceError, build_config, config_defaults
-from study.space_file import load_space, load_space_text
+from study.spaces import registry
+from study.spaces.schema1 import REFERABLE_DR, SCHEMA1_OBJECTIVES
+from study.spaces.space import SpaceError, build_config, config_defaults
+from study.spaces.space_file import load_space, load_space_text
 
 RECIPE2 = Path(__file__).parent / "fixtures" / "recipe2_study" / "recipe2.toml"
 RECIPE2_FINGERPRINT = "f63dadc571738629"  # what its study recorded, computed by the commit that made it (0795b6c)

@@ -14,12 +14,12 @@ from objectives.data import DeviceBatches, find_dataset, load_splits
 from objectives.image_classifier import Config, pretrained_normalisation
 from objectives.models import build_model
 from objectives.train import Runtime, evaluate
-from study import registry
-from study import space as space_module
 from study.run.samplers import make_sampler, sampler_settings
 from study.run.trainer import trial_seed
-from study.space import build_config, config_defaults
-from study.space_file import load_space
+from study.spaces import registry
+from study.spaces import space as space_module
+from study.spaces.space import build_config, config_defaults
+from study.spaces.space_file import load_space
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 

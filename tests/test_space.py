@@ -11,11 +11,11 @@ from optuna.trial import create_trial
 from objectives import image_classifier
 from objectives.errors import InputError
 from objectives.image_classifier import Config
-from study import registry
 from study.report import frames
-from study.report_layout import ReportLayout
-from study.space import SpaceError, build_config, parse_value
-from study.space_file import load_space
+from study.spaces import registry
+from study.spaces.report_layout import ReportLayout
+from study.spaces.space import SpaceError, build_config, parse_value
+from study.spaces.space_file import load_space
 
 
 def sample(space, n=30, seed=0):

@@ -14,7 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from study import cli, dashboard, storage
+from study import cli, storage
+from study.dashboard import server as dashboard
 from study.exits import ENVIRONMENT_EXIT, exit_code
 
 SECRET = "s3cr3t-pw"

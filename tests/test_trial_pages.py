@@ -10,8 +10,8 @@ import pytest
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 from optuna.storages import RDBStorage
 
-from study import trial_pages
-from study.trial_pages import Page, TrialPages
+from study.dashboard import trial_pages
+from study.dashboard.trial_pages import Page, TrialPages
 
 CURVES = {"epoch": [1, 2, 3], "phase": ["fe", "ft", "ft"], "train_accuracy": [0.3, 0.5, 0.6],
           "val_kappa": [0.1, 0.2, 0.4]}

@@ -137,8 +137,8 @@ def test_a_refused_run_leaves_the_study_manifest_as_it_was(tmp_path, capsys):
     from study.run.options import RunOptions
     from study.run.output import Output
     from study.run.prepare import prepare
-    from study.space import config_defaults
-    from study.space_file import load_space
+    from study.spaces.space import config_defaults
+    from study.spaces.space_file import load_space
 
     data = write_dr_lab(tmp_path / "dr", dr_labels(30), dr_labels(12, seed=1), size=24)
     space_path = tmp_path / "mine.toml"

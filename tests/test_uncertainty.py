@@ -156,9 +156,9 @@ def test_notes_load_trials_and_tables_show_recorded_intervals_and_say_when_missi
     import optuna
 
     from study.api import load_trials
+    from study.dashboard.trial_pages import Page, note
     from study.records import TEST_INTERVALS, TrialRecord
     from study.report.frames import cell_table, page_view, trial_frame
-    from study.trial_pages import Page, note
 
     record = _interval_record()
     low, high = record["intervals"]["kappa"]

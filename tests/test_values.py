@@ -17,9 +17,10 @@ from objectives import image_classifier
 from objectives.data import find_dataset
 from objectives.data.inspect import inspect_dataset
 from objectives.errors import InputError
-from study import cli, registry
-from study.space import SpaceError, build_config
-from study.space_file import load_space
+from study import cli
+from study.spaces import registry
+from study.spaces.space import SpaceError, build_config
+from study.spaces.space_file import load_space
 
 from conftest import ROOT, write_dr_lab
 

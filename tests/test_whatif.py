@@ -11,7 +11,7 @@ import pandas as pd
 from study.records import CURVES, PRUNER, StudyRecord
 from study.report import whatif
 from study.run.replay import CANDIDATES
-from study.space import StudySettings
+from study.spaces.space import StudySettings
 
 
 def pilot(pruner, n=14, epochs=9, seed=0):

@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from study import storage as storage_module
-from study import trial_pages
+from study.dashboard import trial_pages
 
 from conftest import repo_env, run_cli
 

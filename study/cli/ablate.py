@@ -1,11 +1,19 @@
 """`study ablate NAME`: re-train the best configuration of a study with factors changed, over
-fresh seeds shared by every variant (see `study.ablate`)."""
+fresh seeds shared by every variant (see `study.ablation.ablate`)."""
 
 from __future__ import annotations
 
 import argparse
 
 from objectives.errors import InputError
+from study.ablation.variants import (
+    DEFAULT_RETUNE_SEEDS,
+    DEFAULT_RETUNE_TRIALS,
+    DEFAULT_SEEDS,
+    check_retune_seeds,
+    check_retune_trials,
+    check_seeds,
+)
 from study.cli.common import (
     add_data,
     add_device,
@@ -16,15 +24,7 @@ from study.cli.common import (
     positive_seconds,
     validated,
 )
-from study.space import PRUNERS
-from study.variants import (
-    DEFAULT_RETUNE_SEEDS,
-    DEFAULT_RETUNE_TRIALS,
-    DEFAULT_SEEDS,
-    check_retune_seeds,
-    check_retune_trials,
-    check_seeds,
-)
+from study.spaces.space import PRUNERS
 
 
 def no_pruning(text: str) -> str:
@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from study.ablate import AblationOptions, run_ablation  # torch loads only for commands that train
+    from study.ablation.ablate import AblationOptions, run_ablation  # torch loads only for commands that train
     from study.run.options import RunOptions
     from study.run.output import Output
 

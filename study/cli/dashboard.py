@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from study import dashboard
+    from study.dashboard import server as dashboard
 
     dashboard.serve(args.name, storage_of(args, must_exist=True), args.results, args.host, args.port)
     return 0

@@ -6,9 +6,10 @@ import argparse
 
 import optuna
 
-from study import registry, storage
+from study import storage
 from study.cli.common import add_storage, storage_of
 from study.records import StudyRecord, Summary
+from study.spaces import registry
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from objectives.errors import InputError
-from study import registry
-from study.schema1 import SCHEMA1_OBJECTIVES
-from study.space import SCHEMA, SearchSpace, SpaceError, config_defaults
-from study.space_file import SCHEMA1_KEY, load_space_text, read_space_file
+from study.spaces import registry
+from study.spaces.schema1 import SCHEMA1_OBJECTIVES
+from study.spaces.space import SCHEMA, SearchSpace, SpaceError, config_defaults
+from study.spaces.space_file import SCHEMA1_KEY, load_space_text, read_space_file
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from objectives.errors import InputError
-from study import registry, storage
+from study import storage
 from study.cli.common import (
     add_data,
     add_device,
@@ -17,7 +17,8 @@ from study.cli.common import (
     positive_seconds,
     storage_of,
 )
-from study.space import PRUNERS, SearchSpace, parse_value
+from study.spaces import registry
+from study.spaces.space import PRUNERS, SearchSpace, parse_value
 
 DATA_HELP = ("dataset folder (DR lab CSVs, Kaggle trainLabels.csv, cifar-10-batches-py or train/<class>/<image>); "
              "default: the embedded dataset")

@@ -27,7 +27,7 @@ from study.records import SEED, VARIANT, AblationRecord
 from study.report import calibration, contrasts, endpoints, stats, uncertainty
 from study.report.endpoint_figures import reliability_figure, roc_figure
 from study.report.endpoints import EndpointResult
-from study.report_layout import Endpoint
+from study.spaces.report_layout import Endpoint
 
 RULE_LABELS = {"sensitivity>=0.90": "sens≥90% (val)", "youden": "Youden (val)"}
 FIGURE_RULES = {"sensitivity>=0.90": "at val sens≥90%", "youden": "at val Youden"}  # ablation figure names

@@ -33,7 +33,7 @@ import numpy as np
 
 from study.predictions import Predictions
 from study.report import uncertainty
-from study.report_layout import Endpoint
+from study.spaces.report_layout import Endpoint
 
 LEVEL = 0.95
 SENSITIVITY_TARGET = 0.90

@@ -21,7 +21,7 @@ from objectives.metrics import TABLE_METRICS
 from study import records, tables
 from study.records import SPLITS, TrialRecord
 from study.report import stats
-from study.report_layout import ReportLayout
+from study.spaces.report_layout import ReportLayout
 
 NUMERIC_BINS = 3
 ENDS = ("low", "high")  # a test metric's recorded 95 % interval: test_<metric>_low / _high

@@ -25,7 +25,7 @@ from objectives.metrics import headline
 from study import tables
 from study.records import StudyRecord, TrialRecord
 from study.run.replay import CANDIDATES, complete_curves, orders, replay, unpruned_pick
-from study.space import StudySettings
+from study.spaces.space import StudySettings
 
 ORDERS = 100  # trial orders replayed per candidate
 MIN_PILOT = 3  # x startup_trials: a smaller pilot gives the rules almost nothing to compare with
@@ -38,8 +38,8 @@ def pilot_settings(record: StudyRecord) -> StudySettings:
     it recorded, with its [embedded] overrides where it ran on the embedded dataset (the demo's
     startup_trials is 2, not the file's 4); the defaults where that does not parse (an older or
     foreign record)."""
-    from study.ablate import is_embedded
-    from study.space_file import load_space_text
+    from study.ablation.ablate import is_embedded
+    from study.spaces.space_file import load_space_text
 
     try:
         space = load_space_text(record.space_text or "", Path("recorded.toml"), stored=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from study import storage
-from study.space import SearchSpace
-from study.space_file import load_space, load_space_text
+from study.spaces.space import SearchSpace
+from study.spaces.space_file import load_space, load_space_text
 
 CHECKPOINT_EVERY_S = 60.0  # mid-trial checkpoints at most this often (see `objectives.train.Checkpointing`)
 DEVICES = ("auto", "cpu", "cuda")

@@ -13,10 +13,11 @@ import torch
 from objectives.contract import DataSource, Objective
 from objectives.data import detect_layout, embedded_root, ensure_embedded
 from objectives.errors import InputError
-from study import paths, registry, storage
+from study import paths, storage
 from study.run.options import CHECKPOINT_EVERY_S, RunOptions
 from study.run.output import Output
-from study.space import SearchSpace, build_config
+from study.spaces import registry
+from study.spaces.space import SearchSpace, build_config
 
 
 @dataclass(frozen=True)

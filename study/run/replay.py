@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 from study import records
 from study.run.reporter import Reporter
 from study.run.samplers import build_pruner, pruner_feed, pruner_record
-from study.space import StudySettings
+from study.spaces.space import StudySettings
 
 
 @dataclass(frozen=True)

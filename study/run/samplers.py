@@ -12,7 +12,7 @@ import optuna
 from objectives.contract import Roles
 from study.run.catchup import CatchUpPruner
 from study.run.reporter import Feed
-from study.space import SearchSpace, StudySettings
+from study.spaces.space import SearchSpace, StudySettings
 
 # A run's sampler seed is the study's `seed` + its trials so far + this x the worker's index: a
 # resumed run does not replay the first run's random start-up suggestions, the same history

@@ -12,6 +12,7 @@ import torch
 from objectives.errors import InputError
 from objectives.train import Runtime
 from study import paths, records, storage
+from study.dashboard.trial_pages import TrialPages
 from study.run import loop
 from study.run.data import DataCache, load_data
 from study.run.options import RunOptions
@@ -20,8 +21,7 @@ from study.run.prepare import Prepared, prepare, provide_data
 from study.run.samplers import make_pruner, make_sampler, pruner_settings, run_seed, sampler_settings
 from study.run.trainer import SearchObjective, TrialTrainer
 from study.run.workers import run_workers
-from study.space import config_defaults
-from study.trial_pages import TrialPages
+from study.spaces.space import config_defaults
 
 
 class Session:

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.contract import TrialContext, flat
 from objectives.train import Checkpointing, Runtime
 from study import paths
+from study.dashboard.trial_pages import Page, TrialPages
 from study.predictions import Predictions, split_rows, write_predictions
 from study.records import INTERRUPTED, TrialRecord, TrialWriter, write_test_intervals
 from study.report.uncertainty import RESAMPLES, interval_record, test_intervals
@@ -23,8 +24,7 @@ from study.run.failures import failure_reason, first_line, without_frames
 from study.run.prepare import Prepared
 from study.run.reporter import Reporter
 from study.run.samplers import pruner_feed, pruner_settings
-from study.space import build_config
-from study.trial_pages import Page, TrialPages
+from study.spaces.space import build_config
 
 
 def stored(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
@@ -39,7 +39,7 @@ def metric_value(loss: float, metrics: dict[str, Any], name: str) -> float:
 class TrialTrainer:
     """Train one config inside one Optuna trial and record it (`study.records`): config, curves
     (every epoch, so pruned trials keep theirs), best epoch, validation and test metrics and
-    confusion matrices, and its dashboard page (figures and note, `study.trial_pages`)."""
+    confusion matrices, and its dashboard page (figures and note, `study.dashboard.trial_pages`)."""
 
     def __init__(self, prep: Prepared, data: DataCache, runtime: Runtime, pages: TrialPages) -> None:
         self.prep = prep

@@ -1,9 +1,9 @@
-"""Search spaces: a parsed ``search_spaces/*.toml`` (read by `study.space_file`), pinned, and the
+"""Search spaces: a parsed ``search_spaces/*.toml`` (read by `study.spaces.space_file`), pinned, and the
 typed configs it suggests.
 
 A study is one TOML file. ``schema = 2`` at the top names the format this module writes about; a
 file without it is schema 1, the format before it: refused as a file (``python -m study migrate``
-converts it), read only from the text a study recorded (as `study.schema1` describes).
+converts it), read only from the text a study recorded (as `study.spaces.schema1` describes).
 ``[study]`` says what is optimised and how, including the objective module (``objective``,
 ``"image_classifier"`` by default; see `objectives.contract`); ``[fixed]`` holds settings every
 trial shares; ``[space]`` holds the sampled parameters, each either ``{choices = [...]}`` or
@@ -12,7 +12,7 @@ trial shares; ``[space]`` holds the sampled parameters, each either ``{choices =
 config's default applies); ``[embedded]`` overrides settings (or pins parameters) when no
 ``--data`` is given; ``[report]`` (schema 2) names the factors whose combinations form the
 report's cells, those whose cells get a confusion figure, and labels for their values
-(`study.report_layout`).
+(`study.spaces.report_layout`).
 A bound may name a setting with an offset (``high = "epochs - 1"``). Every problem is reported as
 one line naming file, parameter and problem.
 """
@@ -35,7 +35,7 @@ import optuna
 
 from objectives import contract
 from objectives.errors import InputError
-from study.report_layout import ReportLayout
+from study.spaces.report_layout import ReportLayout
 
 SCHEMA = 2  # the format of search-space files; a file without `schema` is schema 1: an error
 SCHEMAS = (1, 2)  # what a study's recorded space text may be
@@ -119,7 +119,7 @@ class StudySettings:
 @dataclass(frozen=True)
 class SearchSpace:
     """A parsed search-space file plus the pins of this run. `defaults` lie underneath [fixed]: the
-    settings a schema-1 objective implied (`study.schema1`; a stored schema-1 space, or a file
+    settings a schema-1 objective implied (`study.spaces.schema1`; a stored schema-1 space, or a file
     `study migrate` wrote, which names it in ``schema1_objective``), which every config of the
     study is built over (`with_defaults`)."""
 

@@ -1,5 +1,5 @@
 """The plan of an ablation: its variants of the parent's best configuration, their names, the
-fresh evaluation and tuning seeds, and the retune candidates (see `study.ablate` for the design).
+fresh evaluation and tuning seeds, and the retune candidates (see `study.ablation.ablate` for the design).
 Pure functions of the parent study and its space: nothing here trains or writes.
 """
 
@@ -16,9 +16,10 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives.errors import InputError
-from study import registry, tables
+from study import tables
 from study.records import TrialRecord
-from study.space import Param, SearchSpace
+from study.spaces import registry
+from study.spaces.space import Param, SearchSpace
 
 BASELINE = "baseline"  # the ablation variant that is the parent study's best configuration
 MIN_SEEDS = 3  # 2 seeds leave one degree of freedom: a t interval as wide as the metric's range

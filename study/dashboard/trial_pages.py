@@ -33,10 +33,10 @@ from optuna.artifacts import upload_artifact
 from optuna.storages import BaseStorage
 
 from objectives.metrics import headline_first, long_label
+from study.dashboard.renderer import receive as renderer_receive
+from study.dashboard.renderer import send as renderer_send
 from study.log import get_logger
 from study.records import TrialRecord, interval_bounds, interval_resamples
-from study.renderer import receive as renderer_receive
-from study.renderer import send as renderer_send
 
 _log = get_logger(__name__)
 
@@ -213,11 +213,11 @@ class TrialPages:
 
 
 def _start_renderer() -> subprocess.Popen:
-    """`study.renderer` in a child process, importable from wherever this `study` package is."""
-    root = str(Path(__file__).resolve().parent.parent)
+    """`study.dashboard.renderer` in a child process, importable from wherever this `study` package is."""
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.Popen([sys.executable, "-m", "study.renderer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            env=env)
+    return subprocess.Popen([sys.executable, "-m", "study.dashboard.renderer"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env)
 
 
 def _render(renderer: subprocess.Popen, kind: str, page: Page) -> bytes:

@@ -1,6 +1,6 @@
 """The trial pages' figure renderer: a small child process that draws PNGs for the training process.
 
-`python -m study.renderer` reads length-prefixed pickled requests ``(kind, page_fields)`` on stdin
+`python -m study.dashboard.renderer` reads length-prefixed pickled requests ``(kind, page_fields)`` on stdin
 and answers each with a length-prefixed PNG (or a one-line error) on stdout. It imports only
 matplotlib and numpy (`study.figures`), so it starts in well under a second and, being another
 process, never holds the training process's GIL.

@@ -10,9 +10,9 @@ from typing import Any
 from objectives import contract
 from objectives.errors import InputError
 from objectives.metrics import REGISTRY
-from study.schema1 import SCHEMA1_OBJECTIVES
-from study.space import DEFAULT_OBJECTIVE, SearchSpace
-from study.space_file import load_space, load_space_text
+from study.spaces.schema1 import SCHEMA1_OBJECTIVES
+from study.spaces.space import DEFAULT_OBJECTIVE, SearchSpace
+from study.spaces.space_file import load_space, load_space_text
 
 
 def named_studies() -> dict[str, Path]:
@@ -107,7 +107,7 @@ def with_recorded_settings(space: SearchSpace, study: Any) -> SearchSpace:
 
 def module_name(objective: str) -> str:
     """The module an objective name means: a module of `objectives` by its bare name (a schema-1
-    objective is the image classifier with settings, see `study.schema1`), or
+    objective is the image classifier with settings, see `study.spaces.schema1`), or
     ``package.module`` as written."""
     if objective in SCHEMA1_OBJECTIVES:
         objective = DEFAULT_OBJECTIVE

@@ -52,16 +52,8 @@ from optuna.trial import TrialState
 
 from objectives import contract
 from objectives.errors import InputError
-from study import records, registry, storage
-from study.records import AblationRecord
-from study.run.loop import TrialsFailing
-from study.run.options import RunOptions
-from study.run.output import Output
-from study.run.samplers import make_pruner
-from study.run.session import Session, check_adoptable
-from study.run.trainer import TrialTrainer
-from study.space import Param, SearchSpace
-from study.variants import (
+from study import records, storage
+from study.ablation.variants import (
     DEFAULT_RETUNE_SEEDS,
     DEFAULT_RETUNE_TRIALS,
     DEFAULT_SEEDS,
@@ -80,6 +72,15 @@ from study.variants import (
     text,
     variants,
 )
+from study.records import AblationRecord
+from study.run.loop import TrialsFailing
+from study.run.options import RunOptions
+from study.run.output import Output
+from study.run.samplers import make_pruner
+from study.run.session import Session, check_adoptable
+from study.run.trainer import TrialTrainer
+from study.spaces import registry
+from study.spaces.space import Param, SearchSpace
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from study.report_layout import Endpoint
+from study.spaces.report_layout import Endpoint
 
 REFERABLE_DR = Endpoint("referable", (2, 3, 4))  # moderate or worse: the screening endpoint of DR papers
 

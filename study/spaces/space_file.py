@@ -1,4 +1,4 @@
-"""Reading a search-space file: its TOML parsed and validated into a `study.space.SearchSpace`,
+"""Reading a search-space file: its TOML parsed and validated into a `study.spaces.space.SearchSpace`,
 every problem one line naming file, parameter and problem (`SpaceError`)."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from types import MappingProxyType
 from typing import Any
 
 from objectives import metrics
-from study import report_layout
-from study.report_layout import ReportLayout
-from study.schema1 import SCHEMA1_OBJECTIVES
-from study.space import (
+from study.spaces import report_layout
+from study.spaces.report_layout import ReportLayout
+from study.spaces.schema1 import SCHEMA1_OBJECTIVES
+from study.spaces.space import (
     _BOUND,
     DEFAULT_OBJECTIVE,
     DIRECTIONS,
@@ -189,7 +189,7 @@ def schema1_error(path: Path) -> SpaceError:
 
 def _schema1_objective(study_doc: dict[str, Any], schema: int, where: str) -> str | None:
     """[study].schema1_objective of a file `study migrate` wrote, taken out of `study_doc`: the
-    schema-1 objective (`study.schema1`) whose study the file goes on with. Its settings lie under
+    schema-1 objective (`study.spaces.schema1`) whose study the file goes on with. Its settings lie under
     the file's (the file spells them out) and it stands for the objective in the fingerprint, so
     the study made from the schema-1 file resumes from this one; None for any other file."""
     if SCHEMA1_KEY not in study_doc:
