@@ -51,6 +51,32 @@ RESUMES_FROM = frozenset({"epoch", "curves"})  # what the runner itself reads of
 
 
 @dataclass(frozen=True)
+class ReportGroups:
+    """The settings a study's report groups its trials by, where the study's file leaves
+    ``[report]`` ``cells``, ``figures`` or ``labels`` out: an objective's optional
+    ``REPORT_GROUPS`` (none: no cells table and only the best trial's figures). The report shows
+    a factor only where the study's trials vary it. `labels`: setting -> value as TOML writes it
+    (``true``) -> the label in figure names (``pretrained``)."""
+
+    cells: tuple[str, ...] = ()
+    figures: tuple[str, ...] = ()
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+
+# The image classifier's DR comparison (architecture x pretraining x loss): its REPORT_GROUPS, the
+# groups of a module of the contract's first form (`legacy`), and what a study made before studies
+# recorded their [report] is grouped by (every such study ran the image classifier).
+CLASSIFIER_GROUPS = ReportGroups(cells=("arch", "pretrained", "loss"), figures=("arch", "pretrained"),
+                                 labels={"pretrained": {"true": "pretrained", "false": "scratch"}})
+
+
+def report_groups(module: Any) -> ReportGroups:
+    """What `module` (an objective, or its `Legacy` wrapper) declares as `REPORT_GROUPS`, else none."""
+    groups = getattr(module, "REPORT_GROUPS", None)
+    return groups if isinstance(groups, ReportGroups) else ReportGroups()
+
+
+@dataclass(frozen=True)
 class DataSource:
     """Where a trial's data lives: a folder in a known layout, the decoded-image cache and the bar
     that shows decoding."""
@@ -209,6 +235,9 @@ class Objective(Protocol):
     ``CHECKPOINT_KEYS``
         The keys of every state ``run`` gives ``context.checkpoint.save`` (`RESUMES_FROM` among
         them): a saved state that lacks one is not resumed (the trial restarts from epoch 1).
+    ``REPORT_GROUPS`` (optional)
+        The settings the report groups trials by where the file's ``[report]`` does not say
+        (`ReportGroups`; `report_groups` reads it, none where a module leaves it out).
     ``METRICS``
         The validation metrics ``run`` reports (``val_<name>`` in every curve row, the keys of
         its evaluations' ``metrics``; ``loss`` is its evaluations' ``loss``): a study may pick
@@ -261,6 +290,7 @@ class Legacy:
     ROLES: Roles
     CHECKPOINT_KEYS: frozenset[str]
     METRICS: tuple[str, ...]
+    REPORT_GROUPS: ReportGroups = CLASSIFIER_GROUPS
 
     @property
     def Config(self) -> type:  # noqa: N802 - the contract's name
@@ -286,7 +316,7 @@ class Legacy:
 def legacy(module: ModuleType) -> Legacy:
     """`module` with the defaults of the contract's first form: the roles of `Roles` whose
     settings its Config has, `objectives.train`'s checkpoint keys, the metrics
-    `objectives.metrics.summarize` computes and the loss."""
+    `objectives.metrics.summarize` computes and the loss, and the image classifier's report groups."""
     from objectives.metrics import CONFUSION_METRICS
     from objectives.train import CHECKPOINT_KEYS  # torch: a module of the first form trains with `fit`
 

@@ -26,7 +26,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, replace
 
-from objectives.contract import DataSource, Possible, Roles, Settled, TrialContext
+from objectives.contract import CLASSIFIER_GROUPS, DataSource, Possible, Roles, Settled, TrialContext
 from objectives.data import Augment, Splits, find_dataset, load_splits
 from objectives.errors import InputError
 from objectives.losses import ALPHA_KINDS, LOSSES, build_loss
@@ -46,6 +46,7 @@ from objectives.train import FitConfig, FitResult, fit
 # the `objectives.contract.Objective` declarations
 EMBEDDED_DATASET = "digits"
 ROLES = Roles(epochs="epochs", fe_epochs="fe_epochs", seed="seed", split_seed="split_seed")
+REPORT_GROUPS = CLASSIFIER_GROUPS  # cells arch x pretrained x loss, a figure per arch x pretrained
 METRICS = ("loss", *CONFUSION_METRICS)  # `objectives.train.evaluate`'s
 
 

@@ -118,6 +118,7 @@ def test_a_toy_objective_runs_through_run_ablate_and_report(tmp_path):
     storage = f"sqlite:///{results / 'optuna.db'}"
     parent = optuna.load_study(study_name="toy", storage=storage)
     assert parent.user_attrs["pruner"]["max_resource"] == 3  # `rounds`
+    assert parent.user_attrs["report"] == {"cells": ["spread"], "figures": ["spread"], "labels": {}}  # REPORT_GROUPS
     for trial in parent.trials:
         assert trial.user_attrs["config"]["rng"] == 3 + trial.number and trial.user_attrs["config"]["shuffle"] == 0
     ablate = run_cli("ablate", "toy", "--objective", "tests.toy_objective", "--seeds", "3", "--results", str(results),
@@ -134,3 +135,4 @@ def test_a_toy_objective_runs_through_run_ablate_and_report(tmp_path):
     assert report.returncode == 0, report.stderr
     text = (results / "toy" / "report.md").read_text()
     assert "## Ablation study" in text and "| spread=1.5 |   3 |" in text
+    assert {"confusion_0.5.png", "confusion_1.5.png"} <= {p.name for p in (results / "toy").iterdir()}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from test_space import write
 
+from objectives.contract import ReportGroups
 from study.report import endpoints as ep
 from study.report.endpoints import Endpoint, SplitPredictions
 from study.spaces.report_layout import ReportLayout
@@ -237,7 +238,7 @@ def test_endpoints_are_parsed_recorded_and_read_back(tmp_path: Path):
     space = load_space(write(tmp_path, GOOD + "[report.endpoints]\nreferable = { positive = [2, 3, 4] }\n"
                                               "severe = { positive = [4, 3] }\n"))
     assert space.report.endpoints == (REFERABLE, Endpoint("severe", (4, 3)))
-    assert ReportLayout.from_record(space.report.record()) == space.report
+    assert ReportLayout.from_record(space.report.record()) == space.report.filled(ReportGroups())
     old = {"cells": ["arch"], "figures": [], "labels": {}}  # recorded before endpoints existed
     assert ReportLayout.from_record(old).endpoints == ()
     assert "endpoints" not in ReportLayout().record()

@@ -8,7 +8,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
-from objectives import image_classifier
+from objectives import contract, image_classifier
 from objectives.errors import InputError
 from objectives.image_classifier import Config
 from study.report import frames
@@ -234,7 +234,7 @@ def test_report_cells_and_figures_come_from_the_recorded_layout_or_the_dr_defaul
         "resnet18_pretrained",
         "resnet18_scratch",
     }
-    assert {"arch", "pretrained", "loss"} <= set(frames.cell_table(frame, True).columns)
+    assert {"arch", "pretrained", "loss"} <= set(frames.cell_table(frame, True, frames.recorded_layout(old).cells))
     layout = ReportLayout(cells=("loss",), figures=("loss", "pretrained"), labels={"loss": {"focal": "fl"}})
     new = layout_study(layout.record())
     assert frames.recorded_layout(new) == ReportLayout.from_record(layout.record())
@@ -242,11 +242,29 @@ def test_report_cells_and_figures_come_from_the_recorded_layout_or_the_dr_defaul
     assert set(picked) == {"best", "ce_False", "ce_True", "fl_False", "fl_True"}
     cells = frames.cell_table(frames.trial_frame(new), True, frames.recorded_layout(new).cells)
     assert list(cells.loss) == ["ce", "focal"] and "arch" not in cells
+    recordless = ReportLayout.from_record(None)
     assert (
-        ReportLayout().label("pretrained", True) == "pretrained"
-        and ReportLayout().label("arch", "convnet") == "convnet"
+        recordless.label("pretrained", True) == "pretrained"
+        and recordless.label("arch", "convnet") == "convnet"
     )
     assert (
-        ReportLayout().label("pretrained", np.False_) == "scratch"
-        and ReportLayout().label("pretrained", "True") == "pretrained"
+        recordless.label("pretrained", np.False_) == "scratch"
+        and recordless.label("pretrained", "True") == "pretrained"
     )
+
+
+def test_a_file_without_report_groups_takes_its_objectives_when_recorded(tmp_path: Path):
+    """study/ names no objective's settings: a [report] that leaves cells, figures or labels out
+    is filled from the objective's REPORT_GROUPS when the run records it; what the file gives
+    stays, and an objective without REPORT_GROUPS gets none."""
+    space = load_space(write(tmp_path, GOOD))
+    assert space.report.cells == () and space.report.given == frozenset()
+    filled = space.report.filled(contract.report_groups(image_classifier))
+    assert filled.record() == ReportLayout.from_record(None).record() == {
+        "cells": ["arch", "pretrained", "loss"], "figures": ["arch", "pretrained"],
+        "labels": {"pretrained": {"true": "pretrained", "false": "scratch"}}}
+    partial = load_space(write(tmp_path, GOOD + '\n[report]\ncells = ["lr"]\n'))
+    assert partial.report.given == {"cells"}
+    kept = partial.report.filled(contract.report_groups(image_classifier))
+    assert kept.cells == ("lr",) and kept.figures == ("arch", "pretrained")
+    assert space.report.filled(contract.report_groups(object())).record() == {"cells": [], "figures": [], "labels": {}}

@@ -13,13 +13,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from objectives.contract import DataSource, Possible, Roles, Settled, TrialContext
+from objectives.contract import DataSource, Possible, ReportGroups, Roles, Settled, TrialContext
 from objectives.metrics import summarize
 
 EMBEDDED_DATASET = "digits"  # what a run without --data prepares; the toy draws its own points
 ROLES = Roles(epochs="rounds", fe_epochs="warmup", seed="rng", split_seed="shuffle")
 CHECKPOINT_KEYS = frozenset({"epoch", "curves", "weights"})
 METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "kappa")  # `summarize`'s
+REPORT_GROUPS = ReportGroups(cells=("spread",), figures=("spread",))  # where a file's [report] says nothing
 
 
 @dataclass(frozen=True)

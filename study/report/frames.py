@@ -77,9 +77,9 @@ def factor_table(frame: pd.DataFrame, factor_kinds: dict[str, bool], maximize: b
     return pd.DataFrame(rows)
 
 
-def cell_table(frame: pd.DataFrame, maximize: bool, cells: Sequence[str] = ReportLayout().cells) -> pd.DataFrame:
-    """One row per combination of the `cells` factors that vary (the study's [report] cells; the
-    DR lab's arch x pretrained x loss by default) with its best trial."""
+def cell_table(frame: pd.DataFrame, maximize: bool, cells: Sequence[str]) -> pd.DataFrame:
+    """One row per combination of the `cells` factors that vary (the study's recorded [report]
+    cells: the file's, else its objective's `REPORT_GROUPS`) with its best trial."""
     keys = [k for k in cells if k in frame and frame[k].nunique(dropna=True) > 1]
     if not keys:
         return pd.DataFrame()
@@ -93,7 +93,7 @@ def cell_table(frame: pd.DataFrame, maximize: bool, cells: Sequence[str] = Repor
 def best_trials_per_cell(study: optuna.Study, frame: pd.DataFrame, maximize: bool,
                          layout: ReportLayout | None = None) -> dict[str, FrozenTrial]:
     """`best` plus the best complete trial of each combination of the layout's `figures` factors
-    that vary (the study's recorded [report], else the DR defaults: arch x pretrained), by
+    that vary (the study's recorded [report]), by
     file-name label (``resnet18_scratch``)."""
     complete = frame[frame.state == "COMPLETE"]
     if complete.empty:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import optuna
 import torch
 
+from objectives import contract
 from objectives.errors import InputError
 from objectives.train import Runtime
 from study import paths, records, storage
@@ -134,7 +135,7 @@ class Session:
                 pinned=dict(prep.space.pinned),
                 sampler=sampler_settings(prep.space),
                 pruner=pruner_settings(prep.space, prep.module.ROLES),
-                report=prep.space.report,
+                report=prep.space.report.filled(contract.report_groups(prep.module)),
                 split_hash=self.data.manifest_hash(base) if manifest is not None else None,
                 shared_test_groups=len(manifest.shared_test_groups) if manifest is not None else None,
                 content_hash=self.data.content_hash(base),

@@ -2,8 +2,10 @@
 the binary endpoints (`[report.endpoints]`) the report evaluates.
 
 `ReportLayout` is what `load_space` parses from ``[report]`` (schema 2) and what a study records as
-its user attr ``report``, so `report` reads it from the storage alone. A study that recorded none
-(made before schema 2) gets the defaults, which are the DR lab's comparison.
+its user attr ``report``, so `report` reads it from the storage alone. What the file leaves out comes
+from the objective's ``REPORT_GROUPS`` (`objectives.contract.ReportGroups`) when the run records it
+(`filled`): this module names no objective's settings. A study that recorded none (made before
+schema 2, so by the image classifier) gets the image classifier's groups.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from objectives.contract import CLASSIFIER_GROUPS, ReportGroups
+
 KEYS = {"cells", "figures", "labels", "endpoints"}
+GROUPS = ("cells", "figures", "labels")  # the keys an objective's REPORT_GROUPS fills where a file leaves them out
 ENDPOINT_KEYS = {"positive"}
 _LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")  # labels name figure files
 
@@ -38,13 +43,22 @@ class ReportLayout:
     (`figures`, named ``confusion_<label>_<label>.png``), and the labels of factor values in those
     names (`labels`: factor -> value as TOML writes it -> label; the value itself otherwise).
     A factor that the study's trials never vary is left out. `endpoints`: binary groupings of
-    classes (`study.report.endpoints`), none by default."""
+    classes (`study.report.endpoints`), none by default. `given`: which of cells, figures and
+    labels the file set; `filled` takes the others from the objective (not recorded)."""
 
-    cells: tuple[str, ...] = ("arch", "pretrained", "loss")
-    figures: tuple[str, ...] = ("arch", "pretrained")
-    labels: Mapping[str, Mapping[str, str]] = field(
-        default_factory=lambda: _frozen({"pretrained": {"true": "pretrained", "false": "scratch"}}))
+    cells: tuple[str, ...] = ()
+    figures: tuple[str, ...] = ()
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
     endpoints: tuple[Endpoint, ...] = ()
+    given: frozenset[str] = frozenset()
+
+    def filled(self, groups: ReportGroups) -> ReportLayout:
+        """This layout with what its file left out taken from the objective's `groups`: what the
+        study records, so the report never needs the objective."""
+        return ReportLayout(self.cells if "cells" in self.given else groups.cells,
+                            self.figures if "figures" in self.given else groups.figures,
+                            self.labels if "labels" in self.given else _frozen(groups.labels),
+                            self.endpoints, frozenset(GROUPS))
 
     def label(self, factor: str, value: Any) -> str:
         """How a value of `factor` appears in a figure's name."""
@@ -60,13 +74,14 @@ class ReportLayout:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any] | None) -> ReportLayout:
-        """The layout a study recorded; the defaults for a study that recorded none (and no
-        endpoints for one recorded before endpoints existed)."""
+        """The layout a study recorded; the image classifier's groups for a study that recorded none
+        (made before studies recorded one: every such study ran the image classifier), and no
+        endpoints for one recorded before endpoints existed."""
         if not record:
-            return cls()
+            return cls().filled(CLASSIFIER_GROUPS)
         endpoints = _recorded_endpoints(record.get("endpoints", {}))
         return cls(tuple(record.get("cells", ())), tuple(record.get("figures", ())), _frozen(record.get("labels", {})),
-                   endpoints)
+                   endpoints, frozenset(GROUPS))
 
 
 def _recorded_endpoints(stored: Any) -> tuple[Endpoint, ...]:
@@ -98,16 +113,18 @@ def value_text(value: Any) -> str:
 def parse(doc: Mapping[str, Any], values: Mapping[str, tuple[Any, ...] | None]) -> ReportLayout:
     """The [report] table `doc` of a file whose settings are `values` (name -> the values it may
     take, None for a numeric range). `cells` and `figures` are lists of distinct settings; `labels`
-    a table per factor of its values and their labels. A key left out keeps its default. A problem
-    is a ValueError whose message goes on from "[report]"."""
+    a table per factor of its values and their labels. A key left out is not `given`: the run
+    fills it from the objective (`ReportLayout.filled`). A problem is a ValueError whose message
+    goes on from "[report]"."""
     unknown = sorted(set(doc) - KEYS)
     if unknown:
         raise ValueError(f": unknown key {unknown[0]!r} (allowed: {', '.join(sorted(KEYS))})")
     endpoints = parse_endpoints(doc["endpoints"], values) if "endpoints" in doc else ()
-    lists = {}
+    given = frozenset(GROUPS).intersection(doc)
+    lists: dict[str, tuple[str, ...]] = {}
     for key in ("cells", "figures"):
         if key not in doc:
-            lists[key] = getattr(ReportLayout, key)  # the default (unchecked: it names factors only where they vary)
+            lists[key] = ()  # the objective's, filled when the run records the layout
             continue
         names = doc[key]
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
@@ -117,7 +134,7 @@ def parse(doc: Mapping[str, Any], values: Mapping[str, tuple[Any, ...] | None]) 
                 raise ValueError(f".{key}: {factor!r} is not a setting in [fixed] or [space]")
         lists[key] = tuple(names)
     if "labels" not in doc:
-        return ReportLayout(lists["cells"], lists["figures"], endpoints=endpoints)
+        return ReportLayout(lists["cells"], lists["figures"], endpoints=endpoints, given=given)
     labels = doc["labels"]
     if not isinstance(labels, dict) or not all(isinstance(v, dict) for v in labels.values()):
         raise ValueError('.labels must be a table of tables, like { pretrained = { true = "pretrained" } }')
@@ -130,7 +147,7 @@ def parse(doc: Mapping[str, Any], values: Mapping[str, tuple[Any, ...] | None]) 
                 raise ValueError(f".labels.{factor}: {value!r} is not a value of {factor} ({', '.join(sorted(texts))})")
             if not isinstance(label, str) or not _LABEL.match(label):
                 raise ValueError(f".labels.{factor}.{value}: {label!r} must be letters, digits, '_', '.', '+' or '-'")
-    return ReportLayout(lists["cells"], lists["figures"], _frozen(labels), endpoints)
+    return ReportLayout(lists["cells"], lists["figures"], _frozen(labels), endpoints, given)
 
 
 def parse_endpoints(doc: Any, values: Mapping[str, tuple[Any, ...] | None]) -> tuple[Endpoint, ...]:
