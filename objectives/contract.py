@@ -170,12 +170,17 @@ class Roles:
     largest resource; ``fe_epochs``: leading epochs the pruner does not see (0 when None);
     ``seed``: set to the study seed + the trial number unless the space sets it, and to each
     evaluation seed by ``ablate``; ``split_seed``: what else ``ablate`` sets to each evaluation
-    seed, so a seed also draws the validation split."""
+    seed, so a seed also draws the validation split. ``loss``: the settings whose change changes
+    the loss function, and ``step_size`` the learning rate: an ablation whose variants change a
+    ``loss`` setting gets the caption's caveat that the loss also moves the effective step size,
+    which retuning ``step_size`` mostly removes (none by default)."""
 
     epochs: str = "epochs"
     fe_epochs: str | None = "fe_epochs"
     seed: str | None = "seed"
     split_seed: str | None = "split_seed"
+    loss: tuple[str, ...] = ()
+    step_size: str | None = None
 
     def epoch_count(self, config: Any) -> int:
         """The epochs a trial of `config` trains."""
@@ -198,9 +203,18 @@ class Roles:
 
     def problems(self, names: Mapping[str, Any]) -> list[str]:
         """The roles naming a setting that is not among `names` (an objective's `settings`)."""
-        wanted = {"epochs": self.epochs, "fe_epochs": self.fe_epochs, "seed": self.seed, "split_seed": self.split_seed}
+        wanted = [*((role, getattr(self, role)) for role in NAMED_ROLES), *(("loss", n) for n in self.loss),
+                  ("step_size", self.step_size)]
         return [f"ROLES.{role} = {name!r}, which is not a setting of its Config"
-                for role, name in wanted.items() if name is not None and name not in names]
+                for role, name in wanted if name is not None and name not in names]
+
+
+NAMED_ROLES = ("epochs", "fe_epochs", "seed", "split_seed")  # the roles of `Roles` that name one setting each
+# The image classifier's roles: ROLES of `objectives.image_classifier`, the defaults of a module of the
+# contract's first form (`legacy`, where its Config has the setting) and what an ablation recorded
+# before ablations recorded their loss roles is read with (every such ablation ran the image classifier).
+CLASSIFIER_ROLES = Roles(epochs="epochs", fe_epochs="fe_epochs", seed="seed", split_seed="split_seed",
+                         loss=("loss", "focal_gamma"), step_size="lr")
 
 
 @dataclass(frozen=True)
@@ -316,13 +330,15 @@ class Legacy:
 def legacy(module: ModuleType) -> Legacy:
     """`module` with the defaults of the contract's first form: the roles of `Roles` whose
     settings its Config has, `objectives.train`'s checkpoint keys, the metrics
-    `objectives.metrics.summarize` computes and the loss, and the image classifier's report groups."""
+    `objectives.metrics.summarize` computes and the loss, and the image classifier's loss roles and report groups."""
     from objectives.metrics import CONFUSION_METRICS
     from objectives.train import CHECKPOINT_KEYS  # torch: a module of the first form trains with `fit`
 
     names = settings(module.Config)
-    roles = Roles(**{f.name: f.default if f.default in names else None
-                     for f in dataclasses.fields(Roles) if f.name != "epochs"})
+    named = {role: getattr(CLASSIFIER_ROLES, role) for role in NAMED_ROLES if role != "epochs"}
+    roles = Roles(**{role: name if name in names else None for role, name in named.items()},
+                  loss=tuple(n for n in CLASSIFIER_ROLES.loss if n in names),
+                  step_size=CLASSIFIER_ROLES.step_size if CLASSIFIER_ROLES.step_size in names else None)
     return Legacy(module, roles, CHECKPOINT_KEYS, ("loss", *CONFUSION_METRICS))
 
 

@@ -26,7 +26,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field, replace
 
-from objectives.contract import CLASSIFIER_GROUPS, DataSource, Possible, Roles, Settled, TrialContext
+from objectives.contract import CLASSIFIER_GROUPS, CLASSIFIER_ROLES, DataSource, Possible, Settled, TrialContext
 from objectives.data import Augment, Splits, find_dataset, load_splits
 from objectives.errors import InputError
 from objectives.losses import ALPHA_KINDS, LOSSES, build_loss
@@ -45,7 +45,7 @@ from objectives.train import FitConfig, FitResult, fit
 
 # the `objectives.contract.Objective` declarations
 EMBEDDED_DATASET = "digits"
-ROLES = Roles(epochs="epochs", fe_epochs="fe_epochs", seed="seed", split_seed="split_seed")
+ROLES = CLASSIFIER_ROLES  # epochs, fe_epochs, seed, split_seed; loss and focal_gamma change the loss, lr the step
 REPORT_GROUPS = CLASSIFIER_GROUPS  # cells arch x pretrained x loss, a figure per arch x pretrained
 METRICS = ("loss", *CONFUSION_METRICS)  # `objectives.train.evaluate`'s
 

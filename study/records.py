@@ -21,6 +21,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from objectives.contract import CLASSIFIER_ROLES
 from study.spaces.report_layout import ReportLayout
 
 SPLITS = ("val", "test")
@@ -135,6 +136,9 @@ ABLATION_VERSION_KEY = "ablation_version"
 ABLATION_VERSION = 3  # 3: split per seed from the objective's settings, retune on r seeds per candidate
 REPORTED_VERSIONS = (2, 3)  # what `report` reads (2: fresh seeds, retune one seed per candidate)
 SPLIT_PER_SEED = "split_per_seed"  # an ablation's plan: whether seed s also drew the validation split
+# an ablation's plan: the objective's `Roles.loss` and `Roles.step_size` (absent: recorded before them, by the
+# image classifier), so the report's loss caveat needs no objective and names no setting itself
+LOSS_SETTINGS, STEP_SIZE = "loss_settings", "step_size"
 VARIANT = "variant"  # the ablation grid's params (variant, seed); a retune study's attr `variant`
 SEED = "seed"
 TUNE_SEED = "tune_seed"  # a retune study's grid param (version 3): the tuning seed of the cell
@@ -267,6 +271,11 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 def _list(value: Any) -> list:
     """A stored list, or [] where the key is missing or holds something else."""
     return value if isinstance(value, list) else []
+
+
+def _names(value: Any) -> tuple[str, ...] | None:
+    """A stored list of setting names; None where the key is missing or holds something else."""
+    return tuple(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
 
 
 class TrialWriter:
@@ -465,6 +474,8 @@ class AblationRecord:
     retuned: Mapping[str, Any] | None = None
     version: int | None = ABLATION_VERSION
     split_per_seed: bool | None = None  # recorded from version 3 on (None: a version-2 plan)
+    loss_settings: tuple[str, ...] | None = None  # None: recorded before loss roles were (see `loss_roles`)
+    step_size: str | None = None
 
     @classmethod
     def from_study(cls, study: optuna.Study) -> AblationRecord:
@@ -475,8 +486,16 @@ class AblationRecord:
             baseline=attrs[BASELINE], variants=attrs[VARIANTS], levels=attrs.get(LEVELS, {}), seeds=attrs[SEEDS],
             retune=attrs.get(RETUNE), metric=attrs[METRIC], objective=attrs.get(OBJECTIVE), dataset=attrs.get(DATASET),
             retuned=attrs.get(RETUNED), version=attrs.get(ABLATION_VERSION_KEY),
-            split_per_seed=attrs.get(SPLIT_PER_SEED),
+            split_per_seed=attrs.get(SPLIT_PER_SEED), loss_settings=_names(attrs.get(LOSS_SETTINGS)),
+            step_size=attrs.get(STEP_SIZE) if isinstance(attrs.get(STEP_SIZE), str) else None,
         )
+
+    def loss_roles(self) -> tuple[tuple[str, ...], str | None]:
+        """The settings that change the loss and the step size, as the plan recorded them; an
+        ablation recorded before plans held them ran the image classifier, so its roles."""
+        if self.loss_settings is None:
+            return CLASSIFIER_ROLES.loss, CLASSIFIER_ROLES.step_size
+        return self.loss_settings, self.step_size
 
     @staticmethod
     def version_of(study: optuna.Study) -> Any:
@@ -513,6 +532,8 @@ class AblationRecord:
             OBJECTIVE: self.objective,
             DATASET: self.dataset,
             SPLIT_PER_SEED: self.split_per_seed,
+            **({LOSS_SETTINGS: list(self.loss_settings), STEP_SIZE: self.step_size}
+               if self.loss_settings is not None else {}),
         }
 
     def write(self, study: optuna.Study) -> None:

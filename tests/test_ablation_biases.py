@@ -255,6 +255,28 @@ def test_the_plan_records_split_per_seed_and_the_retune_seeds():
     assert records.AblationRecord.from_study(study).split_per_seed is False
 
 
+def test_the_loss_caveat_follows_the_objectives_loss_roles_as_the_plan_recorded_them():
+    """study/ names no loss setting: the caption's step-size caveat fires where a variant changes
+    a setting the objective's Roles.loss names, and speaks of its Roles.step_size; a plan recorded
+    before plans held them (the image classifier's) reads as loss and focal_gamma, and lr."""
+    def plan(variants, retune=None, **roles):
+        study = optuna.create_study()
+        records.AblationRecord(parent="p", mode="one-at-a-time", factors=[], baseline="b", variants=variants,
+                               levels={}, seeds=[1], retune=retune, metric="kappa", **roles).write(study)
+        return records.AblationRecord.from_study(study)
+
+    focal = {"b": {"loss": "ce", "rate": 0.1}, "focal": {"loss": "focal", "rate": 0.1}}
+    old = plan(focal)
+    assert "loss_settings" not in old.plan() and old.loss_roles() == (("loss", "focal_gamma"), "lr")
+    assert ablation_report.changes_loss(old) and "run ablate --retune lr" in ablation_report.loss_confound(old)
+    toy = plan(focal, loss_settings=(), step_size=None)  # an objective that declares no loss roles
+    assert toy.plan()["loss_settings"] == [] and not ablation_report.changes_loss(toy)
+    own = plan({"b": {"smooth": 0.0}, "s": {"smooth": 0.1}}, retune={records.PARAM: "rate"},
+               loss_settings=("smooth",), step_size="rate")
+    assert ablation_report.changes_loss(own)
+    assert "rate was retuned for every variant, which removes most" in ablation_report.loss_confound(own)
+
+
 # ---------------------------------------------------------------- split_seed from the objective
 
 

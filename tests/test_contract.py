@@ -73,12 +73,19 @@ def test_a_module_of_the_first_form_gets_the_old_defaults():
     assert adapted.ROLES == contract.Roles(epochs="epochs", fe_epochs=None, seed="seed", split_seed=None)
     assert adapted.CHECKPOINT_KEYS == CHECKPOINT_KEYS and "kappa" in adapted.METRICS
     assert adapted.ROLES.fe_epoch_count(contract.build_config(Config, {})) == 0
+    assert adapted.REPORT_GROUPS == contract.CLASSIFIER_GROUPS
+    lossy_config = part("Config", data=Data(), train=part("Train", epochs=2, seed=0, loss="ce", lr=0.1)())
+    lossy = contract.objective(types.SimpleNamespace(**{**vars(old), "Config": lossy_config}))
+    assert (lossy.ROLES.loss, lossy.ROLES.step_size) == (("loss",), "lr")  # the classifier's, where it has them
     no_epochs = types.SimpleNamespace(**{**vars(old), "Config": DataOnly})
     with pytest.raises(TypeError, match="a Config of dataclass parts"):
         contract.objective(no_epochs)
     wrong = types.SimpleNamespace(**{**vars(toy_objective), "ROLES": contract.Roles()})  # the default names
     with pytest.raises(TypeError, match="ROLES.epochs = 'epochs', which is not a setting"):
         contract.objective(wrong)
+    lossy = types.SimpleNamespace(**{**vars(toy_objective), "ROLES": contract.Roles(epochs="rounds", loss=("gamma",))})
+    with pytest.raises(TypeError, match="ROLES.loss = 'gamma', which is not a setting"):
+        contract.objective(lossy)
     rounds = types.SimpleNamespace(**{**vars(toy_objective), "ROLES": None})
     del rounds.ROLES  # the first form, with a Config that has no `epochs`
     with pytest.raises(TypeError, match="a setting 'epochs' \\(or ROLES naming its epoch count\\)"):

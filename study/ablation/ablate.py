@@ -258,7 +258,8 @@ def _plan(name: str, parent: optuna.Study, space: SearchSpace, found: list[Varia
         parent=name, mode="factorial" if ablation.factors else "one-at-a-time", factors=list(ablation.factors),
         baseline=found[0].name, variants={v.name: v.values for v in found}, levels={v.name: v.levels for v in found},
         seeds=seeds, retune=retune, metric=space.study.metric, objective=space.study.objective,
-        dataset=records.StudyRecord.from_study(parent).dataset, split_per_seed=split)
+        dataset=records.StudyRecord.from_study(parent).dataset, split_per_seed=split, loss_settings=roles.loss,
+        step_size=roles.step_size)
 
 
 

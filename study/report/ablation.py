@@ -324,7 +324,7 @@ def _ablation_notes(study: optuna.Study, plan: AblationRecord, table: pd.DataFra
                      + (f" ({', '.join(f'{k} {tables.cell(v)}' for k, v in shared.items())})" if shared else "")
                      + ", tuned for the baseline, so a variant may lose for want of its own (see ablate --retune).")
     if changes_loss(plan):
-        notes.append(loss_confound(retune))
+        notes.append(loss_confound(plan))
     if table.note.notna().any():
         notes.append("Rows marked (constant difference): every seed gave the same non-zero Δ, so the t-test has no "
                      "spread to work with (p and the interval are left empty, and no star): with this few seeds and "
@@ -346,26 +346,30 @@ def _ablation_notes(study: optuna.Study, plan: AblationRecord, table: pd.DataFra
     return notes
 
 
-LOSS_PARAMS = ("loss", "focal_gamma")  # the settings whose change changes the loss function
-
-
 def changes_loss(plan: AblationRecord) -> bool:
-    """Whether some variant (or factor) changes the loss against the baseline."""
+    """Whether some variant (or factor) changes a setting of the loss (the objective's
+    `Roles.loss`, as the plan recorded it) against the baseline."""
+    loss, _ = plan.loss_roles()
     base = plan.variants[plan.baseline]
     if plan.factorial:
-        return any(f in LOSS_PARAMS for f in plan.factors)
-    return any(values.get(p) != base.get(p) for values in plan.variants.values() for p in LOSS_PARAMS)
+        return any(f in loss for f in plan.factors)
+    return any(values.get(p) != base.get(p) for values in plan.variants.values() for p in loss)
 
 
-def loss_confound(retune: Any) -> str:
-    """The caption's sentence on a loss contrast: the loss also sets the effective step size."""
-    text = ("A change of loss also changes the effective step size: focal loss scales the cross-entropy gradient by "
-            "about (1 - p_t)^gamma, so at p_t = 0.9 its gradient is ~3 % of CE's, and at one learning rate the "
-            "effective step sizes differ 5-35x over training.")
-    if retune and retune.get(PARAM) == "lr":
-        return text + " lr was retuned for every variant, which removes most of that confound."
-    return text + (" The learning rate was not retuned per variant, so Δ mixes the loss with the step size; "
-                   "run ablate --retune lr to separate them.")
+def loss_confound(plan: AblationRecord) -> str:
+    """The caption's sentence on a loss contrast: the loss also sets the effective step size
+    (the objective's `Roles.step_size`), unless that was retuned per variant."""
+    _, step = plan.loss_roles()
+    text = ("A change of loss also changes the effective step size: focal loss, for one, scales the cross-entropy "
+            "gradient by about (1 - p_t)^gamma, so at p_t = 0.9 its gradient is ~3 % of CE's, and at one learning "
+            "rate the effective step sizes differ 5-35x over training.")
+    retune = plan.retune
+    if retune and step is not None and retune.get(PARAM) == step:
+        return text + f" {step} was retuned for every variant, which removes most of that confound."
+    if step is None:
+        return text + " Retune the step size per variant (ablate --retune) to separate them."
+    return text + (f" The step size ({step}) was not retuned per variant, so Δ mixes the loss with the step size; "
+                   f"run ablate --retune {step} to separate them.")
 
 
 def _interval_text(table: pd.DataFrame) -> str:
