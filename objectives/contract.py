@@ -281,11 +281,21 @@ class Objective(Protocol):
         name) where set.
     """
 
-    Config: type
-    EMBEDDED_DATASET: str
-    ROLES: Roles
-    CHECKPOINT_KEYS: frozenset[str]
-    METRICS: tuple[str, ...]
+    # read-only (properties): the runner only reads them, and a frozen `Legacy` provides them too
+    @property
+    def Config(self) -> type: ...  # noqa: N802 - the contract's name
+
+    @property
+    def EMBEDDED_DATASET(self) -> str: ...  # noqa: N802 - the contract's name
+
+    @property
+    def ROLES(self) -> Roles: ...  # noqa: N802 - the contract's name
+
+    @property
+    def CHECKPOINT_KEYS(self) -> frozenset[str]: ...  # noqa: N802 - the contract's name
+
+    @property
+    def METRICS(self) -> tuple[str, ...]: ...  # noqa: N802 - the contract's name
 
     def settle(self, possible: Possible, *, embedded: bool) -> Settled: ...
 
@@ -348,4 +358,4 @@ def objective(module: ModuleType) -> Objective:
     lacking = missing(module)
     if lacking:
         raise TypeError(f"it lacks {', '.join(lacking)}")
-    return module if isinstance(module, Objective) else legacy(module)  # type: ignore[return-value]
+    return module if isinstance(module, Objective) else legacy(module)

@@ -194,7 +194,7 @@ def pretrained_normalisation(possible: Possible) -> dict[str, list[float]]:
     fingerprint."""
     if True not in possible("pretrained") or any(possible("norm_mean")):
         return {}
-    found = {weights_normalisation(a) for a in possible("arch") if isinstance(a, str)} - {None}
+    found = {stats for a in possible("arch") if isinstance(a, str) and (stats := weights_normalisation(a)) is not None}
     if len(found) != 1:
         return {}  # no arch with weights, or archs whose weights disagree: the data's own statistics
     mean, std = found.pop()

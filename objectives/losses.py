@@ -52,6 +52,8 @@ class FocalLoss(nn.Module):
     logit dominates (p_t == 1 in floating point).
     """
 
+    alpha: torch.Tensor | None  # a buffer (register_buffer), so it follows the module's device
+
     def __init__(self, gamma: float, alpha: torch.Tensor | None = None) -> None:
         super().__init__()
         if gamma < 0:

@@ -192,7 +192,8 @@ def summarize(confusion: np.ndarray) -> dict[str, float | list[float]]:
     per-class recall of a count matrix; the recall of a class absent from the split is NaN
     (undefined), never 0."""
     cm = np.asarray(confusion, dtype=np.float64)
-    values: dict[str, float | list[float]] = {name: float(REGISTRY[name].confusion(cm)) for name in CONFUSION_METRICS}
+    values: dict[str, float | list[float]] = {  # CONFUSION_METRICS, in its order
+        m.name: float(m.confusion(cm)) for m in REGISTRY.values() if m.confusion is not None}
     values["recall"] = [float(r) for r in recalls(cm)]
     return values
 

@@ -16,6 +16,7 @@ import functools
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlparse
 
 import torch
@@ -178,7 +179,10 @@ def _new_head(old: nn.Module, num_classes: int) -> nn.Module:
     if isinstance(old, nn.Linear):
         return Head(old.in_features, num_classes)
     assert isinstance(old, nn.Conv2d)
-    return ConvHead(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding)
+    # torch types a Conv2d's sizes as tuple[int, ...]; a 2-d convolution's are pairs
+    pair = tuple[int, int]
+    return ConvHead(old.in_channels, num_classes, cast(pair, old.kernel_size), cast(pair, old.stride),
+                    cast("str | pair", old.padding))
 
 
 def head_name(model: nn.Module) -> str:
@@ -258,11 +262,11 @@ def weights_file(arch: str) -> Path:
 
 def missing_weights(archs: Iterable[str]) -> list[Path]:
     """Checkpoint files of `archs` that are neither cached nor downloadable right now."""
-    archs = sorted({a for a in archs if weights_of(a) is not None})
-    missing = [a for a in archs if not weights_file(a).is_file()]
-    if missing and _can_download(weights_of(missing[0]).url):
+    pretrained = {a: w for a in archs if (w := weights_of(a)) is not None}
+    missing = [a for a in sorted(pretrained) if not weights_file(a).is_file()]
+    if missing and _can_download(pretrained[missing[0]].url):
         for arch in missing:
-            weights_of(arch).get_state_dict(progress=True, check_hash=True)
+            pretrained[arch].get_state_dict(progress=True, check_hash=True)
     return [weights_file(a) for a in missing if not weights_file(a).is_file()]
 
 

@@ -190,7 +190,7 @@ def _write_dataset(folder: Path, params: _Params, bar: Bar) -> None:
         jobs += [(folder / f"{image.name}.jpeg", image) for image in images]
     pool = ThreadPoolExecutor(max_workers=max(1, min(_MAX_WORKERS, os.cpu_count() or 1)))
     try:
-        for _ in pool.map(lambda job: _write_image(*job, params.size), jobs):
+        for _ in pool.map(lambda job: _write_image(job[0], job[1], params.size), jobs):
             bar.update(1)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # on an error, do not finish the queue first

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -167,7 +168,9 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
         checkpoint: Checkpointing | None = None) -> FitResult:
     device = runtime.device
     torch.manual_seed(cfg.seed)
-    model = model.to(device, memory_format=torch.channels_last if runtime.channels_last else torch.contiguous_format)
+    # Module.to takes a device and a memory_format together; torch's overloads list them apart
+    model = model.to(device, memory_format=torch.channels_last if runtime.channels_last  # type: ignore[call-overload]
+                     else torch.contiguous_format)
     loss_fn = loss_fn.to(device)
     batches = DeviceBatches(
         splits.train,
@@ -187,12 +190,14 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
         # silently run that function eagerly.
         torch._dynamo.reset()
     # the compiled module shares the parameters, so state dicts stay plain
-    step = torch.compile(model, backend=runtime.compile_backend) if runtime.compile else model
+    # (torch.compile of a Module returns an OptimizedModule, a Module; its stub says only Callable)
+    step = cast(nn.Module, torch.compile(model, backend=runtime.compile_backend)) if runtime.compile else model
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.scales_loss)
     curves: dict[str, list] = {}
     last_saved = time.monotonic()
     best: tuple[float, int, dict[str, torch.Tensor], Evaluation] | None = None
-    optimizer = scheduler = None
+    optimizer: torch.optim.SGD | None = None
+    scheduler: torch.optim.lr_scheduler.StepLR | None = None
     state = checkpoint.resume if checkpoint is not None else None
     first = 1 if state is None else int(state["epoch"]) + 1
     if state is not None:
@@ -210,6 +215,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
                 optimizer.load_state_dict(state["optimizer"])
                 if scheduler is not None:
                     scheduler.load_state_dict(state["scheduler"])
+        assert optimizer is not None  # the first epoch starts a phase
         started = time.perf_counter()
         train_loss, train_acc = _train_epoch(step, loss_fn, batches, optimizer, phase, runtime,
                                              f"epoch {epoch}/{cfg.epochs} {phase}", scaler)
@@ -228,9 +234,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
         }
         for key, value in row.items():
             curves.setdefault(key, []).append(value)
-        score = val.loss if cfg.metric == "loss" else float(val.metrics[cfg.metric])
-        better = best is None or (score > best[0] if cfg.maximize else score < best[0])
-        if better:
+        score = val.loss if cfg.metric == "loss" else _scalar(val.metrics[cfg.metric])
+        if best is None or (score > best[0] if cfg.maximize else score < best[0]):
             weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             best = (score, epoch, weights, val)
         report(epoch, row)
@@ -258,7 +263,14 @@ def freeze_backbone(model: nn.Module, frozen: bool) -> None:
         param.requires_grad_(not frozen or in_head(name, head))
 
 
-def _start_phase(model: nn.Module, phase: str, cfg: FitConfig, *, fused: bool = False):
+def _scalar(value: float | list[float]) -> float:
+    """A metric that picks the best epoch: one number (TrainConfig's metric is never the per-class recall)."""
+    assert not isinstance(value, list), "a per-class metric cannot pick the best epoch"
+    return float(value)
+
+
+def _start_phase(model: nn.Module, phase: str, cfg: FitConfig, *,
+                 fused: bool = False) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.StepLR | None]:
     """Freeze or unfreeze the backbone and build the phase's SGD (`fused`: one kernel that also
     takes a GradScaler's scale and inf check on the device, so scaled steps need no host sync)."""
     freeze_backbone(model, frozen=phase == "fe")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -54,7 +54,7 @@ def open_rgb(source: Path | BinaryIO, name: Path, *, draft: int | None = None) -
             if draft is not None:
                 img.draft("RGB", (draft, draft))
             if img.mode.startswith("I;16"):
-                img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))
+                return Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)).convert("RGB"), size
             return img.convert("RGB"), size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{name}: unreadable or corrupt image ({exc.__class__.__name__}: {exc})") from None
@@ -155,7 +155,7 @@ def content_hash(digests: Sequence[bytes]) -> str:
 def pixels_content(pixels: np.ndarray) -> str:
     """An array dataset's content hash (CIFAR's batches): its shape and pixel bytes, in row order."""
     combined = hashlib.sha256(f"{CONTENT_VERSION}:{pixels.shape}:{pixels.dtype}".encode())
-    combined.update(memoryview(np.ascontiguousarray(pixels)).cast("B"))
+    combined.update(np.ascontiguousarray(pixels).data.cast("B"))
     return f"{CONTENT_VERSION}:{len(pixels)}:{combined.hexdigest()[:32]}"
 
 
@@ -224,7 +224,7 @@ def content_key(paths: Sequence[Path], size: int) -> str:
 def pixels_key(pixels: np.ndarray, size: int) -> str:
     """A hash of an array dataset's pixels and the target size."""
     digest = hashlib.sha256(f"v{CACHE_VERSION}:{size}:{pixels.shape}".encode())
-    digest.update(memoryview(np.ascontiguousarray(pixels)).cast("B"))
+    digest.update(np.ascontiguousarray(pixels).data.cast("B"))
     return f"{digest.hexdigest()[:20]}-{len(pixels)}x{size}px"
 
 
@@ -337,7 +337,7 @@ def cached_channel_stats(images: ImageSet) -> tuple[Triple, Triple]:
         pixels = read_checksum(Path(source)).digest if source else None
     except ValueError:  # no cache file, or another worker is rebuilding it: sum, keep nothing
         pixels = None
-    if pixels is None:
+    if pixels is None or not source:  # (a checksum was read only from a source)
         return channel_stats(images)
     rows = hashlib.sha256(np.ascontiguousarray(images.index, dtype=np.int64).tobytes()).hexdigest()[:16]
     target = Path(source).with_name(f"{Path(source).stem}.stats-{rows}.json")
@@ -371,7 +371,7 @@ def _read_stats(target: Path, pixels: str) -> tuple[Triple, Triple] | None:
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
     if len(mean) == len(std) == 3 and all(np.isfinite(mean + std)) and min(std) > 0:
-        return mean, std  # type: ignore[return-value]
+        return mean, std
     raise ValueError(f"mean {list(mean)}, std {list(std)} are not 3 finite channels")
 
 
@@ -379,4 +379,11 @@ def moments(total: np.ndarray, squares: np.ndarray, count: int) -> tuple[Triple,
     """Per-channel (mean, std) from sums and sums of squares over `count` pixels."""
     mean = total / max(count, 1)
     std = np.sqrt(np.maximum(squares / max(count, 1) - mean**2, 1e-12))
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    return triple(mean), triple(std)
+
+
+def triple(values: Iterable[float]) -> Triple:
+    """Three per-channel values (R, G, B) as floats: the statistics are per channel and a study's
+    fixed constants are checked to be three (`ImageClassifierConfig`)."""
+    r, g, b = (float(v) for v in values)
+    return r, g, b

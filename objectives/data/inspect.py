@@ -77,9 +77,11 @@ def inspect_dataset(root: Path, *, layout: str | None = None, group_by: str = AU
     if files.train.pixels is not None:
         mean, std = channel_stats(ImageSet(files.train.pixels, files.train.labels, np.arange(len(files.train))))
     else:
-        readable = [f for f in facts["train"] if f is not None and f.sums is not None]
-        mean, std = moments(sum((f.sums for f in readable), np.zeros(3)),
-                            sum((f.squares for f in readable), np.zeros(3)), sum(f.pixels for f in readable))
+        readable = [(f.sums, f.squares, f.pixels) for f in facts["train"]  # a decoded image has both sums
+                    if f is not None and f.sums is not None and f.squares is not None]
+        mean, std = moments(sum((sums for sums, _, _ in readable), np.zeros(3)),
+                            sum((squares for _, squares, _ in readable), np.zeros(3)),
+                            sum(pixels for _, _, pixels in readable))
     return Inspection(files, facts, mean, std, problems)
 
 
@@ -119,7 +121,7 @@ def read_facts(path: Path, *, stats: bool) -> ImageFacts | None:
 
 def _duplicates(files: DatasetFiles, facts: dict[str, list[ImageFacts | None]]) -> list[Problem]:
     """Test images whose bytes (or pixels) equal a train image's: a leak, not a stop."""
-    train = {}
+    train: dict[str, int] = {}
     for i, f in enumerate(facts["train"]):
         if f is not None and f.digest:
             train.setdefault(f.digest, i)
@@ -151,9 +153,9 @@ def render(result: Inspection) -> list[str]:
     lines.append(f"{'split':<6} {'class':<{width}} {'images':>7} {'share':>7}")
     for split, table in files.tables():
         valid = (table.labels >= 0) & (table.labels < len(names))
-        counts = np.bincount(table.labels[valid], minlength=len(names))
+        per_class = np.bincount(table.labels[valid], minlength=len(names))
         total = max(len(table), 1)
-        rows = [(name, int(n)) for name, n in zip(names, counts)]
+        rows = [(name, int(n)) for name, n in zip(names, per_class)]
         if (~valid).any():
             rows.append(("(out of range)", int((~valid).sum())))
         for name, n in rows:

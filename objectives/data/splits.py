@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from objectives.data.decode import cached_channel_stats, combine_contents, decode_table_hashed
+from objectives.data.decode import cached_channel_stats, combine_contents, decode_table_hashed, triple
 from objectives.data.types import AUTO, NO_GROUPS, DatasetFiles, ImageSet, ImageTable, Manifest, Splits
 from objectives.errors import InputError
 from objectives.progress import SILENT, Bar
@@ -41,8 +41,8 @@ def group_ids(names: Sequence[str], group_by: str) -> np.ndarray | None:
     if group_by == NO_GROUPS or not names:
         return None
     if group_by == AUTO:
-        found = [AUTO_PATTERN.match(n) for n in names]
-        return np.asarray([m.group(1) for m in found], dtype=object) if all(found) else None
+        ids = [m.group(1) for m in (AUTO_PATTERN.match(n) for n in names) if m is not None]
+        return np.asarray(ids, dtype=object) if len(ids) == len(names) else None
     try:
         pattern = re.compile(group_by)
     except re.error as exc:
@@ -56,7 +56,7 @@ def group_ids(names: Sequence[str], group_by: str) -> np.ndarray | None:
     if misses:
         raise InputError(f"group_by {group_by!r} matches only {len(names) - len(misses)} of {len(names)} image names; "
                          f"e.g. {misses[0]!r} does not match")
-    return np.asarray([m.group(1) for m in found], dtype=object)
+    return np.asarray([m.group(1) for m in found if m is not None], dtype=object)  # no misses left
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,8 +115,8 @@ def load_splits(
         train=train,
         val=ImageSet(train_images, files.train.labels, val_idx),
         test=ImageSet(test_images, files.test.labels, np.arange(len(files.test.labels))),
-        mean=tuple(float(m) for m in mean),
-        std=tuple(float(s) for s in std),
+        mean=triple(mean),
+        std=triple(std),
         class_names=files.class_names,
         manifest=split_manifest(files, val_idx),
         content_hash=combine_contents([train_content, test_content]),
