@@ -143,12 +143,13 @@ def _ablation_study(name: str | optuna.Study, storage: StorageArg,
     from objectives.errors import InputError
     from study.records import ABLATION_SUFFIX, AblationValues
 
-    study = name
     if isinstance(name, str):
         try:
             study = open_study(name if name.endswith(ABLATION_SUFFIX) else name + ABLATION_SUFFIX, storage, results)
         except InputError:  # not a parent with a default-named ablation: the name itself must be one
             study = open_study(name, storage, results)
+    else:
+        study = name
     plan = AblationValues.from_study(study)
     if plan is None:
         raise InputError(f"{study.study_name} is not an ablation study (made by `study ablate`)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import matplotlib
 import numpy as np
@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 DPI = 100
 COLORS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+Target = TypeVar("Target", Path, BinaryIO)  # where a figure's PNG goes (a file name or a binary stream), returned
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def row_labels(confusion: Sequence[Sequence[int]], class_names: Sequence[str]) -
 
 
 def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[str], title: str,
-                     path: Path | BinaryIO) -> Path | BinaryIO:
+                     path: Target) -> Target:
     """A row-normalised confusion matrix, values to 2 decimals, class names on both axes and
     each true row's n on the vertical one; PNG to `path` (a file name or a binary stream)."""
     k = len(class_names)
@@ -66,7 +67,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[s
     return path
 
 
-def curves_figure(lines: Sequence[Curve], metric: str, path: Path | BinaryIO) -> Path | BinaryIO:
+def curves_figure(lines: Sequence[Curve], metric: str, path: Target) -> Target:
     """Train accuracy and the validation metric per epoch for labelled trials; the FE/FT boundary
     is a dotted vertical line, pruned trials are dashed; PNG to `path` (a file name or a stream)."""
     rows = (len(lines) + 2) // 3  # legend rows under the axes

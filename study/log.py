@@ -49,7 +49,7 @@ class StderrHandler(logging.StreamHandler):
         self.setFormatter(OneLine())
 
     @property
-    def stream(self) -> TextIO:  # type: ignore[override]
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter

@@ -98,6 +98,13 @@ def retry_attempts(trial: FrozenTrial) -> int:
     history = trial.system_attrs.get(RETRY_HISTORY)
     return (len(history) if isinstance(history, list) else 0) + 1
 
+
+def complete_value(trial: FrozenTrial) -> float:
+    """A COMPLETE trial's objective value: Optuna types `FrozenTrial.value` as optional because
+    only a complete trial has one."""
+    assert trial.value is not None, f"trial {trial.number} has no value (state {trial.state.name})"
+    return float(trial.value)
+
 # (`study.predictions` writes and reads them: compressed, chunked arrays the dashboard never lists)
 PREDICTIONS = "predictions"  # trial: predictions:<split> header, predictions:<split>:<i> chunks
 PREDICTION_ROWS = "prediction_rows"  # study: prediction_rows:<rows>:<split> header, ...:<i> chunks
@@ -207,7 +214,10 @@ class TrialRecord:
         """The recorded 95 % test interval of `metric` (``recall_<c>`` per class), None where the
         trial has none (an older run) or the metric has none."""
         try:  # a stored record is not trusted: anything but two numbers reads as none
-            low, high = interval_bounds(self.test_intervals).get(metric)
+            bounds = interval_bounds(self.test_intervals).get(metric)
+            if bounds is None:
+                return None
+            low, high = bounds
             return float(low), float(high)
         except (AttributeError, TypeError, ValueError):
             return None
@@ -383,7 +393,7 @@ class StudyRecord:
         return SPACE_HASH in study.user_attrs
 
     def write(self, study: optuna.Study) -> None:
-        attrs = {
+        attrs: dict[str, Any] = {
             SPACE_HASH: self.space_hash,
             SPACE_FILE: self.space_file,
             SPACE_TEXT: self.space_text,

@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import SupportsFloat
 
 import pandas as pd
 
@@ -39,7 +40,7 @@ def cell(value: object, digits: int = 4) -> str:
     return str(value)
 
 
-def metric(value: object, signed: bool = False) -> str:
+def metric(value: SupportsFloat | None, signed: bool = False) -> str:
     """A metric (or a difference of metrics) at the page's one precision, NaN/None as a dash."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or pd.isna(value):
         return DASH

@@ -144,7 +144,8 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
     split = bool(plan.split_per_seed)  # as the plan recorded it (the same objective: checked above)
     configs = {v.name: {**session.prep.space.fixed, **session.prep.space.pinned, **v.values} for v in found}
     if plan.retune is not None:
-        picked = {}
+        assert tuned_param is not None  # a plan retunes only what --retune asks for (_check_same_plan)
+        picked: dict[str, int | float | None] = {}
         for variant in found:
             if not tuned_param.active(configs[variant.name]):
                 picked[variant.name] = None  # e.g. focal_gamma of a cross-entropy variant: nothing to tune
@@ -172,11 +173,11 @@ def run_ablation(name: str, ablation: AblationOptions, opts: RunOptions, out: Ou
     sampler = optuna.samplers.GridSampler(
         {records.VARIANT: [v.name for v in found], records.SEED: list(plan.seeds)}, seed=0
     )
-    objective = _AblationObjective(study, configs, list(plan.seeds), split, session.trainer)
-    session.optimize(study, objective, target=target,
+    cells = _AblationObjective(study, configs, list(plan.seeds), split, session.trainer)
+    session.optimize(study, cells, target=target,
                      sampler=sampler, pruner=_pruner(session), timeout=_left(deadline),
                      max_failures=None)  # a failed cell (nan_loss) is a result; an environment error still stops
-    _rerun_infrastructure(session, study, objective, _left(deadline))
+    _rerun_infrastructure(session, study, cells, _left(deadline))
     session.summary(study)
     return study
 
@@ -304,6 +305,7 @@ class _RetuneObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         low, high = min(self.candidates), max(self.candidates)
+        value: int | float
         if self.param.is_int:
             value = trial.suggest_int(self.param.name, int(low), int(high))
         else:
@@ -351,7 +353,7 @@ def retune_results(study: optuna.Study, param: str, retune: Mapping[str, Any]) -
         if param in t.params and records.TUNE_SEED in t.params and t.state.is_finished():
             key = (t.params[param], t.params[records.TUNE_SEED])
             if t.state == TrialState.COMPLETE or key not in values:
-                values[key] = float(t.value) if t.state == TrialState.COMPLETE else float("nan")
+                values[key] = records.complete_value(t) if t.state == TrialState.COMPLETE else float("nan")
     seeds = retune[records.TUNING_SEEDS]
     return {c: [values.get((c, s), float("nan")) for s in seeds] for c in retune[records.CANDIDATES]}
 

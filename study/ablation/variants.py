@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from objectives.errors import InputError
 from study import tables
-from study.records import TrialRecord
+from study.records import TrialRecord, complete_value
 from study.spaces import registry
 from study.spaces.space import Param, SearchSpace
 
@@ -106,16 +106,17 @@ def variants(space: SearchSpace, parent: optuna.Study, factors: Sequence[str] | 
     fallback = _fallback_values(space, parent)
     base = _conditioned(space, {p.name: best.params[p.name] for p in space.params if p.name in best.params}, fallback)
     if factors:
-        unknown = [f for f in factors if space.param(f) is None or space.param(f).choices is None]
+        choices = {f: p.choices for f in factors if (p := space.param(f)) is not None and p.choices is not None}
+        unknown = [f for f in factors if f not in choices]
         if unknown:
             categorical = [p.name for p in space.params if p.choices is not None]
             raise InputError(
                 f"--factors {','.join(unknown)}: not categorical parameters of the space ({', '.join(categorical)})"
             )
         reference = {f: base.get(f, fallback[f]) for f in factors}
-        combos = sorted(itertools.product(*(space.param(f).choices for f in factors)),
+        combos = sorted(itertools.product(*(choices[f] for f in factors)),
                         key=lambda combo: combo != tuple(reference[f] for f in factors))
-        found = []
+        found: list[Variant] = []
         for combo in combos:
             levels = dict(zip(factors, combo))
             values = _conditioned(space, {**base, **levels}, fallback)
@@ -222,7 +223,7 @@ def _fallback_values(space: SearchSpace, parent: optuna.Study) -> dict[str, Any]
     choice / the lower bound."""
     maximize = parent.direction == optuna.study.StudyDirection.MAXIMIZE
     ranked = sorted(
-        (t for t in parent.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=maximize
+        (t for t in parent.trials if t.state == TrialState.COMPLETE), key=complete_value, reverse=maximize
     )
     fallback = {}
     for param in space.params:

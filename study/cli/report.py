@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from study import paths, records, storage, tables
 from study.cli.common import add_storage, storage_of
+
+if TYPE_CHECKING:  # optuna is imported when the command runs
+    import optuna
 
 
 def formats(text: str) -> list[str]:
@@ -43,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     where = storage_of(args, must_exist=True)
     store = storage.open_storage(where, existing=True)
     study = storage.load_study(args.name, store)
+    ablation: optuna.Study | None
     if args.ablation is not None:
         ablation = storage.load_study(args.ablation, store)
     else:

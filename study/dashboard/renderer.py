@@ -14,18 +14,18 @@ import pickle
 import struct
 import sys
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 HEADER = struct.Struct("<?Q")  # ok flag, payload length
 
 
-def send(stream: BinaryIO, ok: bool, payload: bytes) -> None:
+def send(stream: IO[bytes], ok: bool, payload: bytes) -> None:
     stream.write(HEADER.pack(ok, len(payload)))
     stream.write(payload)
     stream.flush()
 
 
-def receive(stream: BinaryIO) -> tuple[bool, bytes] | None:
+def receive(stream: IO[bytes]) -> tuple[bool, bytes] | None:
     """One message, or None at the end of the stream."""
     head = stream.read(HEADER.size)
     if len(head) < HEADER.size:

@@ -45,9 +45,14 @@ _log = get_logger(__name__)
 PLACEHOLDER = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                             "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082")
 class ArtifactStore(Protocol):
-    """What Optuna's artifact stores (file system, S3, GCS) offer: writing an artifact's bytes."""
+    """What Optuna's artifact stores (file system, S3, GCS) offer (`upload_artifact` takes one);
+    the pages only write an artifact's bytes."""
+
+    def open_reader(self, artifact_id: str) -> BinaryIO: ...
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None: ...
+
+    def remove(self, artifact_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -189,21 +194,25 @@ class TrialPages:
             atexit.register(self.close)
 
     def _drain(self) -> None:
-        renderer: subprocess.Popen | None = None
+        renderer: subprocess.Popen[bytes] | None = None
         try:
             while (job := self._jobs.get()) is not None:
                 study, storage, page, ids = job
                 try:
-                    if ids and (renderer is None or renderer.poll() is not None):
-                        renderer = _start_renderer()
-                    for kind, artifact_id in ids.items():
-                        self.artifacts.write(artifact_id, io.BytesIO(_render(renderer, kind, page)))
+                    if ids:  # figures were attached, so there is a store (`attach`)
+                        if renderer is None or renderer.poll() is not None:
+                            renderer = _start_renderer()
+                        artifacts = self.artifacts
+                        assert artifacts is not None
+                        for kind, artifact_id in ids.items():
+                            artifacts.write(artifact_id, io.BytesIO(_render(renderer, kind, page)))
                     save_note(study, storage, page.number, note(page))
                 except Exception as exc:  # noqa: BLE001 - see attach
                     self._warn(page, exc)
         finally:
             if renderer is not None:
-                renderer.stdin.close()
+                if renderer.stdin is not None:  # (always: the renderer's stdin is a pipe)
+                    renderer.stdin.close()
                 renderer.wait()
 
     def _warn(self, page: Page, exc: BaseException) -> None:
@@ -212,7 +221,7 @@ class TrialPages:
         _log.warning("%s", text)
 
 
-def _start_renderer() -> subprocess.Popen:
+def _start_renderer() -> subprocess.Popen[bytes]:
     """`study.dashboard.renderer` in a child process, importable from wherever this `study` package is."""
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -220,12 +229,14 @@ def _start_renderer() -> subprocess.Popen:
                             stdout=subprocess.PIPE, env=env)
 
 
-def _render(renderer: subprocess.Popen, kind: str, page: Page) -> bytes:
+def _render(renderer: subprocess.Popen[bytes], kind: str, page: Page) -> bytes:
     """One figure's PNG from the renderer process."""
+    stdin, stdout = renderer.stdin, renderer.stdout
+    assert stdin is not None and stdout is not None  # `_start_renderer` opens both pipes
     fields = {"number": page.number, "state": page.state, "metric": page.metric, "curves": dict(page.curves),
               "confusion": page.confusion, "class_names": list(page.class_names)}
-    renderer_send(renderer.stdin, True, pickle.dumps((kind, fields)))
-    answer = renderer_receive(renderer.stdout)
+    renderer_send(stdin, True, pickle.dumps((kind, fields)))
+    answer = renderer_receive(stdout)
     if answer is None:
         raise RuntimeError(f"the figure renderer exited with code {renderer.wait()}")
     ok, payload = answer

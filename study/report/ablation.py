@@ -23,6 +23,7 @@ from study.records import (
     VARIANT,
     AblationRecord,
     TrialRecord,
+    complete_value,
     is_trial_failure,
 )
 from study.report import ablation_intervals, stats
@@ -172,7 +173,7 @@ def ablation_frame(study: optuna.Study) -> pd.DataFrame:
                              kind="stable").reset_index(drop=True)
 
 
-def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, tables.Caption]:
     """The ablation study's raw rows (`ablation_frame`), the wide table a reader sees (per
     variant: mean ± std and delta [95 % CI] of the headline metrics, a * where `starred`; a
     `failed` column where some variant has failed seeds, so a table without failures keeps its
@@ -205,7 +206,7 @@ def ablation_table(study: optuna.Study) -> tuple[pd.DataFrame, pd.DataFrame, str
 
 def _ablation_value(trial: FrozenTrial, metric: str) -> float:
     if metric.startswith("val_"):
-        return float(trial.value)
+        return complete_value(trial)
     return float(TrialRecord.from_trial(trial).test_metrics.get(metric.removeprefix("test_"), np.nan))
 
 

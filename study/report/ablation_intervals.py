@@ -55,8 +55,8 @@ def test_replicates(study: optuna.Study, trials: Mapping[str, Mapping[int, Froze
     None when a trial lacks its test predictions or the trials disagree on the test rows (then no
     shared resample exists)."""
     loaded: dict[str, dict[int, Predictions]] = {}
-    for arm, by_seed in trials.items():
-        for seed, trial in by_seed.items():
+    for arm, arm_trials in trials.items():
+        for seed, trial in arm_trials.items():
             found = read_predictions(study, trial, "test")
             if found is None:
                 return None

@@ -134,10 +134,10 @@ def build_report(
         elif not any(t.state == TrialState.COMPLETE for t in ablation.get_trials(deepcopy=False)):
             sections.append(f"## Ablation study\n\n{ablation.study_name} has no complete trial yet.\n")
         else:
-            table, display, caption = ablation_table(ablation)
-            files += tables.write(table, display, out / "ablation_study", formats, caption)
-            sections.append("## Ablation study\n\n" + caption.text + "\n\n" + tables.markdown(display)
-                            + caption.markdown_notes())
+            table, display, ablation_caption = ablation_table(ablation)
+            files += tables.write(table, display, out / "ablation_study", formats, ablation_caption)
+            sections.append("## Ablation study\n\n" + ablation_caption.text + "\n\n" + tables.markdown(display)
+                            + ablation_caption.markdown_notes())
             section, written = write_ablation_endpoints(ablation, layout.endpoints, out, formats)
             files += written
             sections.append(section)
@@ -276,11 +276,13 @@ def _settings_section(study: optuna.Study, record: StudyRecord, storage_label: s
 
 def _history_figure(study: optuna.Study, path: Path) -> Path:
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ax = optuna.visualization.matplotlib.plot_optimization_history(study)
     fig = ax.figure
+    assert isinstance(fig, Figure)  # Optuna draws on a figure of its own, never a SubFigure
     fig.set_size_inches(7, 4)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -280,8 +281,8 @@ def ablation_endpoint_frame(study: optuna.Study, by_arm: Mapping[str, Mapping[in
             for arm in runs:
                 full = {s: v[figure][0] for s, v in values[arm].items()}
                 summary = stats.summarize(full)
-                row = {"variant": arm, "endpoint": endpoint.name, "level": level, "figure": name, "n": summary.n,
-                       "mean": summary.mean, "std": summary.std}
+                row: dict[str, Any] = {"variant": arm, "endpoint": endpoint.name, "level": level, "figure": name,
+                                       "n": summary.n, "mean": summary.mean, "std": summary.std}
                 if arm != baseline:
                     seeds = sorted(set(full) & set(values[baseline]))
                     diff = np.array([values[arm][s][figure][0] - values[baseline][s][figure][0] for s in seeds])

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from study.figures import COLORS, DPI
+from study.figures import COLORS, DPI, Target
 from study.report.calibration import ReliabilityPoint
 from study.report.endpoints import EndpointResult, LevelResult, SplitPredictions, is_positive, per_patient, score
 
@@ -51,7 +49,7 @@ def _bar(at: float, low: float, high: float) -> list[list[float]]:
     return [[length(at - low)], [length(high - at)]]
 
 
-def roc_figure(test: SplitPredictions, result: EndpointResult, title: str, path: Path | BinaryIO) -> Path | BinaryIO:
+def roc_figure(test: SplitPredictions, result: EndpointResult, title: str, path: Target) -> Target:
     """ROC curves of `result.endpoint` on `test`, per image (solid) and per patient (dashed),
     each operating point where its validation threshold lands on test, with 95 % error bars
     (sensitivity up, 1 - specificity across)."""
@@ -89,7 +87,7 @@ def roc_figure(test: SplitPredictions, result: EndpointResult, title: str, path:
 
 
 def reliability_figure(series: Sequence[tuple[str, Sequence[ReliabilityPoint]]], title: str,
-                       path: Path | BinaryIO) -> Path | BinaryIO:
+                       path: Target) -> Target:
     """A reliability diagram: per labelled series (top label, each endpoint's score), observed
     frequency against mean predicted probability per equal-mass bin, the marker's area growing
     with the bin's images; the diagonal is perfect calibration (below it: overconfident)."""

@@ -10,6 +10,7 @@ effect. Only seeds present in both arms are paired.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -181,8 +182,8 @@ def factorial_contrast_cells(factors: Sequence[str], levels: Mapping[str, Sequen
         for level in levels[factor]:
             if level != reference[factor]:
                 found.append(FactorialContrast(
-                    f"main:{factor}={level}", lambda cell, index=index, level=level: cell[index] == level,
-                    lambda cell, index=index, base=reference[factor]: cell[index] == base))
+                    f"main:{factor}={level}", functools.partial(_at_level, index=index, level=level),
+                    functools.partial(_at_level, index=index, level=reference[factor])))
     for (i, f), (j, g) in itertools.combinations(enumerate(factors), 2):
         if len(levels[f]) != 2 or len(levels[g]) != 2:
             continue
@@ -190,9 +191,19 @@ def factorial_contrast_cells(factors: Sequence[str], levels: Mapping[str, Sequen
         f1 = next(level for level in levels[f] if level != f0)
         g1 = next(level for level in levels[g] if level != g0)
         found.append(FactorialContrast(
-            f"interaction:{f} x {g}", lambda c, i=i, j=j, same=((f1, g1), (f0, g0)): (c[i], c[j]) in same,
-            lambda c, i=i, j=j, crossed=((f1, g0), (f0, g1)): (c[i], c[j]) in crossed, interaction=True))
+            f"interaction:{f} x {g}", functools.partial(_pair_in, i=i, j=j, pairs=((f1, g1), (f0, g0))),
+            functools.partial(_pair_in, i=i, j=j, pairs=((f1, g0), (f0, g1))), interaction=True))
     return found
+
+
+def _at_level(cell: Cell, *, index: int, level: Any) -> bool:
+    """Whether factor `index` of `cell` is at `level` (a main effect's arm or its reference)."""
+    return cell[index] == level
+
+
+def _pair_in(cell: Cell, *, i: int, j: int, pairs: tuple[tuple[Any, Any], ...]) -> bool:
+    """Whether factors `i` and `j` of `cell` are one of `pairs` (an interaction's same or crossed cells)."""
+    return (cell[i], cell[j]) in pairs
 
 
 def _marginal(cells: Mapping[Cell, PerSeed], member: Any, weight: float = 1.0) -> dict[int, float]:

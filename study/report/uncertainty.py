@@ -100,7 +100,8 @@ def batched_metrics(confusions: np.ndarray) -> dict[str, np.ndarray]:
     cm = np.asarray(confusions, dtype=np.float64)
     if cm.ndim == 2:
         cm = cm[None]
-    found = {name: metrics.REGISTRY[name].confusion(cm) for name in metrics.CONFUSION_METRICS}
+    found = {  # CONFUSION_METRICS, in its order
+        m.name: m.confusion(cm) for m in metrics.REGISTRY.values() if m.confusion is not None}
     return {**found, "recall": metrics.recalls(cm)}
 
 
@@ -126,7 +127,7 @@ def bca_interval(estimate: float, replicates: np.ndarray, jackknife: np.ndarray,
     dropped = len(replicates) - len(defined)
     if not len(defined) or math.isnan(estimate):
         return Interval(float(estimate), math.nan, math.nan, "bca", len(replicates), dropped)
-    below = (np.count_nonzero(defined < estimate) + 0.5 * np.count_nonzero(defined == estimate)) / len(defined)
+    below: float = (np.count_nonzero(defined < estimate) + 0.5 * np.count_nonzero(defined == estimate)) / len(defined)
     below = min(max(below, 0.5 / len(defined)), 1 - 0.5 / len(defined))
     z0 = _NORMAL.inv_cdf(below)
     jack = np.asarray(jackknife, dtype=np.float64)
@@ -189,4 +190,5 @@ def interval_record(intervals: dict[str, Interval], seed: int, level: float = LE
     }
 
 
-test_intervals.__test__ = False  # a function named test_*: pytest must not collect it where it is imported
+# a function named test_*: pytest must not collect it where it is imported (setattr: mypy types no function attributes)
+setattr(test_intervals, "__test__", False)

@@ -14,6 +14,7 @@ feedback.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,7 @@ def whatif_view(frame: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def write_whatif(study: optuna.Study, metric: str, out: Path, formats: list[str] | tuple[str, ...]
+def write_whatif(study: optuna.Study, metric: str, out: Path, formats: Sequence[str]
                  ) -> tuple[str, list[Path]]:
     """The report's "Pruning what-if" section and `pruning_whatif.*`, or one line saying why not."""
     settings = dataclasses.replace(pilot_settings(StudyRecord.from_study(study)),

@@ -39,16 +39,16 @@ class CatchUpPruner(optuna.pruners.BasePruner):
         step = trial.last_step
         if step is None or step < self.n_warmup_steps:
             return False
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _finite(t.value)]
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        complete = [(t.value, t.intermediate_values) for t in trials if t.value is not None and _finite(t.value)]
         if len(complete) < self.n_startup_trials:
             return False
         sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-        gains = [sign * (t.value - t.intermediate_values[step]) for t in complete
-                 if _finite(t.intermediate_values.get(step))]
+        gains = [sign * (value - steps[step]) for value, steps in complete if _finite(steps.get(step))]
         own = [sign * v for s, v in trial.intermediate_values.items() if s <= step and _finite(v)]
         if not gains or not own:
             return False
-        best = max(sign * t.value for t in complete)
+        best = max(sign * value for value, _ in complete)
         return max(own) + max(gains) < best
 
 

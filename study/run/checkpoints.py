@@ -60,8 +60,10 @@ def resume_state(record: TrialRecord, folder: Path, writer: TrialWriter, reporte
     A checkpoint that names another study or trial (copied, planted, or saved before checkpoints
     named their owner) is not loaded: `weights_only` keeps code out, not someone else's weights."""
     origin = record.origin
-    path = checkpoint_file(folder, origin) if origin is not None else None
-    if path is None or not path.is_file():
+    if origin is None:
+        return None
+    path = checkpoint_file(folder, origin)
+    if not path.is_file():
         return None
     state, damage = read_checkpoint(path, keys)
     if state is None:

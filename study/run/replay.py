@@ -32,7 +32,7 @@ import dataclasses
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import optuna
 from optuna.trial import TrialState
@@ -137,9 +137,10 @@ def replay_order(curves: Sequence[Curve], record: Mapping[str, Any], order: Sequ
                  metric: str = "kappa", direction: str = "maximize") -> OrderResult:
     """Run the rule of pruner `record` (`pruner_record`) over `curves` in `order` (curve indices;
     trial n is ``curves[order[n]]``), as a sequential live study named `study_name` would."""
+    # Optuna types `direction` as the two names' Literal and checks a str itself (ValueError)
     study = optuna.create_study(study_name=study_name, storage=optuna.storages.InMemoryStorage(),
-                                direction=direction, sampler=optuna.samplers.RandomSampler(seed=0),
-                                pruner=build_pruner(record))
+                                direction=cast(Literal["minimize", "maximize"], direction),
+                                sampler=optuna.samplers.RandomSampler(seed=0), pruner=build_pruner(record))
     feed = pruner_feed(record, direction)
     maximize = direction == "maximize"
     stopped: dict[int, int] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +72,7 @@ class Reporter:
         self.curves: dict[str, list] = {}
         self.fine_tuning: list[float] = []  # the raw FT values reported so far, oldest first
 
-    def replay(self, epoch: int, row: dict[str, Any]) -> None:
+    def replay(self, epoch: int, row: Mapping[str, Any]) -> None:
         """Record an epoch trained by an earlier attempt of this trial, without pruning."""
         for key, value in row.items():
             self.curves.setdefault(key, []).append(value)
@@ -82,7 +82,7 @@ class Reporter:
             self.fine_tuning.append(float(row[f"val_{self.metric}"]))
             self.trial.report(self.feed.value(self.fine_tuning), step=step)
 
-    def __call__(self, epoch: int, row: dict[str, Any]) -> None:
+    def __call__(self, epoch: int, row: Mapping[str, Any]) -> None:
         self.replay(epoch, row)
         if may_prune(epoch, self.fe_epochs, self.epochs) and self.trial.should_prune():
             value = float(row[f"val_{self.metric}"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Literal, cast
 
 import optuna
 import torch
@@ -40,7 +41,7 @@ class Session:
         runtime: Runtime | None = None,
     ) -> None:
         self.prep = prep
-        self.data = data
+        self._data = data
         self.out = out
         self._store = store
         self._heartbeat = heartbeat
@@ -61,6 +62,16 @@ class Session:
         provide_data(prep, out)
         session.data = load_data(prep, out)
         return session
+
+    @property
+    def data(self) -> DataCache:
+        """The decoded data; `open` loads it only after its `check`, which must not need it."""
+        assert self._data is not None, "the session's data is loaded after its check"
+        return self._data
+
+    @data.setter
+    def data(self, value: DataCache) -> None:
+        self._data = value
 
     @property
     def store(self) -> optuna.storages.BaseStorage:
@@ -229,7 +240,9 @@ def adopt(store: optuna.storages.BaseStorage, name: str, direction: str | optuna
     direction = direction_name(direction)
     if name not in storage.study_names(store):
         try:
-            return optuna.create_study(study_name=name, storage=store, direction=direction)
+            # Optuna types `direction` as the two names' Literal and checks a str itself (ValueError)
+            return optuna.create_study(study_name=name, storage=store,
+                                       direction=cast(Literal["minimize", "maximize"], direction))
         except optuna.exceptions.DuplicatedStudyError:
             pass  # another worker created it a moment ago: load and check it like any other
     study = optuna.load_study(study_name=name, storage=store)

@@ -141,7 +141,8 @@ def parse(doc: Mapping[str, Any], values: Mapping[str, tuple[Any, ...] | None]) 
     for factor, named in labels.items():
         if factor not in values:
             raise ValueError(f".labels: {factor!r} is not a setting in [fixed] or [space]")
-        texts = None if values[factor] is None else {value_text(v) for v in values[factor]}
+        choices = values[factor]
+        texts = None if choices is None else {value_text(v) for v in choices}
         for value, label in named.items():
             if texts is not None and value not in texts:
                 raise ValueError(f".labels.{factor}: {value!r} is not a value of {factor} ({', '.join(sorted(texts))})")

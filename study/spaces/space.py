@@ -333,9 +333,10 @@ class SearchSpace:
             other = self.param(name)
             if other is None:
                 return None
-            forced = self._conditions(other, {**forced, name: needed})
-            if forced is None:
+            deeper = self._conditions(other, {**forced, name: needed})
+            if deeper is None:
                 return None
+            forced = deeper
         return forced
 
     def _values_at(self, forced: Mapping[str, Any], pick: str, defaults: Mapping[str, Any]) -> dict[str, Any]:

@@ -114,7 +114,8 @@ def load_space_text(text: str, path: Path, name: str | None = None, *, direction
         raise SpaceError(f"{where}: [study] needs objective = \"<module in objectives/>\"")
     if made_by is not None:
         study_doc = {**study_doc, "objective": made_by}
-    legacy = SCHEMA1_OBJECTIVES.get(study_doc.get("objective")) if schema == 1 or made_by else None
+    named = study_doc.get("objective")
+    legacy = SCHEMA1_OBJECTIVES.get(named) if (schema == 1 or made_by) and named is not None else None
     if schema >= 2 and not made_by and study_doc.get("objective") in SCHEMA1_OBJECTIVES:
         old = study_doc["objective"]
         raise SpaceError(f"{where}: [study].objective = {old!r} is a schema-1 objective; with schema = {schema} write "
@@ -218,8 +219,9 @@ def _parse_param(name: str, spec: Any, where: str, fixed: Mapping[str, Any], ear
     for other, value in when.items():
         if other not in known and other not in fixed:
             raise SpaceError(f"{at}: when names unknown parameter {other!r} (it must come earlier in the file)")
-        if other in known and known[other].choices is not None and value not in known[other].choices:
-            raise SpaceError(f"{at}: when {other} = {value!r}, but {other} takes only {list(known[other].choices)}")
+        allowed = known[other].choices if other in known else None
+        if allowed is not None and value not in allowed:
+            raise SpaceError(f"{at}: when {other} = {value!r}, but {other} takes only {list(allowed)}")
     conditions = tuple(when.items())
     if "choices" in spec:
         _only(spec, CHOICE_KEYS, at, "key")
