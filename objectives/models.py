@@ -16,7 +16,7 @@ import functools
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -44,17 +44,18 @@ class ConvNet(nn.Module):
         return self.fc(self.classifier(self.pool(self.features(x))))
 
 
-class _Float32:
+class _Float32(nn.Module):
     """Computes its layer in float32 even inside an autocast region, so the logits and every metric
-    taken from their argmax are not rounded to bf16 or fp16."""
+    taken from their argmax are not rounded to bf16 or fp16. Mixed in before the layer (`Head`,
+    `ConvHead`), whose own `forward` is what `super()` reaches."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # bf16 keeps 8 bits of mantissa: rounded logits flip the argmax of images near a tie,
         # and this one small layer is a negligible share of a step
         if not torch.amp.is_autocast_available(x.device.type):  # the meta device (`size_problem`)
-            return super().forward(x.float())  # type: ignore[misc]
+            return super().forward(x.float())
         with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x.float())  # type: ignore[misc]
+            return super().forward(x.float())
 
 
 class Head(_Float32, nn.Linear):
@@ -142,7 +143,7 @@ def build_model(arch: str, num_classes: int, *, pretrained: bool, seed: int | No
     return model
 
 
-def _build(arch: str, weights: WeightsEnum | None, **kwargs) -> nn.Module:
+def _build(arch: str, weights: WeightsEnum | None, **kwargs: Any) -> nn.Module:
     """torchvision's builder (or our own), returning plain logits in train mode as in eval mode."""
     if arch in OWN:
         return OWN[arch]()

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ from objectives.models import head_name, in_head
 from objectives.progress import BarFactory, no_bar
 
 Report = Callable[[int, Mapping[str, float | str]], None]
-CompileBackend = str | Callable  # a torch.compile backend: "inductor", "eager", or a callable (dynamo's test counters)
+# a torch.compile backend: "inductor", "eager", or a callable (dynamo's test counters)
+CompileBackend = str | Callable[..., Any]
 
 
 class Diverged(RuntimeError):
@@ -79,7 +80,7 @@ class Runtime:
     bar: BarFactory = field(default=no_bar)
 
     @classmethod
-    def for_device(cls, device: torch.device, **kwargs) -> Runtime:
+    def for_device(cls, device: torch.device, **kwargs: Any) -> Runtime:
         """channels_last everywhere (NHWC is how batches arrive; README, Performance), autocast on
         CUDA in the dtype `autocast_dtype` picks for the GPU."""
         dtype = autocast_dtype(torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
@@ -116,7 +117,7 @@ class Evaluation:
     confusion: list[list[int]]
     probabilities: np.ndarray | None = field(default=None, compare=False, repr=False)
 
-    def checkpointed(self) -> dict:
+    def checkpointed(self) -> dict[str, Any]:
         """The checkpoint form: plain fields, probabilities as a float16 tensor (a weights-only
         `torch.load` reads tensors, not numpy arrays; float16 halves a big split's share)."""
         plain = {"loss": self.loss, "metrics": self.metrics, "confusion": self.confusion}
@@ -125,7 +126,7 @@ class Evaluation:
         return plain
 
     @classmethod
-    def from_checkpoint(cls, state: Mapping) -> Evaluation:
+    def from_checkpoint(cls, state: Mapping[str, Any]) -> Evaluation:
         """An `Evaluation` from `checkpointed` (or an older checkpoint without probabilities)."""
         probabilities = state.get("probabilities")
         if probabilities is not None:
@@ -141,7 +142,7 @@ class FitResult:
     `weights`: the pretrained weights the model started from (`objectives.models.weights_name`:
     torchvision's DEFAULT of an arch can change between versions), None from scratch."""
 
-    curves: dict[str, list]
+    curves: dict[str, list[Any]]
     best_epoch: int
     val: Evaluation
     test: Evaluation
@@ -159,8 +160,8 @@ class Checkpointing:
     most `every_s` seconds of training plus one epoch.
     """
 
-    save: Callable[[dict], None]
-    resume: dict | None = None
+    save: Callable[[dict[str, Any]], None]
+    resume: dict[str, Any] | None = None
     every_s: float = 0.0
 
 
@@ -193,7 +194,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, splits: Splits, cfg: FitConfig, ru
     # (torch.compile of a Module returns an OptimizedModule, a Module; its stub says only Callable)
     step = cast(nn.Module, torch.compile(model, backend=runtime.compile_backend)) if runtime.compile else model
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.scales_loss)
-    curves: dict[str, list] = {}
+    curves: dict[str, list[Any]] = {}
     last_saved = time.monotonic()
     best: tuple[float, int, dict[str, torch.Tensor], Evaluation] | None = None
     optimizer: torch.optim.SGD | None = None
@@ -292,7 +293,8 @@ def _set_train_mode(model: nn.Module, phase: str) -> None:
                 module.eval()
 
 
-def _train_epoch(model, loss_fn, batches: DeviceBatches, optimizer, phase: str, runtime: Runtime, desc: str,
+def _train_epoch(model: nn.Module, loss_fn: nn.Module, batches: DeviceBatches, optimizer: torch.optim.Optimizer,
+                 phase: str, runtime: Runtime, desc: str,
                  scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
     """One pass over the training set; sums stay on the device until the epoch ends (one sync).
     `scaler` scales the loss of fp16 steps (a disabled one, or None, leaves steps as they are)."""

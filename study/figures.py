@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import matplotlib
 import numpy as np
@@ -28,7 +28,7 @@ class Curve:
     """One trial's per-epoch curves (its ``curves`` user attr) under a legend label."""
 
     label: str
-    curves: Mapping[str, list]
+    curves: Mapping[str, list[Any]]
     pruned: bool = False
 
 

@@ -41,7 +41,7 @@ class OneLine(logging.Formatter):
         return text
 
 
-class StderrHandler(logging.StreamHandler):
+class StderrHandler(logging.StreamHandler[TextIO]):
     """A StreamHandler on `sys.stderr` as it is when a record is written (like `logging.lastResort`)."""
 
     def __init__(self) -> None:

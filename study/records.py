@@ -164,7 +164,7 @@ class TrialRecord:
     value: float | None
     params: Mapping[str, Any]
     config: Mapping[str, Any]
-    curves: Mapping[str, list]
+    curves: Mapping[str, list[Any]]
     best_epoch: int | None
     val_metrics: Mapping[str, Any]
     test_metrics: Mapping[str, Any]
@@ -241,7 +241,7 @@ class TrialRecord:
                     row[f"{split}_{metric}"] = _number(value)
         return {**row, **self._interval_columns()}
 
-    def _class_labels(self, values: list) -> list[str]:
+    def _class_labels(self, values: list[Any]) -> list[str]:
         """A per-class list's column suffixes: the class names, or indices where they do not fit."""
         names = self.class_names
         return [str(c) for c in names] if len(names) == len(values) else [str(i) for i in range(len(values))]
@@ -278,7 +278,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _list(value: Any) -> list:
+def _list(value: Any) -> list[Any]:
     """A stored list, or [] where the key is missing or holds something else."""
     return value if isinstance(value, list) else []
 
@@ -310,7 +310,7 @@ class TrialWriter:
         if split_hash is not None:
             self.trial.set_user_attr(SPLIT_HASH, split_hash)
 
-    def curves(self, curves: Mapping[str, list]) -> None:
+    def curves(self, curves: Mapping[str, list[Any]]) -> None:
         self.trial.set_user_attr(CURVES, curves)
 
     def weights(self, name: str) -> None:
@@ -319,7 +319,7 @@ class TrialWriter:
     def resumed(self, trial: int, epoch: int) -> None:
         self.trial.set_user_attr(RESUMED_FROM, {"trial": trial, "epoch": epoch})
 
-    def result(self, seconds: float, curves: Mapping[str, list], best_epoch: int,
+    def result(self, seconds: float, curves: Mapping[str, list[Any]], best_epoch: int,
                evaluations: Mapping[str, tuple[float, Mapping[str, Any], list[list[int]]]]) -> None:
         """The trained trial: its time, curves, best epoch, and per split (loss, metrics, confusion)."""
         self.trial.set_user_attr(SECONDS, seconds)

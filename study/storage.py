@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy.exc
@@ -272,7 +273,7 @@ def open_storage(where: str | Resolved | BaseStorage, *, heartbeat: int = HEARTB
         return open_journal(where, reading=read_only or existing)
     path = sqlite_file(url)
     target = with_driver(url)
-    engine_kwargs: dict = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
+    engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else {"pool_pre_ping": True}
     if read_only or existing:
         target = _read_only_target(where, path)
         if path is not None and not read_only:

@@ -42,14 +42,23 @@ from objectives.data.layouts import (
 )
 from objectives.data.splits import (
     TEST_SPLIT_SEED,
-    Manifest,
     group_ids,
     grouped_split,
     load_splits,
     split_manifest,
     stratified_split,
 )
-from objectives.data.types import AUTO, NO_GROUPS, DatasetFiles, ImageSet, ImageTable, Problem, Splits, file_table
+from objectives.data.types import (
+    AUTO,
+    NO_GROUPS,
+    DatasetFiles,
+    ImageSet,
+    ImageTable,
+    Manifest,
+    Problem,
+    Splits,
+    file_table,
+)
 
 __all__ = [
     "AUTO", "CACHE_VERSION", "DR_CLASS_NAMES", "EMBEDDED", "LAYOUTS", "NO_GROUPS", "TEST_SPLIT_SEED",

@@ -29,6 +29,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from objectives.atomic import atomic_write_text
 
@@ -143,13 +144,13 @@ def verify_fd(fd: int, expected: Checksum) -> str | None:
     return None
 
 
-def seal(payload: dict) -> str:
+def seal(payload: dict[str, Any]) -> str:
     """`payload` as JSON with its own CRC32 added under ``crc32`` (see `unseal`)."""
     body = json.dumps(payload, sort_keys=True)
     return json.dumps({**payload, ALGORITHM: zlib.crc32(body.encode())}, sort_keys=True)
 
 
-def unseal(text: str) -> dict:
+def unseal(text: str) -> dict[str, Any]:
     """The payload `seal` wrote; ValueError when the text is not JSON, has no checksum or does not match it."""
     try:
         saved = json.loads(text)

@@ -15,6 +15,7 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -243,13 +244,13 @@ class _BatchUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),
     }
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         return super().find_class(module, name)
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path) -> dict[Any, Any]:
     try:
         with open(path, "rb") as handle:
             loaded = _BatchUnpickler(handle, encoding="bytes").load()
@@ -260,7 +261,7 @@ def _unpickle(path: Path) -> dict:
     return loaded
 
 
-def _field(batch: dict, key: str, path: Path):
+def _field(batch: dict[Any, Any], key: str, path: Path) -> Any:
     for candidate in (key.encode(), key):
         if candidate in batch:
             return batch[candidate]

@@ -72,8 +72,8 @@ from study.ablation.variants import (
     text,
     variants,
 )
+from study.exits import TrialsFailing
 from study.records import AblationRecord
-from study.run.loop import TrialsFailing
 from study.run.options import RunOptions
 from study.run.output import Output
 from study.run.samplers import make_pruner

@@ -8,7 +8,7 @@ import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from objectives.errors import InputError
 from study import log, storage
@@ -27,7 +27,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         add_verbosity(self)
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(self.prog, message)
 
 

@@ -72,7 +72,7 @@ class Page:
     val: Mapping[str, Any] = field(default_factory=dict)
     test: Mapping[str, Any] = field(default_factory=dict)
     reason: str | None = None
-    curves: Mapping[str, list] = field(default_factory=dict)
+    curves: Mapping[str, list[Any]] = field(default_factory=dict)
     confusion: Sequence[Sequence[int]] | None = None
     class_names: Sequence[str] = ()
     seconds: float | None = None

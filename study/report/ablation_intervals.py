@@ -94,7 +94,7 @@ def paired_interval(replicates: Replicates, arm: str, reference: str, *, maximiz
     return _contrast(pair, share)
 
 
-def factorial_intervals(replicates: Replicates, cells: Mapping[tuple, str], factors: Sequence[str],
+def factorial_intervals(replicates: Replicates, cells: Mapping[tuple[Any, ...], str], factors: Sequence[str],
                         levels: Mapping[str, Sequence[Any]], reference: Mapping[str, Any]) -> dict[str, stats.Contrast]:
     """Main effects and 2x2 interactions (`contrasts.factorial_contrasts`) with intervals over seeds
     and patients; `cells` maps a cell's levels to its arm name. Seeds every cell finished only."""

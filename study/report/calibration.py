@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from study.report.endpoints import (
-    Endpoint,
     Interval,
     SplitPredictions,
     compact,
@@ -35,6 +34,7 @@ from study.report.endpoints import (
     resample_weights,
     score,
 )
+from study.spaces.report_layout import Endpoint
 
 BINS = 15
 

@@ -212,7 +212,8 @@ def write_clinical(study: optuna.Study, picked: Mapping[str, FrozenTrial], wante
     return "\n".join(parts), files
 
 
-def _reliability_series(item: TrialEvidence, wanted: Sequence[Endpoint]):
+def _reliability_series(item: TrialEvidence,
+                        wanted: Sequence[Endpoint]) -> list[tuple[str, list[calibration.ReliabilityPoint]]]:
     p, labels = item.test.probabilities.astype(np.float64), item.test.labels
     confidence, correct = calibration.top_label(p, labels)
     series = [("top label", calibration.reliability_points(confidence, correct))]
@@ -223,7 +224,7 @@ def _reliability_series(item: TrialEvidence, wanted: Sequence[Endpoint]):
     return series
 
 
-def _interval(name: str, found) -> dict[str, float | str]:
+def _interval(name: str, found: endpoints.Interval) -> dict[str, float | str]:
     return {name: found.estimate, f"{name}_low": found.low, f"{name}_high": found.high, f"{name}_method": found.method}
 
 

@@ -205,7 +205,7 @@ def _bins(values: pd.Series) -> pd.Series:
 
 def _ordered_levels(levels: pd.Series) -> list[str]:
     seen = list(dict.fromkeys(levels.astype(str)))
-    def key(text: str):
+    def key(text: str) -> tuple[int, float | str]:
         try:
             return (0, float(text.strip("[]").split(",")[0]))
         except ValueError:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -174,7 +175,7 @@ def test_intervals(probabilities: np.ndarray, labels: np.ndarray, groups: np.nda
     return out
 
 
-def interval_record(intervals: dict[str, Interval], seed: int, level: float = LEVEL) -> dict:
+def interval_record(intervals: dict[str, Interval], seed: int, level: float = LEVEL) -> dict[str, Any]:
     """What a trial stores (`records.TEST_INTERVALS`): JSON-able bounds by metric, and how they
     were made (NaN bounds, a recall never defined, stored as None)."""
     def finite(x: float) -> float | None:

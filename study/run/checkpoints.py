@@ -27,7 +27,7 @@ def checkpoint_owner(study_name: str, number: int) -> dict[str, Any]:
     return {"study": study_name, "trial": number}
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Atomically (`objectives.atomic`): a kill mid-write leaves the previous epoch's. Through a
     Python file, so a full or read-only disk raises OSError (torch's own writer of a path raises
     a RuntimeError, which would pass for the trial's failure, `failures.is_environment`)."""
@@ -35,7 +35,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
         torch.save(state, file)
 
 
-def read_checkpoint(path: Path, keys: Collection[str]) -> tuple[dict | None, str]:
+def read_checkpoint(path: Path, keys: Collection[str]) -> tuple[dict[str, Any] | None, str]:
     """(the checkpoint at `path`, "") or (None, why not): it does not load (truncated, not a
     checkpoint) or lacks one of `keys` (the objective's `CHECKPOINT_KEYS`: what its `run` resumes
     from) or what the runner replays (`objectives.contract.RESUMES_FROM`)."""
@@ -54,7 +54,7 @@ def read_checkpoint(path: Path, keys: Collection[str]) -> tuple[dict | None, str
 
 
 def resume_state(record: TrialRecord, folder: Path, writer: TrialWriter, reporter: Reporter,
-                 study_name: str, keys: Collection[str]) -> dict | None:
+                 study_name: str, keys: Collection[str]) -> dict[str, Any] | None:
     """The checkpoint of the attempt this trial re-runs, with its epochs re-reported to Optuna so
     the pruner and the curves continue where that attempt stopped; None to start at epoch 1.
     A checkpoint that names another study or trial (copied, planted, or saved before checkpoints

@@ -69,7 +69,7 @@ class Reporter:
         self.fe_epochs = fe_epochs
         self.epochs = epochs
         self.feed = feed
-        self.curves: dict[str, list] = {}
+        self.curves: dict[str, list[Any]] = {}
         self.fine_tuning: list[float] = []  # the raw FT values reported so far, oldest first
 
     def replay(self, epoch: int, row: Mapping[str, Any]) -> None:

@@ -141,7 +141,7 @@ def _keep_predictions(study: optuna.Study, trial: optuna.Trial, splits: Any, res
     return record
 
 
-def _save(own: Path, spent: list[Path], owner: dict[str, Any], state: dict) -> None:
+def _save(own: Path, spent: list[Path], owner: dict[str, Any], state: dict[str, Any]) -> None:
     """Save this attempt's checkpoint, marked with the study and trial it belongs to; the one it
     resumed from (a heartbeat retry's or an interrupted trial's origin, ~300 MB for a ResNet50) is
     then superseded and deleted."""

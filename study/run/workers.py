@@ -78,7 +78,7 @@ def worker_gpus(count: int, gpus: Sequence[str]) -> list[str]:
     return [gpus[i % len(gpus)] for i in range(count)] if gpus else []
 
 
-def supervise(count: int, start: Callable[[int], subprocess.Popen], out: Output, *,
+def supervise(count: int, start: Callable[[int], subprocess.Popen[bytes]], out: Output, *,
               max_restarts: int = MAX_WORKER_RESTARTS, poll_s: float = 0.5) -> list[int]:
     """Run workers 0 .. `count` - 1 (`start(i)` starts worker i) until all have exited; one that
     stops on a CUDA error (exit code `CUDA_ERROR_EXIT`) is replaced by a fresh process, at most

@@ -405,7 +405,7 @@ def _build(config_cls: type, values: Mapping[str, Any]) -> Any:
 
 def _resolve_bound(bound: int | float | str | None, values: Mapping[str, Any]) -> int | float:
     if not isinstance(bound, str):
-        return bound  # type: ignore[return-value]
+        return bound  # type: ignore[return-value]  # None only for a categorical parameter, which has no bounds
     match = _BOUND.match(bound)
     assert match, bound
     base = values[match.group(1)]
