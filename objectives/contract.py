@@ -346,7 +346,8 @@ def legacy(module: ModuleType) -> Legacy:
 
     names = settings(module.Config)
     named = {role: getattr(CLASSIFIER_ROLES, role) for role in NAMED_ROLES if role != "epochs"}
-    roles = Roles(**{role: name if name in names else None for role, name in named.items()},
+    present: dict[str, Any] = {role: name if name in names else None for role, name in named.items()}  # optional roles
+    roles = Roles(**present,
                   loss=tuple(n for n in CLASSIFIER_ROLES.loss if n in names),
                   step_size=CLASSIFIER_ROLES.step_size if CLASSIFIER_ROLES.step_size in names else None)
     return Legacy(module, roles, CHECKPOINT_KEYS, ("loss", *CONFUSION_METRICS))
