@@ -1,11 +1,14 @@
-"""Shared fixtures: small real datasets written as JPEG files, a TORCH_HOME with checkpoint files
-made here, a runner for the real CLI in a subprocess, and one real study (`made`) that every
-test of `report` and `ablate` reads instead of training its own."""
+"""Shared fixtures: small real datasets written as files (the DR lab's JPEGs, CIFAR-10 batches,
+ImageFolder trees), a TORCH_HOME with checkpoint files made here, a runner for the real CLI in a
+subprocess, and one real study (`made`) that every test of `report` and `ablate` reads instead of
+training its own. It serves both layers, tests/unit and tests/e2e, and checks at collection that
+the folder and the `slow` marker agree."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +25,7 @@ from objectives.data import Augment
 from objectives.train import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def class_image(label: int, size: int, rng: np.random.Generator) -> Image.Image:
@@ -52,6 +56,51 @@ def dr_labels(n: int, seed: int = 0) -> list[int]:
     rng = np.random.default_rng(seed)
     labels = list(rng.choice(5, size=n - 10, p=[0.73, 0.07, 0.15, 0.025, 0.025])) + [0, 1, 2, 3, 4] * 2
     return [int(x) for x in rng.permutation(labels)]
+
+
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar(parent: Path, per_batch: int = 20, seed: int = 0, protocol: int = 2) -> Path:
+    """A small ``cifar-10-batches-py`` in the real format: pickled dicts with bytes keys (as
+    Python 2's cPickle wrote them), 'data' a (N, 3072) uint8 array, R then G then B planes."""
+    root = parent / "cifar-10-batches-py"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = [int(x) for x in rng.integers(0, 10, per_batch)]
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                 b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)]}
+        with open(root / name, "wb") as handle:
+            pickle.dump(batch, handle, protocol=protocol)
+    meta = {b"num_cases_per_batch": per_batch, b"label_names": [n.encode() for n in CIFAR_NAMES], b"num_vis": 3072}
+    with open(root / "batches.meta", "wb") as handle:
+        pickle.dump(meta, handle, protocol=protocol)
+    return root
+
+
+def write_imagefolder(root: Path, counts: dict[str, int], split: str = "train", size: int = 24, seed: int = 0) -> Path:
+    """PNG (RGB, grayscale, RGBA) and JPEG files in split/<class>/, plus a file to ignore."""
+    rng = np.random.default_rng(seed)
+    for label, (name, n) in enumerate(counts.items()):
+        folder = root / split / name
+        folder.mkdir(parents=True)
+        for i in range(n):
+            img = class_image(label, size, rng)
+            kind = i % 4
+            if kind == 0:
+                img.save(folder / f"{i}.png")
+            elif kind == 1:
+                img.convert("L").save(folder / f"{i}.png")
+            elif kind == 2:
+                rgba = img.convert("RGBA")
+                rgba.putalpha(128)
+                rgba.save(folder / f"{i}.png")
+            else:
+                img.save(folder / f"{i}.jpg", quality=90)
+        (folder / "notes.txt").write_text("not an image")
+    return root
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ from objectives.train import Runtime
 from study.spaces import registry
 from study.spaces.space import build_config
 
-from conftest import run_cli
-from test_layouts import CIFAR_NAMES, write_cifar
+from conftest import CIFAR_NAMES, run_cli, write_cifar
 
 
 def load(results: Path, name: str) -> optuna.Study:

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from study.run.replay import CANDIDATES, orders, replay, unpruned_pick
 
-FIXTURES = Path(__file__).parent / "fixtures" / "pruning_curves"
+from conftest import FIXTURES, ROOT
+
+CURVES = FIXTURES / "pruning_curves"
 REGIMES = ("fundus", "digits")
 ORDERS = 12
 
@@ -21,7 +22,7 @@ ORDERS = 12
 @pytest.fixture(scope="module")
 def bench():
     """benchmarks/pruning.py, imported as the script imports its helpers."""
-    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    folder = str(ROOT / "benchmarks")
     sys.path.insert(0, folder)
     try:
         import pruning
@@ -33,7 +34,7 @@ def bench():
 
 @pytest.fixture(scope="module", params=REGIMES)
 def pool(request, bench):
-    return bench.Pool.from_doc(json.loads((FIXTURES / f"{request.param}.json").read_text()), "A0")
+    return bench.Pool.from_doc(json.loads((CURVES / f"{request.param}.json").read_text()), "A0")
 
 
 def test_the_committed_pools_are_real_runs_with_their_command(pool):

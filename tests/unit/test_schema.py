@@ -17,7 +17,9 @@ from study.spaces.schema1 import REFERABLE_DR, SCHEMA1_OBJECTIVES
 from study.spaces.space import SpaceError, build_config, config_defaults
 from study.spaces.space_file import load_space, load_space_text
 
-RECIPE2 = Path(__file__).parent / "fixtures" / "recipe2_study" / "recipe2.toml"
+from conftest import FIXTURES
+
+RECIPE2 = FIXTURES / "recipe2_study" / "recipe2.toml"
 RECIPE2_FINGERPRINT = "f63dadc571738629"  # what its study recorded, computed by the commit that made it (0795b6c)
 
 # The shipped studies as schema-1 text, as the studies made from them recorded it (search_spaces/*.toml

@@ -12,8 +12,7 @@ from objectives.data.splits import group_ids, grouped_split
 from objectives.errors import InputError
 from objectives.progress import no_bar
 
-from conftest import class_image, write_dr_lab
-from test_layouts import write_cifar
+from conftest import class_image, write_cifar, write_dr_lab
 
 GRADE_MIX = [0.73, 0.07, 0.15, 0.025, 0.025]
 

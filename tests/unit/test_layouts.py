@@ -21,28 +21,7 @@ from objectives.data import (
 )
 from objectives.errors import InputError
 
-from conftest import class_image
-
-CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def write_cifar(parent: Path, per_batch: int = 20, seed: int = 0, protocol: int = 2) -> Path:
-    """A small ``cifar-10-batches-py`` in the real format: pickled dicts with bytes keys (as
-    Python 2's cPickle wrote them), 'data' a (N, 3072) uint8 array, R then G then B planes."""
-    root = parent / "cifar-10-batches-py"
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        labels = [int(x) for x in rng.integers(0, 10, per_batch)]
-        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                 b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)]}
-        with open(root / name, "wb") as handle:
-            pickle.dump(batch, handle, protocol=protocol)
-    meta = {b"num_cases_per_batch": per_batch, b"label_names": [n.encode() for n in CIFAR_NAMES], b"num_vis": 3072}
-    with open(root / "batches.meta", "wb") as handle:
-        pickle.dump(meta, handle, protocol=protocol)
-    return root
+from conftest import CIFAR_NAMES, write_cifar, write_imagefolder
 
 
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
@@ -78,29 +57,6 @@ def test_cifar_errors_are_one_line(tmp_path: Path):
         find_dataset(root)
     with pytest.raises(InputError, match="the data has 10 classes .* the study expects 5"):
         find_dataset(write_cifar(tmp_path / "other"), num_classes=5)
-
-
-def write_imagefolder(root: Path, counts: dict[str, int], split: str = "train", size: int = 24, seed: int = 0) -> Path:
-    """PNG (RGB, grayscale, RGBA) and JPEG files in split/<class>/, plus a file to ignore."""
-    rng = np.random.default_rng(seed)
-    for label, (name, n) in enumerate(counts.items()):
-        folder = root / split / name
-        folder.mkdir(parents=True)
-        for i in range(n):
-            img = class_image(label, size, rng)
-            kind = i % 4
-            if kind == 0:
-                img.save(folder / f"{i}.png")
-            elif kind == 1:
-                img.convert("L").save(folder / f"{i}.png")
-            elif kind == 2:
-                rgba = img.convert("RGBA")
-                rgba.putalpha(128)
-                rgba.save(folder / f"{i}.png")
-            else:
-                img.save(folder / f"{i}.jpg", quality=90)
-        (folder / "notes.txt").write_text("not an image")
-    return root
 
 
 def test_imagefolder_with_png_grayscale_rgba_holds_out_a_test_split(tmp_path: Path):

@@ -9,8 +9,7 @@ import pytest
 from objectives.data.inspect import inspect_dataset, render
 from objectives.progress import no_bar
 
-from conftest import dr_labels, run_cli
-from test_layouts import write_cifar, write_imagefolder
+from conftest import dr_labels, run_cli, write_cifar, write_imagefolder
 
 
 @pytest.mark.slow

@@ -21,11 +21,7 @@ from study.run.options import RunOptions
 from study.run.output import Output
 from study.spaces.space_file import load_space
 
-from conftest import ANALYSIS_SPACE
-
-# the shared study's space, with focal_alpha too (coupled with focal_gamma when the loss changes)
-SPACE = ANALYSIS_SPACE + 'focal_alpha = { choices = ["none", "inverse_frequency"], when = { loss = "focal" } }\n'
-
+from support import BEST, SPACE, parent_study, stored_parent
 
 # ---------------------------------------------------------------- statistics
 
@@ -127,39 +123,10 @@ def test_factorial_main_effects_and_interaction_per_seed_then_paired():
 # ---------------------------------------------------------------- seeds, labels, retune candidates
 
 
-def parent_study(rows, *, direction="maximize"):
-    """An in-memory parent: each row (params, value, config seed) as a complete trial."""
-    study = optuna.create_study(direction=direction)
-    dists = {
-        "arch": CategoricalDistribution(["resnet18", "resnet50"]),
-        "pretrained": CategoricalDistribution([True, False]),
-        "fe_epochs": IntDistribution(0, 1),
-        "lr": FloatDistribution(1e-3, 5e-2, log=True),
-        "loss": CategoricalDistribution(["ce", "focal"]),
-        "focal_gamma": FloatDistribution(0.0, 3.0),
-        "focal_alpha": CategoricalDistribution(["none", "inverse_frequency"]),
-    }
-    for params, value, seed in rows:
-        study.add_trial(create_trial(params=params, distributions={k: dists[k] for k in params}, value=value,
-                                     user_attrs={"config": {**params, "seed": seed, "split_seed": 0}}))
-    return study
-
-
 @pytest.fixture
 def space(tmp_path):
     (tmp_path / "tiny.toml").write_text(SPACE)
     return load_space(tmp_path / "tiny.toml")
-
-
-BEST = {
-    "arch": "resnet18",
-    "pretrained": True,
-    "fe_epochs": 1,
-    "lr": 0.01,
-    "loss": "focal",
-    "focal_gamma": 2.1,
-    "focal_alpha": "none",
-}
 
 
 def test_labels_name_every_coupled_change(space):
@@ -215,19 +182,6 @@ def test_retune_candidates_and_refusals(space):
         variants.retune_param(space, "loss")
     with pytest.raises(InputError, match="at least 3 seeds"):
         ablate.AblationOptions(seeds=2)
-
-
-def stored_parent(tmp_path, space_text=SPACE):
-    """A parent study in a SQLite file, recorded as `run` records it (its space, file and seeds)."""
-    (tmp_path / "tiny.toml").write_text(space_text)
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    parent = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
-    parent.set_user_attr("space_file", str(tmp_path / "tiny.toml"))
-    parent.set_user_attr("space_text", space_text)
-    parent.set_user_attr("space_hash", "recorded")
-    for trial in parent_study([(BEST, 0.8, 3)]).trials:
-        parent.add_trial(trial)
-    return url
 
 
 def study_names(url):

@@ -2,7 +2,6 @@
 carry recorded curves: every candidate replayed over the study's own unpruned curves, and one line
 saying why not for a pruned study or too small a pilot."""
 
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -12,6 +11,8 @@ from study.records import CURVES, PRUNER, StudyRecord
 from study.report import whatif
 from study.run.replay import CANDIDATES
 from study.spaces.space import StudySettings
+
+from conftest import ROOT
 
 
 def pilot(pruner, n=14, epochs=9, seed=0):
@@ -56,7 +57,7 @@ def test_a_pruned_study_or_a_small_pilot_gets_one_line_saying_why_not(tmp_path):
 def test_a_pilot_on_the_embedded_data_is_judged_by_the_settings_it_ran_with():
     """The demo (no --data) runs with [embedded]'s startup_trials = 2, not the file's 4: a 10-trial
     demo pilot is 5 x startup_trials, enough for the what-if; on the user's data the file's 4 hold."""
-    text = (Path(__file__).resolve().parents[1] / "search_spaces" / "dr_focal.toml").read_text()
+    text = (ROOT / "search_spaces" / "dr_focal.toml").read_text()
     embedded = whatif.pilot_settings(StudyRecord(space_text=text, dataset="synthetic-fundus"))
     own = whatif.pilot_settings(StudyRecord(space_text=text, dataset="/data/dr"))
     assert (embedded.startup_trials, own.startup_trials) == (2, 4)

@@ -42,10 +42,9 @@ from study.run.session import Session
 from study.run.trainer import SearchObjective
 from study.spaces.space_file import load_space
 
-from conftest import fit_cfg, repo_env
+from conftest import ROOT, fit_cfg, repo_env
 
 CPU = torch.device("cpu")
-ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (these run where one is lent)")
 
 
@@ -546,7 +545,7 @@ def test_compile_builds_a_bounded_number_of_graphs_per_trial_and_never_hits_the_
 @pytest.fixture
 def bench():
     """benchmarks/common.py and gpu_throughput.py, imported as the scripts import them."""
-    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    folder = str(ROOT / "benchmarks")
     sys.path.insert(0, folder)
     try:
         import gpu_throughput

@@ -18,8 +18,7 @@ from optuna.trial import TrialState, create_trial
 import study
 from objectives.errors import InputError
 
-FIXTURES = Path(__file__).parent / "fixtures"
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import FIXTURES, ROOT
 
 
 def _record(kappa: float, state: TrialState = TrialState.COMPLETE, **extra) -> dict:

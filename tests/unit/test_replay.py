@@ -26,9 +26,11 @@ from study.run.reporter import Feed, Reporter
 from study.run.samplers import build_pruner, make_pruner, pruner_feed, pruner_record, pruner_settings
 from study.spaces.space import SpaceError, StudySettings
 from study.spaces.space_file import load_space_text
-from tests.test_pruning import run_scripted
 
-FIXTURE = Path(__file__).parent / "fixtures" / "pruning_curves" / "synthetic.json"
+from conftest import FIXTURES
+from support import run_scripted
+
+FIXTURE = FIXTURES / "pruning_curves" / "synthetic.json"
 NAME = "dr_focal"  # the live study's name: Hyperband's brackets depend on it
 
 
@@ -306,7 +308,7 @@ def test_replay_is_cheap(curves):
 def test_a_run_feeds_the_best_so_far_and_keeps_the_raw_curves(tmp_path: Path, dr_dir: Path):
     """Through the real trainer: `--pruner asha` over a TOML's feed records both, Optuna stores
     the best-so-far loss as the intermediate values, and the curves keep the raw losses."""
-    from tests.conftest import run_cli
+    from conftest import run_cli
 
     space = tmp_path / "feed.toml"
     space.write_text(

@@ -15,6 +15,8 @@ from study import cli, log, records
 from study.cli.common import verbosity_of
 from study.run.output import Output
 
+from conftest import ROOT
+
 WARNING = "study: warning: the study's recorded report endpoints are unreadable; none are reported\n"
 
 
@@ -118,7 +120,7 @@ def test_dashboard_still_imports_no_torch():
     code = ("import sys; from study import cli; from study.cli import dashboard; "
             "import study.dashboard.server, study.dashboard.trial_pages, study.log; "
             "cli.build_parser().parse_args(['dashboard', 's', '-v']); assert 'torch' not in sys.modules, 'torch'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_run_workers_are_started_with_the_commands_verbosity(tmp_path):
@@ -130,7 +132,7 @@ def test_run_workers_are_started_with_the_commands_verbosity(tmp_path):
         log.configure(log.VERBOSE)
         command = workers.worker_command(tmp_path / "o.json", 0)
     assert command[-1] == "-v" and workers.worker_command(tmp_path / "o.json", 0)[-1] == "0"
-    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 74 and "study: debug: what ended the command:" in done.stderr  # -v reached it
     assert done.stderr.splitlines()[-1].startswith("study: error: No such file or directory")
 
@@ -150,6 +152,6 @@ def test_a_damaged_file_warning_from_objectives_is_the_same_line_and_q_silences_
     code = ("import sys; from objectives.atomic import report_damaged; report_damaged('x', 'bad', 'again'); "
             "assert 'study' not in sys.modules")  # on their own, objectives print the same line
     alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                           cwd=Path(__file__).resolve().parents[1])
+                           cwd=ROOT)
     assert alone.returncode == 0, alone.stderr
     assert alone.stderr == "study: warning: x is damaged (bad); again\n"

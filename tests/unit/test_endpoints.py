@@ -8,13 +8,15 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-from test_space import write
 
 from study.report import endpoints as ep
 from study.report.endpoints import Endpoint, SplitPredictions
 from study.spaces.report_layout import ReportLayout
 from study.spaces.space import SpaceError
 from study.spaces.space_file import load_space
+
+from conftest import ROOT
+from support import write
 
 REFERABLE = Endpoint("referable", (2, 3, 4))
 
@@ -244,9 +246,9 @@ def test_endpoints_are_parsed_recorded_and_read_back(tmp_path: Path):
     named = GOOD.replace("num_classes = 5", 'class_names = ["none", "mild", "moderate"]')
     space = load_space(write(tmp_path, named + '[report.endpoints]\nany = { positive = ["mild", "moderate"] }\n'))
     assert space.report.endpoints == (Endpoint("any", (1, 2)),)
-    shipped = load_space(Path(__file__).parent.parent / "search_spaces" / "dr_focal.toml")
+    shipped = load_space(ROOT / "search_spaces" / "dr_focal.toml")
     assert shipped.report.endpoints == (REFERABLE,) and shipped.fixed["num_classes"] == 5
-    assert load_space(Path(__file__).parent.parent / "search_spaces" / "cifar_loss.toml").report.endpoints == ()
+    assert load_space(ROOT / "search_spaces" / "cifar_loss.toml").report.endpoints == ()
 
 
 @pytest.mark.parametrize("table, message", [

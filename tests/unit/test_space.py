@@ -1,5 +1,4 @@
 import dataclasses
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,8 @@ from study.spaces import registry
 from study.spaces.report_layout import ReportLayout
 from study.spaces.space import SpaceError, build_config, parse_value
 from study.spaces.space_file import load_space
+
+from support import write
 
 
 def sample(space, n=30, seed=0):
@@ -94,12 +95,6 @@ epochs = 3
 lr = { low = 1e-3, high = 1e-1, log = true }
 loss = { choices = ["ce", "focal"] }
 """
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "s.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 @pytest.mark.parametrize(

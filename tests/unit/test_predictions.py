@@ -20,7 +20,8 @@ from objectives.models import build_model
 from objectives.train import Evaluation, Runtime, fit
 from study import predictions as pr
 from study.records import predictions_key, rows_key
-from tests.conftest import class_image, fit_cfg
+
+from conftest import class_image, fit_cfg
 
 
 def _storage(tmp_path: Path, kind: str):
@@ -155,7 +156,8 @@ def test_cli_run_stores_predictions_and_intervals_readable_from_the_storage_alon
     from study.api import load_trials
     from study.predictions import read_predictions
     from study.records import TEST_INTERVALS
-    from tests.conftest import run_cli
+
+    from conftest import run_cli
 
     data = _grouped_dr(tmp_path / "dr", patients=40, seed=1)
     results = tmp_path / "results"

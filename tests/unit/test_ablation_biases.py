@@ -15,7 +15,6 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
-from test_ablation_stats import stored_parent
 
 import objectives.image_classifier
 from objectives import contract, metrics
@@ -32,6 +31,7 @@ from study.spaces.space import SpaceError
 from study.spaces.space_file import load_space_text
 
 from conftest import ANALYSIS_SPACE
+from support import stored_parent
 
 # ---------------------------------------------------------------- the metric registry
 
