@@ -31,7 +31,7 @@ from study.spaces.space import SpaceError
 from study.spaces.space_file import load_space_text
 
 from conftest import ANALYSIS_SPACE
-from support import stored_parent
+from support.ablation import stored_parent
 
 # ---------------------------------------------------------------- the metric registry
 

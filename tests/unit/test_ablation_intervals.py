@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 from study.report import ablation as ablation_report
 from study.report import ablation_intervals, stats
 
-from support import ablation_with_predictions
+from support.ablation import ablation_with_predictions
 
 
 def test_test_deltas_cover_seeds_and_patients():

@@ -21,7 +21,7 @@ from study.run.options import RunOptions
 from study.run.output import Output
 from study.spaces.space_file import load_space
 
-from support import BEST, SPACE, parent_study, stored_parent
+from support.ablation import BEST, SPACE, parent_study, stored_parent
 
 # ---------------------------------------------------------------- statistics
 

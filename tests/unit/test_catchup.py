@@ -11,7 +11,7 @@ from study.run.catchup import CatchUpPruner
 from study.run.samplers import build_pruner, pruner_record
 from study.spaces.space import StudySettings
 
-from support import run_scripted
+from support.pruning import run_scripted
 
 FLAT_THEN_JUMP = [0.05, 0.1, 0.1, 0.7, 0.75, 0.75]  # the from-scratch fundus shape: flat, then a late jump
 SMOOTH = [0.5, 0.6, 0.65, 0.68, 0.7, 0.7]

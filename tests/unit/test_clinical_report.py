@@ -82,7 +82,7 @@ def test_an_endpoint_the_predictions_cannot_hold_is_named_not_raised(tmp_path):
 
 
 def test_the_ablation_endpoint_table_pairs_seeds_with_thresholds_from_each_seeds_validation(tmp_path):
-    from support import ablation_with_predictions
+    from support.ablation import ablation_with_predictions
 
     study = ablation_with_predictions()
     section, files = clinical.write_ablation_endpoints(study, [REFERABLE], tmp_path, ["csv", "md"])

@@ -1,14 +1,13 @@
 """The objective contract (`objectives.contract.Objective`): the image classifier and a toy
 objective satisfy it, a module of its first form is adapted with the old defaults, `FitConfig`
-takes its defaults from `TrainConfig` only, and the toy (tests/toy_objective.py, settings named
-unlike the image classifier's) runs through `run`, `ablate` and `report` as subprocesses."""
+takes its defaults from `TrainConfig` only. The toy (tests/toy_objective.py, settings named unlike
+the image classifier's) through `run`, `ablate` and `report`: tests/e2e/test_contract_e2e.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import types
 
-import optuna
 import pytest
 
 from objectives import contract, image_classifier
@@ -18,26 +17,8 @@ from study.spaces import registry
 from study.spaces.space_file import load_space_text
 from tests import toy_objective
 
-from conftest import ROOT, run_cli
-
-TOY_TOML = """schema = 2
-[study]
-objective = "tests.toy_objective"
-metric = "accuracy"
-sampler = "random"
-pruner = "hyperband"
-trials = 4
-seed = 3
-[fixed]
-rounds = 3
-points = 80
-[space]
-rate = { low = 0.05, high = 2.0, log = true }
-spread = { choices = [0.5, 1.5] }
-[embedded]
-train_images = 20
-test_images = 10
-"""
+from conftest import ROOT
+from support.contract import TOY_TOML
 
 
 def part(name: str, **defaults: object) -> type:
@@ -103,34 +84,3 @@ def test_a_metric_the_objective_does_not_report_is_one_line(monkeypatch):
     narrow = load_space_text(TOY_TOML.replace('metric = "accuracy"', 'metric = "kappa"'), ROOT / "toy.toml")
     with pytest.raises(InputError, match="does not report metric 'kappa' \\(it reports loss, accuracy\\)"):
         registry.objective_module(narrow)
-
-
-@pytest.mark.slow
-def test_a_toy_objective_runs_through_run_ablate_and_report(tmp_path):
-    """Nothing of the image classifier by name: the seed is ``rng``, the split seed ``shuffle``,
-    the epochs ``rounds``; the pruner's largest resource, the trial seeds and the ablation's
-    seeds all come from ROLES."""
-    (tmp_path / "toy.toml").write_text(TOY_TOML)
-    results = tmp_path / "results"
-    run = run_cli("run", "toy.toml", "--results", str(results), cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert "warning" not in run.stderr  # dashboard pages drawn without train_accuracy curves
-    storage = f"sqlite:///{results / 'optuna.db'}"
-    parent = optuna.load_study(study_name="toy", storage=storage)
-    assert parent.user_attrs["pruner"]["max_resource"] == 3  # `rounds`
-    for trial in parent.trials:
-        assert trial.user_attrs["config"]["rng"] == 3 + trial.number and trial.user_attrs["config"]["shuffle"] == 0
-    ablate = run_cli("ablate", "toy", "--objective", "tests.toy_objective", "--seeds", "3", "--results", str(results),
-                     cwd=tmp_path)
-    assert ablate.returncode == 0, ablate.stderr
-    cells = optuna.load_study(study_name="toy.ablation", storage=storage).trials
-    assert len(cells) == 6 and {t.params["variant"] for t in cells} == {"baseline", "spread=1.5"}
-    used = {3 + t.number for t in parent.trials} | {0}
-    for t in cells:
-        config = t.user_attrs["config"]
-        assert config["rng"] == config["shuffle"] == t.params["seed"] and t.params["seed"] not in used
-        assert len(t.user_attrs["curves"]["epoch"]) == 3
-    report = run_cli("report", "toy", "--results", str(results), cwd=tmp_path)
-    assert report.returncode == 0, report.stderr
-    text = (results / "toy" / "report.md").read_text()
-    assert "## Ablation study" in text and "| spread=1.5 |   3 |" in text

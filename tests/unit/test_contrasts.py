@@ -10,7 +10,6 @@ the variance-components interval must sit in it with power >= 0.8 for a planted 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -26,6 +25,8 @@ from study.report.contrasts import (
     welch_satterthwaite,
 )
 from study.report.uncertainty import resample_weights, resampled_confusions
+
+from support.contrasts import HIGH, LOW, rejections, simulate
 
 # ---------------------------------------------------------------- the interval on hand numbers
 
@@ -224,88 +225,10 @@ def test_factorial_contrasts_nan_seed_and_three_levels():
 
 # ---------------------------------------------------------------- the null simulation
 
-LOW, HIGH = 0.02, 0.07  # the band a 5 % test's false-positive rate must fall in
-SEEDS, PATIENTS = 5, 100
-
 
 def calibrated(rejections: np.ndarray) -> bool:
     """False-positive rate at nominal 5 % inside [2 %, 7 %]: neither too many stars nor none."""
     return LOW <= float(np.mean(rejections)) <= HIGH
-
-
-@dataclass(frozen=True)
-class Simulated:
-    """p-values per simulated ablation of today's paired t and of the two variance-components
-    variants, and the mean Delta over the replicates (the planted effect on the metric's scale)."""
-
-    paired_t: np.ndarray
-    shared: np.ndarray
-    averaged: np.ndarray
-    delta: float
-
-
-def simulate(metric: str, replicates: int, resamples: int, *, planted: float = 0.0, seed: int = 0) -> Simulated:
-    """`replicates` ablations of variant 1 against variant 0 on a fresh test set each.
-
-    100 patients with 2 images (1 for 5 %). Latent quality of image i for variant v: a patient
-    part and an image part shared by both variants (difficulty), plus a patient part and an image
-    part drawn once per variant (what the variant is good at; same distribution for both: equal
-    in the population, different per image), plus per seed a model shift and per-image noise.
-    Accuracy: correct when latent + logistic noise > 0. Kappa: 5 DR grades (45/15/20/10/10 %,
-    the eyes of a patient at most one grade apart), predicted grade = true grade + latent error,
-    rounded and clipped. `planted` raises variant 1's latent (accuracy) or shrinks its error
-    (kappa). Every arm and seed of replicate r is rescored on the same patient resamples."""
-    rng = np.random.default_rng(seed)
-    images = np.where(rng.random(PATIENTS) < 0.95, 2, 1)
-    group = np.repeat(np.arange(PATIENTS), images)
-    n = len(group)
-    onehot = np.zeros((n, PATIENTS))
-    onehot[np.arange(n), group] = 1
-    totals = onehot.sum(axis=0)
-    out = {"t": [], "shared": [], "averaged": [], "delta": []}
-    for _ in range(replicates):
-        if metric == "accuracy":
-            latent = _latent(rng, group, shared=(1.0, 0.7), own=(0.4, 0.9), seed_sd=(0.05, 0.5), logistic=True)
-            latent[1] += planted
-            correct = (1.0 + latent > 0).astype(float)  # (2, S, N)
-            counts = correct @ onehot  # (2, S, G): correct images per arm, seed, patient
-            full = counts.sum(axis=-1) / n
-            weights = resample_weights(PATIENTS, resamples, seed=int(rng.integers(2**31)))
-            boot = resampled_metric(counts, weights, totals)  # (B, 2, S)
-        else:
-            worst = rng.choice(5, PATIENTS, p=[0.45, 0.15, 0.2, 0.1, 0.1])
-            truth = np.maximum(worst[group] - (rng.random(n) < 0.2), 0)
-            latent = _latent(rng, group, shared=(0.5, 0.35), own=(0.2, 0.3), seed_sd=(0.03, 0.45), logistic=False)
-            latent[1] *= 1 - planted
-            predicted = np.clip(np.rint(truth + latent), 0, 4).astype(int)
-            confusions = np.zeros((2, SEEDS, PATIENTS, 5, 5))
-            arm, seed_, image = np.indices(predicted.shape)
-            np.add.at(confusions, (arm, seed_, group[image], truth[image], predicted), 1)
-            full = quadratic_kappas(confusions.sum(axis=2))  # (2, S)
-            weights = resample_weights(PATIENTS, resamples, seed=int(rng.integers(2**31)))
-            boot = resampled_kappa(confusions, weights)  # (B, 2, S)
-        diff, boot_diff = full[1] - full[0], boot[:, 1] - boot[:, 0]
-        out["t"].append(stats.ttest_rel(full[1], full[0]).pvalue)
-        out["shared"].append(variance_components_interval(diff, boot_diff).p)
-        out["averaged"].append(variance_components_interval(diff, boot_diff, patients="averaged").p)
-        out["delta"].append(diff.mean())
-    return Simulated(np.array(out["t"]), np.array(out["shared"]), np.array(out["averaged"]),
-                     float(np.mean(out["delta"])))
-
-
-def _latent(rng: np.random.Generator, group: np.ndarray, *, shared: tuple[float, float], own: tuple[float, float],
-            seed_sd: tuple[float, float], logistic: bool) -> np.ndarray:
-    """(2, S, N) latent quality: shared (patient, image) sds, per-variant (patient, image) sds,
-    per-seed (model shift, per-image noise) sds."""
-    n, patients = len(group), group.max() + 1
-    stable = rng.normal(0, shared[0], patients)[group] + rng.normal(0, shared[1], n)
-    stable = stable + rng.normal(0, own[0], (2, patients))[:, group] + rng.normal(0, own[1], (2, n))
-    noise = rng.logistic(0, seed_sd[1], (2, SEEDS, n)) if logistic else rng.normal(0, seed_sd[1], (2, SEEDS, n))
-    return stable[:, None, :] + rng.normal(0, seed_sd[0], (2, SEEDS, 1)) + noise
-
-
-def _rejections(p: np.ndarray) -> np.ndarray:
-    return np.nan_to_num(p, nan=1.0) < 0.05
 
 
 def test_band_refuses_an_infinitely_wide_interval_and_the_paired_t():
@@ -320,37 +243,16 @@ def test_null_simulation_accuracy():
     """Fast layer: R = 1,000 null ablations, B = 400, accuracy (~3 s)."""
     null = simulate("accuracy", 1000, 400, seed=19)
     assert abs(null.delta) < 0.005
-    assert np.mean(_rejections(null.paired_t)) > 0.11 and not calibrated(_rejections(null.paired_t))
-    assert calibrated(_rejections(null.shared)), np.mean(_rejections(null.shared))
-    assert calibrated(_rejections(null.averaged)), np.mean(_rejections(null.averaged))
+    assert np.mean(rejections(null.paired_t)) > 0.11 and not calibrated(rejections(null.paired_t))
+    assert calibrated(rejections(null.shared)), np.mean(rejections(null.shared))
+    assert calibrated(rejections(null.averaged)), np.mean(rejections(null.averaged))
 
 
 def test_power_accuracy():
     """Planted: variant 1's latent + 0.6, i.e. Delta accuracy ~ +0.10 (~1 s)."""
     alternative = simulate("accuracy", 300, 400, planted=0.6, seed=20)
     assert 0.08 < alternative.delta < 0.12
-    assert np.mean(_rejections(alternative.shared)) >= 0.8
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("metric, resamples, planted, effect", [
-    ("accuracy", 1000, 0.6, (0.08, 0.12)),
-    ("kappa", 1000, 0.2, (0.035, 0.06)),
-])
-def test_null_simulation_full(metric, resamples, planted, effect):
-    """R = 1,000 null and 1,000 planted ablations per metric (~20 s each on one core)."""
-    null = simulate(metric, 1000, resamples, seed=190)
-    rates = {name: float(np.mean(_rejections(p))) for name, p in
-             (("paired_t", null.paired_t), ("shared", null.shared), ("averaged", null.averaged))}
-    print(metric, "false positives", rates)
-    assert rates["paired_t"] > 0.11
-    assert LOW <= rates["shared"] <= HIGH
-    alternative = simulate(metric, 1000, resamples, planted=planted, seed=191)
-    power = {name: float(np.mean(_rejections(p))) for name, p in
-             (("shared", alternative.shared), ("averaged", alternative.averaged))}
-    print(metric, "planted delta", alternative.delta, "power", power)
-    assert effect[0] < alternative.delta < effect[1]
-    assert power["shared"] >= 0.8
+    assert np.mean(rejections(alternative.shared)) >= 0.8
 
 
 def test_rounding_noise_is_no_variance():

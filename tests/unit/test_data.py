@@ -1,7 +1,5 @@
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from objectives.data.checksum import seal
 from objectives.data.splits import stratified_split
 from objectives.errors import InputError
 
-from conftest import class_image, dr_labels, repo_env
+from conftest import class_image, dr_labels
 
 
 def test_dr_lab_layout_reads_jpegs(dr_dir: Path):
@@ -83,29 +81,6 @@ def test_cache_equals_direct_decode_and_is_rebuilt_when_a_file_changes(dr_dir: P
     assert len(list(cache.glob("*.npy"))) == 3
     assert np.array_equal(rebuilt[3], decode_image(changed, 32))
     assert not np.array_equal(rebuilt[3], direct[3])
-
-
-@pytest.mark.slow
-def test_two_processes_building_the_same_cache_end_with_one_valid_cache(dr_dir: Path, tmp_path: Path):
-    cache = tmp_path / "cache"
-    script = (
-        "import sys; from pathlib import Path; from objectives.data import find_dataset, decode_all;"
-        "f = find_dataset(Path(sys.argv[1]), num_classes=5);"
-        "a = decode_all(f.train.paths, 32, cache_dir=Path(sys.argv[2])); print(int(a.sum()))"
-    )
-    env = repo_env()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, str(dr_dir), str(cache)], stdout=subprocess.PIPE, text=True, env=env
-        )
-        for _ in range(2)
-    ]
-    sums = [p.communicate(timeout=120)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    files = find_dataset(dr_dir, num_classes=5)
-    expected = int(np.stack([decode_image(p, 32) for p in files.train.paths]).sum())
-    assert sums == [str(expected)] * 2
-    assert len(list(cache.glob("*.npy"))) == 1 and not list(cache.glob(".*"))
 
 
 def test_stratified_split_is_seeded_and_keeps_rare_classes_on_both_sides():

@@ -10,7 +10,6 @@ path, new mtimes, the same bytes) is the same data. `run` records counts per spl
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -30,43 +29,10 @@ from study.run.output import Output
 from study.run.session import Session
 from study.spaces.space_file import load_space
 
-from conftest import class_image, run_cli, storage_of
+from conftest import class_image, storage_of
+from support.data_identity import SPACE, TEST_PATIENTS_PER_GRADE, TRAIN_EYES, copy_folder, replace_image, write_grouped
 
-SPACE = """schema = 2
-[study]
-metric = "kappa"
-trials = 1
-[fixed]
-epochs = 1
-image_size = 16
-batch_size = 8
-split_seed = 0
-[space]
-lr = { low = 1e-3, high = 1e-1, log = true }
-"""
-
-# patients 0..12 with both eyes in train; 13 and 14 have their left eye in train and their right
-# eye in the data's own test CSVs (shared patients); 15..19 are test only
-TRAIN_EYES = [(f"{p}_{eye}", grade) for p in range(13)
-              for eye, grade in (("left", p % 5), ("right", (p + 1) % 5 if p % 3 == 0 else p % 5))]
 TRAIN_EYES += [("13_left", 1), ("14_left", 2)]
-TEST_EYES = [("13_right", 0), ("14_right", 4), ("15_left", 0), ("15_right", 1), ("16_left", 2), ("16_right", 2),
-             ("17_left", 3), ("17_right", 0), ("18_left", 4), ("18_right", 1), ("19_left", 1), ("19_right", 1)]
-# test patients by worse eye: 13 -> 0, 14 -> 4, 15 -> 1, 16 -> 2, 17 -> 3, 18 -> 4, 19 -> 1
-TEST_PATIENTS_PER_GRADE = [1, 2, 1, 1, 2]
-
-
-def write_grouped(root: Path, size: int = 24) -> Path:
-    """The DR lab layout with `<patient>_left|right` names (grouped by patient); the data's own
-    test CSVs share patients 13 and 14 with train."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    for split, eyes in (("train", TRAIN_EYES), ("test", TEST_EYES)):
-        for name, grade in eyes:
-            class_image(grade, size, rng).save(root / f"{name}.jpeg", quality=92)
-        (root / f"{split}_img.csv").write_text("image\n" + "".join(f"{n}\n" for n, _ in eyes))
-        (root / f"{split}_label.csv").write_text("level\n" + "".join(f"{g}\n" for _, g in eyes))
-    return root
 
 
 def write_plain(root: Path, n_train: int = 30, n_test: int = 10, size: int = 24) -> Path:
@@ -91,16 +57,6 @@ def replace_bytes_keeping_stat(path: Path) -> None:
     path.write_bytes(bytes(data))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
-
-
-def replace_image(path: Path, seed: int = 7) -> None:
-    """Another picture under the same name (new bytes, new mtime), as a user replacing images would."""
-    class_image(1, 24, np.random.default_rng(seed)).save(path)
-
-
-def copy_folder(src: Path, dst: Path) -> Path:
-    """A copy with new mtimes (no `cp -p`): what another machine's copy looks like."""
-    return Path(shutil.copytree(src, dst, copy_function=shutil.copyfile))
 
 
 def options(tmp_path: Path, data: Path, **kw) -> RunOptions:
@@ -319,38 +275,6 @@ def test_a_study_without_data_summary_says_so_and_writes_no_data_files(tmp_path:
 
 
 # ---------------------------------------------------------------- end to end
-
-@pytest.mark.slow
-def test_cli_run_refuses_replaced_images_accepts_a_copy_and_reports_the_data(tmp_path: Path, torch_home: Path):
-    data = write_grouped(tmp_path / "dr")
-    (tmp_path / "idspace.toml").write_text(SPACE.replace("[space]", '[space]\narch = { choices = ["resnet18"] }'))
-    first = run_cli("run", "idspace.toml", "--data", str(data), "--device", "cpu", cwd=tmp_path,
-                    torch_home=torch_home)
-    assert first.returncode == 0, first.stderr
-    split_csv = tmp_path / "results" / "idspace" / "split.csv"
-    before = split_csv.read_bytes()
-    db_before = (tmp_path / "results" / "optuna.db").read_bytes()
-
-    copy = copy_folder(data, tmp_path / "copy")
-    replace_image(copy / "3_left.jpeg")
-    refused = run_cli("run", "idspace.toml", "--data", str(copy), "--trials", "2", "--device", "cpu", cwd=tmp_path,
-                      torch_home=torch_home)
-    assert refused.returncode == 2, refused.stderr
-    errors = [line for line in refused.stderr.splitlines() if "group(s) of the data's own test split" not in line]
-    assert len(errors) == 1 and "other bytes under the same names" in errors[0]  # one line (and the leak warning)
-    assert split_csv.read_bytes() == before and (tmp_path / "results" / "optuna.db").read_bytes() == db_before
-
-    accepted = run_cli("run", "idspace.toml", "--data", str(copy_folder(data, tmp_path / "copy2")), "--device",
-                       "cpu", cwd=tmp_path, torch_home=torch_home)
-    assert accepted.returncode == 0, accepted.stderr
-    assert "already" in accepted.stdout + accepted.stderr and "hash" not in accepted.stderr
-
-    report = run_cli("report", "idspace", "--format", "md,csv", cwd=tmp_path, torch_home=torch_home)
-    assert report.returncode == 0, report.stderr
-    folder = tmp_path / "results" / "idspace"
-    assert (folder / "data.md").is_file() and (folder / "data.csv").is_file() and not (folder / "data.tex").exists()
-    assert "## Data" in (folder / "report.md").read_text()
-    assert pd.read_csv(folder / "data.csv").test_patients.tolist() == [*TEST_PATIENTS_PER_GRADE, 7]
 
 
 def test_data_summary_round_trips_and_a_forged_one_reads_as_missing():

@@ -1,50 +1,13 @@
-"""`study data inspect`: shares, sizes, statistics, and every planted problem, through the real CLI."""
+"""`study data inspect` on ImageFolder and CIFAR layouts, in process (the CLI runs with its planted problems:
+tests/e2e/test_data_inspect_e2e.py)."""
 
 import shutil
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 from objectives.data.inspect import inspect_dataset, render
 from objectives.progress import no_bar
 
-from conftest import dr_labels, run_cli, write_cifar, write_imagefolder
-
-
-@pytest.mark.slow
-def test_clean_dr_folder_shows_class_shares_sizes_and_stats(tmp_path: Path, dr_dir: Path):
-    result = run_cli("data", "inspect", str(dr_dir), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert "layout: dr_lab" in out and "problems: none" in out
-    labels = np.array(dr_labels(60))
-    share = (labels == 0).mean()
-    no_dr = next(line for line in out.splitlines() if line.startswith("train") and "No DR" in line)
-    assert no_dr.split()[-2:] == [str((labels == 0).sum()), f"{share:.1%}"]
-    assert "image sizes (W x H, by pixel count): min 48x48, median 48x48, max 48x48 (80 images read)" in out
-    assert "train channel mean (R G B, 0..1):" in out
-
-
-@pytest.mark.slow
-def test_every_planted_problem_is_found_and_exit_2(tmp_path: Path, dr_dir: Path):
-    (dr_dir / "train_0005.jpeg").unlink()  # missing
-    (dr_dir / "test_0001.jpeg").write_bytes(b"not a jpeg at all")  # corrupt
-    shutil.copyfile(dr_dir / "train_0010.jpeg", dr_dir / "test_0004.jpeg")  # train/test duplicate
-    labels = (dr_dir / "train_label.csv").read_text().splitlines()
-    labels[-1] = "7"  # out of range
-    (dr_dir / "train_label.csv").write_text("\n".join(labels) + "\n")
-    result = run_cli("data", "inspect", str(dr_dir), cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip() == "study: error: 3 problem(s) above would stop a run"
-    out = result.stdout
-    assert "problems: 4 (3 would stop a run)" in out
-    assert "[stops a run]" in out and "1 train image(s) missing, e.g. train_0005.jpeg" in out
-    assert "1 test image(s) unreadable: test_0001.jpeg (unreadable or corrupt image" in out
-    assert "train label 7 of train_0059.jpeg is outside 0..4" in out
-    assert "[warning]" in out and "1 test image(s) identical to a train image" in out
-    assert "train train_0010.jpeg = test test_0004.jpeg" in out
-    assert "(out of range)" in out  # the bad label is counted, not dropped
+from conftest import write_cifar, write_imagefolder
 
 
 def test_duplicate_alone_is_a_warning_and_imagefolder_and_cifar_are_inspected(tmp_path: Path):

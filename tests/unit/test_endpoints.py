@@ -16,7 +16,7 @@ from study.spaces.space import SpaceError
 from study.spaces.space_file import load_space
 
 from conftest import ROOT
-from support import write
+from support.spaces import write
 
 REFERABLE = Endpoint("referable", (2, 3, 4))
 

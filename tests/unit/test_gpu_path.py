@@ -4,64 +4,35 @@ takes are pure functions (failure reasons, worker GPUs, the autocast dtype)."""
 
 from __future__ import annotations
 
-import gc
-import io
 import subprocess
 import sys
-import weakref
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
 from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion
 from torch import nn
-from torch._dynamo.testing import CompileCounterWithBackend
 from torchvision import models as tvm
 
-from objectives import contract, metrics
-from objectives.contract import DataSource, TrialContext
-from objectives.data import Augment, DeviceBatches, ImageSet, Splits
+from objectives import metrics
+from objectives.data import Augment, DeviceBatches, ImageSet
 from objectives.losses import build_loss
 from objectives.models import build_model, head_name
 from objectives.train import Diverged, Runtime, autocast_dtype, fit
-from study import storage
 from study.exits import CUDA_ERROR_EXIT, CudaContextLost
-from study.run import data as run_data
 from study.run import workers
 from study.run.failures import failure_reason
 from study.run.options import RunOptions
-from study.run.output import Output
-from study.run.prepare import Prepared
-from study.run.samplers import make_pruner
-from study.run.session import Session
-from study.run.trainer import SearchObjective
 from study.spaces.space_file import load_space
 
 from conftest import ROOT, fit_cfg, repo_env
+from support.gpu_path import ALIVE_AT_START, MEMORY_AT_START, MODELS, enqueued, run_trials, tiny_splits
 
 CPU = torch.device("cpu")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (these run where one is lent)")
-
-
-def tiny_splits(size: int = 16, train: int = 24, seed: int = 0) -> Splits:
-    """Random uint8 images of three classes; validation and test are mostly class 0."""
-    rng = np.random.default_rng(seed)
-    labels = np.concatenate([np.arange(train) % 3, [0, 0, 0, 0, 0, 0, 1, 2], [0, 0, 0, 0, 0, 1, 2, 2]])
-    images = rng.integers(0, 256, size=(len(labels), size, size, 3), dtype=np.uint8)
-    rows = np.arange(len(labels))
-    return Splits(
-        train=ImageSet(images, labels, rows[:train]),
-        val=ImageSet(images, labels, rows[train : train + 8]),
-        test=ImageSet(images, labels, rows[train + 8 :]),
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
-        class_names=("a", "b", "c"),
-    )
 
 
 # ---------------------------------------------------------------- workers and their GPUs
@@ -105,28 +76,6 @@ def test_a_worker_is_told_its_gpu_and_the_parents_device(tmp_path: Path):
     assert command == [sys.executable, "-m", "study.run.worker", str(tmp_path / "options.json"), "--index", "1"]
     cpu = workers.worker_options(opts, CPU, [], cpu_count=1)
     assert cpu.device == "cpu" and cpu.worker_gpus == () and cpu.threads == 1
-
-
-@pytest.mark.slow
-def test_a_worker_that_stops_on_a_cuda_error_is_replaced_a_bounded_number_of_times():
-    """Worker 0 stops on a CUDA error twice, then finishes; worker 1 always does; worker 2 fails
-    otherwise (never restarted). Real processes."""
-    starts: list[int] = []
-
-    def start(index: int) -> subprocess.Popen:
-        starts.append(index)
-        code = {0: CUDA_ERROR_EXIT if starts.count(0) <= 2 else 0, 1: CUDA_ERROR_EXIT, 2: 1}[index]
-        return subprocess.Popen([sys.executable, "-c", f"raise SystemExit({code})"])
-
-    out = io.StringIO()
-    codes = workers.supervise(3, start, Output(out, io.StringIO()), max_restarts=3, poll_s=0.05)
-    assert codes == [0, CUDA_ERROR_EXIT, 1]
-    assert (starts.count(0), starts.count(1), starts.count(2)) == (3, 4, 1)
-    lines = out.getvalue().splitlines()
-    assert len(lines) == 5 and all(
-        "stopped on a CUDA error; starting a fresh worker in its place" in line for line in lines
-    )
-    assert sum("worker 1 " in line for line in lines) == 3 and lines[-1].endswith("(restart 3 of 3)")
 
 
 # ---------------------------------------------------------------- failure reasons
@@ -300,147 +249,8 @@ def test_crops_and_both_flips_in_one_gather_keep_their_probabilities(pad):
 
 
 # ---------------------------------------------------------------- memory after every trial
-# This file is also the objective module of the studies below: `Config`, `EMBEDDED_DATASET`,
-# `load_data` and `run` as `objectives/contract.py` describes, with a model whose predictions are fixed (lr 0,
-# a head that always predicts class `predict`), so which trial completes, is pruned or fails is
-# known in advance; `fail` raises inside the model's forward, in the middle of an epoch.
-
-FAILURES = {"boom": lambda: RuntimeError("boom"),
-            "cuda": lambda: torch.AcceleratorError("CUDA error: an illegal memory access was encountered")}
-MODELS: list[weakref.ref] = []  # every trial's model, weakly
-ALIVE_AT_START: list[int] = []  # how many earlier trials' models were still alive when a trial began
-FRAMES_AT_START: list[int] = []  # graphs compiled so far, when the compile backend counts them
-MEMORY_AT_START: list[int] = []  # bytes of GPU memory allocated when a trial began (0 on the CPU)
-
-
-@dataclass(frozen=True)
-class NoData:
-    """The data part: these trials all share `tiny_splits`."""
-
-
-@dataclass(frozen=True)
-class Train:
-    epochs: int = 2
-    lr: float = 0.0
-    predict: int = 0
-    fail: str = ""
-    arch: str = "convnet"
-    fe_epochs: int = 0
-    batch_size: int = 8
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class Config:
-    data: NoData = NoData()
-    train: Train = Train()
-
-
-EMBEDDED_DATASET = "digits"  # not used: these studies run on `tiny_splits`
-
-
-def load_data(data: NoData, source: DataSource) -> Splits:
-    return tiny_splits()
-
-
-def run(config: Config, splits: Splits, context: TrialContext):
-    config = config.train
-    ALIVE_AT_START.append(sum(ref() is not None for ref in MODELS))
-    FRAMES_AT_START.append(getattr(context.runtime.compile_backend, "frame_count", 0))
-    MEMORY_AT_START.append(torch.cuda.memory_allocated() if context.runtime.device.type == "cuda" else 0)
-    model = build_model(config.arch, splits.num_classes, pretrained=False, seed=config.seed)
-    with torch.no_grad():
-        model.fc.weight.zero_()
-        model.fc.bias.zero_()
-        model.fc.bias[config.predict] = 10.0
-    if config.fail:
-        model.register_forward_hook(_fail_on_second_call(FAILURES[config.fail]))
-    MODELS.append(weakref.ref(model))
-    cfg = fit_cfg(epochs=config.epochs, fe_epochs=config.fe_epochs, lr=config.lr, momentum=0.0, weight_decay=0.0,
-                    batch_size=config.batch_size, metric=context.metric, maximize=context.maximize, seed=config.seed)
-    return fit(
-        model,
-        build_loss("ce", class_counts=[1, 1, 1]),
-        splits,
-        cfg,
-        context.runtime,
-        context.report,
-        context.checkpoint,
-    )
-
-
-def _fail_on_second_call(error):
-    calls = []
-
-    def hook(module, inputs, output):
-        calls.append(1)
-        if len(calls) == 2:
-            raise error()
-
-    return hook
-
-
-SPACE = """schema = 2
-[study]
-objective = "test_gpu_path"  # not used: the runner is handed this file as the objective module
-direction = "maximize"
-metric = "accuracy"
-sampler = "random"
-pruner = "median"
-startup_trials = 1
-warmup_epochs = 0
-[fixed]
-epochs = 2
-[space]
-predict = { choices = [0, 1] }
-fail = { choices = ["", "boom", "cuda"] }
-"""
-
-
-def enqueued(params: list[dict]) -> optuna.Study:
-    """A study on in-memory storage with these trials queued."""
-    study = optuna.create_study(study_name="memory", storage=optuna.storages.InMemoryStorage(), direction="maximize")
-    for p in params:
-        study.enqueue_trial(p)
-    return study
-
-
-def run_trials(tmp_path: Path, study: optuna.Study, runtime: Runtime, space: str = SPACE) -> str:
-    """Run `study` with the runner's own loop (`optimize`, `TrialTrainer`, `fit`) until 3 trials
-    have finished, with the automatic garbage collector off: whatever is freed is freed by
-    reference counting. Returns what the runner printed."""
-    path = tmp_path / "space.toml"
-    path.write_text(space)
-    prep = Prepared(
-        space=load_space(path),
-        module=contract.objective(sys.modules[__name__]),  # a module of the contract's first form
-        source=DataSource(root=tmp_path),
-        dataset="tiny",
-        device=runtime.device,
-        study_name="memory",
-        storage=storage.resolve(study._storage),  # the study object's own storage, passed through
-        target=3,
-        results_dir=tmp_path,
-        checkpoint_every=0.0,
-    )
-    quiet = Output(io.StringIO(), io.StringIO())
-    out = io.StringIO()
-    session = Session(prep, run_data.load_data(prep, quiet), Output(out, io.StringIO()), runtime=runtime)
-    MODELS.clear()
-    ALIVE_AT_START.clear()
-    FRAMES_AT_START.clear()
-    MEMORY_AT_START.clear()
-    gc.collect()
-    gc.disable()
-    try:
-        session.optimize(study, SearchObjective(study, prep, session.trainer), target=prep.target,
-                         sampler=optuna.samplers.RandomSampler(seed=0),
-                         pruner=make_pruner(prep.space, prep.module.ROLES))
-    finally:
-        alive = [ref() is not None for ref in MODELS]
-        gc.enable()
-        assert not any(alive), f"models still alive after their trials: {alive}"
-    return out.getvalue()
+# The studies here run tests/support/gpu_path.py, an objective module whose model's predictions are fixed,
+# so which trial completes, is pruned or fails is known in advance.
 
 
 @pytest.mark.parametrize(
@@ -490,53 +300,6 @@ def test_a_sticky_cuda_error_is_recorded_and_ends_the_process(tmp_path: Path):
         (TrialState.WAITING, None),
     ]  # none started after it
     assert len(MODELS) == 2 and ALIVE_AT_START == [0, 0]
-
-
-# ---------------------------------------------------------------- torch.compile
-
-
-ARCH_SPACE = """schema = 2
-[study]
-objective = "test_gpu_path"  # not used, as above
-direction = "maximize"
-metric = "accuracy"
-sampler = "random"
-pruner = "none"
-[fixed]
-epochs = 2
-fe_epochs = 1
-lr = 0.01
-[space]
-arch = { choices = ["resnet18", "resnet50"] }
-batch_size = { choices = [4, 8] }
-"""
-# At most 2 per phase (FE, FT): one for training, one for evaluation (any batch size but 1). Torch 2.14
-# builds 4 here; torch 2.11 on the H200 machine built 3 (which one it reused was not examined): a bound.
-GRAPHS_PER_TRIAL = 4
-
-
-@pytest.mark.slow  # compiles two ResNets
-def test_compile_builds_a_bounded_number_of_graphs_per_trial_and_never_hits_the_recompile_limit(tmp_path: Path):
-    """ResNet18, ResNet50, then ResNet18 at another batch size, each with FE and FT phases and
-    evaluations that end in a partial batch (8 rows in batches of 3): 4 graphs each. ResNet18
-    and ResNet50 share ResNet.forward, so without a fresh dynamo cache per trial the third
-    trial's first new graph would be that function's 9th, past dynamo's recompile limit (8):
-    dynamo would run it eagerly from then on (here, raise and fail the trial)."""
-    counter = CompileCounterWithBackend("eager")
-    study = enqueued(
-        [
-            {"arch": "resnet18", "batch_size": 8},
-            {"arch": "resnet50", "batch_size": 8},
-            {"arch": "resnet18", "batch_size": 4},
-        ]
-    )
-    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-        run_trials(tmp_path, study, Runtime(compile=True, compile_backend=counter, eval_batch_size=3), space=ARCH_SPACE)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3, [
-        t.user_attrs.get("fail_reason") for t in study.trials
-    ]
-    per_trial = np.diff([*FRAMES_AT_START, counter.frame_count]).tolist()
-    assert len(set(per_trial)) == 1 and 1 <= per_trial[0] <= GRAPHS_PER_TRIAL, per_trial
 
 
 # ---------------------------------------------------------------- the GPU benchmark's helpers

@@ -21,7 +21,8 @@ from objectives.train import Evaluation, Runtime, fit
 from study import predictions as pr
 from study.records import predictions_key, rows_key
 
-from conftest import class_image, fit_cfg
+from conftest import fit_cfg
+from support.predictions import grouped_dr
 
 
 def _storage(tmp_path: Path, kind: str):
@@ -83,27 +84,8 @@ def test_write_then_read_from_the_storage_alone(tmp_path: Path, kind: str) -> No
     assert rows_key("hash-b", "val") in keys and len([k for k in keys if k.endswith(":val")]) == 2
 
 
-def _grouped_dr(root: Path, patients: int, seed: int) -> Path:
-    """A DR-lab folder whose names are <patient>_left|right: one or two eyes per patient, the
-    eyes of a patient one grade apart at most."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True)
-    for split, first in (("train", 0), ("test", 1000)):
-        names, labels = [], []
-        for p in range(first, first + patients):
-            grade = int(rng.choice(5, p=[0.5, 0.15, 0.2, 0.1, 0.05]))
-            for eye in ("left", "right")[: int(rng.integers(1, 3))]:
-                names.append(f"{p}_{eye}")
-                labels.append(grade)
-        for name, label in zip(names, labels):
-            class_image(label, 32, rng).save(root / f"{name}.jpeg", quality=92)
-        (root / f"{split}_img.csv").write_text("image\n" + "".join(f"{n}\n" for n in names))
-        (root / f"{split}_label.csv").write_text("level\n" + "".join(f"{x}\n" for x in labels))
-    return root
-
-
 def test_rows_line_up_with_the_imageset_and_stored_probabilities_give_the_recorded_accuracy(tmp_path: Path) -> None:
-    files = find_dataset(_grouped_dr(tmp_path / "dr", patients=40, seed=0), num_classes=5)
+    files = find_dataset(grouped_dr(tmp_path / "dr", patients=40, seed=0), num_classes=5)
     assert files.train.groups is not None
     splits = load_splits(files, image_size=32, val_fraction=0.25, split_seed=0, cache_dir=None)
     cfg = fit_cfg(epochs=2, fe_epochs=0, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=16, metric="accuracy")
@@ -143,54 +125,6 @@ def test_best_validation_probabilities_survive_a_weights_only_checkpoint() -> No
     np.testing.assert_allclose(back.probabilities, p, atol=1e-3)
     assert back.probabilities.dtype == np.float32
     assert Evaluation.from_checkpoint({"loss": 1.0, "metrics": {}, "confusion": []}).probabilities is None  # older
-
-
-@pytest.mark.slow
-def test_cli_run_stores_predictions_and_intervals_readable_from_the_storage_alone(tmp_path: Path,
-                                                                                 torch_home: Path) -> None:
-    """`python -m study run` on grouped data: every complete trial holds val and test predictions
-    whose rows line up with split.csv, the recorded test accuracy from them, and its intervals,
-    which `load_trials`, `report` and the trial note show."""
-    import csv
-
-    from study.api import load_trials
-    from study.predictions import read_predictions
-    from study.records import TEST_INTERVALS
-
-    from conftest import run_cli
-
-    data = _grouped_dr(tmp_path / "dr", patients=40, seed=1)
-    results = tmp_path / "results"
-    run = run_cli("run", "dr_focal", "--data", str(data), "--trials", "2", "--set", "image_size=32", "--set",
-                  "epochs=2", "--set", "arch=resnet18", "--set", "batch_size=16", "--results", str(results),
-                  cwd=tmp_path, torch_home=torch_home)
-    assert run.returncode == 0, run.stderr
-    storage = f"sqlite:///{results / 'optuna.db'}"
-    study = optuna.load_study(study_name="dr_focal", storage=storage)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert complete
-    rows = list(csv.DictReader((results / "dr_focal" / "split.csv").open()))
-    test_rows = [r for r in rows if r["split"] == "test"]
-    for trial in complete:
-        got = read_predictions(study._storage, trial, "test")  # the storage alone, no study object
-        val = read_predictions(study, trial, "val")
-        assert got is not None and val is not None
-        assert got.labels.tolist() == [int(r["label"]) for r in test_rows]
-        assert got.groups.max() + 1 == len({r["group"] for r in test_rows})
-        assert len(val.labels) == sum(r["split"] == "val" for r in rows)
-        accuracy = float((got.probabilities.argmax(1) == got.labels).mean())
-        assert accuracy == pytest.approx(trial.user_attrs["test_metrics"]["accuracy"])
-        record = trial.user_attrs[TEST_INTERVALS]
-        assert record["resamples"] == 2000 and record["seed"] == trial.number
-        low, high = record["intervals"]["accuracy"]
-        assert low <= accuracy <= high
-    frame = load_trials(study)
-    assert {"test_kappa_low", "test_kappa_high", "test_accuracy_low"} <= set(frame.columns)
-    report = run_cli("report", "dr_focal", "--results", str(results), "--format", "md", cwd=tmp_path,
-                     torch_home=torch_home)
-    assert report.returncode == 0, report.stderr
-    text = (results / "dr_focal" / "report.md").read_text()
-    assert "95 % interval from a bootstrap over test patients" in text and "missing (older run)" not in text
 
 
 def test_fit_resumed_from_its_last_checkpoint_keeps_the_best_validation_probabilities(splits_dr) -> None:

@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 
 from study.run.reporter import Reporter, may_prune, pruning_step
 
-from support import run_scripted
+from support.pruning import run_scripted
 
 
 def test_steps_are_fine_tuning_epochs_and_the_last_epoch_is_never_judged():

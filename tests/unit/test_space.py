@@ -16,7 +16,7 @@ from study.spaces.report_layout import ReportLayout
 from study.spaces.space import SpaceError, build_config, parse_value
 from study.spaces.space_file import load_space
 
-from support import write
+from support.spaces import write
 
 
 def sample(space, n=30, seed=0):

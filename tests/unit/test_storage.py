@@ -5,8 +5,6 @@ import pytest
 from objectives.errors import InputError
 from study import storage
 
-from conftest import run_cli
-
 
 @pytest.mark.parametrize("url, fragment", [
     ("mysql://study:pw@127.0.0.1/db", "pip install -e '.[mysql]'"),
@@ -22,13 +20,3 @@ def test_missing_driver_names_what_to_install(url, fragment):
 def test_installed_drivers_and_sqlite_pass():
     assert storage.check_url("sqlite:///x.db") == "sqlite"
     assert storage.check_url("postgresql://study@127.0.0.1/db") == "postgresql"  # psycopg 3 from the test extra
-
-
-@pytest.mark.slow
-def test_missing_driver_via_the_cli_is_one_line_exit_2(tmp_path):
-    result = run_cli("run", "dr_focal", "--storage", "mysql://study:s3cret@127.0.0.1/db", cwd=tmp_path)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert (
-        len(lines) == 1 and "Traceback" not in result.stderr and "'.[mysql]'" in lines[0] and "s3cret" not in lines[0]
-    )

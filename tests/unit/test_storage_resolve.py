@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from pathlib import Path
 
 import optuna
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from objectives.errors import InputError
 from study import api, cli, storage
 
-from conftest import run_cli, tiny_space
+from conftest import tiny_space
 
 SECRET = "s3cr3t-pw"
 BAD_PORT = f"postgresql://u:{SECRET}@host:x/db"  # refused by check_url before anything connects
@@ -123,25 +122,3 @@ def test_run_refuses_another_programs_sqlite_file_and_writes_nothing(tmp_path, c
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()  # a SQLite file with no tables yet is Optuna's to set up
     assert storage.check_for_writing(f"sqlite:///{empty}") == "sqlite"
-
-
-@pytest.mark.slow
-def test_run_on_a_journal_file_then_list_and_report(tmp_path):
-    log = tmp_path / "journal" / "optuna.log"
-    space = tiny_space(tmp_path / "tiny.toml", trials=2)
-    ran = run_cli("run", str(space), "--storage", f"journal:///{log}", cwd=tmp_path)
-    assert ran.returncode == 0, ran.stderr
-    assert f"results: {log} (study tiny)" in ran.stdout
-    assert sum(t.state.is_finished() for t in load_journal(log, "tiny").trials) == 2
-    assert not (tmp_path / "results" / "optuna.db").exists()
-    again = run_cli("run", str(space), "--trials", "3", "--storage", f"journal:///{log}", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert len(load_journal(log, "tiny").trials) == 3
-    report = run_cli("report", "tiny", "--storage", f"journal:///{log}", cwd=tmp_path)
-    assert report.returncode == 0, report.stderr
-    assert (tmp_path / "results" / "tiny" / "report.md").is_file()
-
-
-def load_journal(log: Path, name: str) -> optuna.Study:
-    store = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(log)))
-    return optuna.load_study(study_name=name, storage=store)

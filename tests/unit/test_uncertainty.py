@@ -11,6 +11,8 @@ import pytest
 from objectives.metrics import CONFUSION_METRICS, summarize
 from study.report import uncertainty as uq
 
+from support.uncertainty import coverage
+
 
 def test_batched_metrics_match_summarize_on_random_matrices() -> None:
     rng = np.random.default_rng(0)
@@ -114,36 +116,8 @@ def test_seven_thousand_images_two_thousand_resamples_well_under_a_second() -> N
     assert time.perf_counter() - started < 2.0  # measured ~0.3 s; a loose bound for a busy CI box
 
 
-def coverage(reps: int, n_groups: int, B: int, seed: int) -> float:
-    """Share of `reps` simulated test sets whose 95 % accuracy interval covers the population
-    accuracy. Groups of 1-2 images; a group's images are right or wrong together with
-    probability 0.6 (correlated correctness), each image right with probability p = 0.8."""
-    rng = np.random.default_rng(seed)
-    p, k = 0.8, 3
-    hits = 0
-    for rep in range(reps):
-        sizes = rng.integers(1, 3, size=n_groups)
-        groups = np.repeat(np.arange(n_groups), sizes)
-        shared = rng.random(n_groups) < p
-        together = rng.random(n_groups) < 0.6
-        own = rng.random(len(groups)) < p
-        right = np.where(together[groups], shared[groups], own)  # marginal P(right) = p exactly
-        labels = rng.integers(0, k, size=len(groups))
-        predicted = np.where(right, labels, (labels + 1 + rng.integers(0, k - 1, size=len(groups))) % k)
-        probabilities = np.eye(k, dtype=np.float32)[predicted]
-        interval = uq.test_intervals(probabilities, labels, groups, B=B, seed=rep)["accuracy"]
-        hits += interval.low <= p <= interval.high
-    return hits / reps
-
-
 def test_coverage_of_the_accuracy_interval_is_about_95_percent() -> None:
     assert 0.85 <= coverage(reps=100, n_groups=150, B=400, seed=0) <= 1.0
-
-
-@pytest.mark.slow
-def test_coverage_of_the_accuracy_interval_is_about_95_percent_many_reps() -> None:
-    measured = coverage(reps=1000, n_groups=150, B=2000, seed=1)
-    assert 0.93 <= measured <= 0.97, measured
 
 
 def _interval_record() -> dict:

@@ -6,8 +6,6 @@ search-space path that is a folder is one line. No training: everything here sto
 from __future__ import annotations
 
 import math
-import re
-import shutil
 from pathlib import Path
 
 import optuna
@@ -23,6 +21,7 @@ from study.spaces.space import SpaceError, build_config
 from study.spaces.space_file import load_space
 
 from conftest import ROOT, write_dr_lab
+from support.values import stored_with_bad_range
 
 NAN, INF = float("nan"), float("inf")
 
@@ -122,18 +121,6 @@ def test_a_bound_that_is_not_finite_is_refused_before_trial_one(tmp_path, low, h
         load_space(path).check_config(image_classifier.Config)
 
 
-def stored_with_bad_range(tmp_path: Path) -> Path:
-    """A study of tests/fixtures/recipe2_study whose recorded TOML now has lr in [0, inf]."""
-    results = tmp_path / "results"
-    results.mkdir()
-    shutil.copy(ROOT / "tests" / "fixtures" / "recipe2_study" / "optuna.db", results / "optuna.db")
-    text = (ROOT / "tests" / "fixtures" / "recipe2_study" / "recipe2.toml").read_text()
-    text = re.sub(r"^lr *=.*$", "lr = { low = 0.0, high = inf }", text, flags=re.M)
-    study = optuna.load_study(study_name="recipe2", storage=f"sqlite:///{results / 'optuna.db'}")
-    study.set_user_attr("space_text", text)
-    return results
-
-
 def test_a_stored_study_whose_range_is_now_refused_stays_readable(tmp_path, capsys):
     results = stored_with_bad_range(tmp_path)
     study = optuna.load_study(study_name="recipe2", storage=f"sqlite:///{results / 'optuna.db'}")
@@ -141,13 +128,6 @@ def test_a_stored_study_whose_range_is_now_refused_stays_readable(tmp_path, caps
     assert space is not None and space.param("lr").bounds({}) == (0.0, INF)
     assert cli.main(["list", "--results", str(results)]) == 0
     assert "recipe2" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_a_stored_study_whose_range_is_now_refused_still_reports(tmp_path):
-    results = stored_with_bad_range(tmp_path)
-    assert cli.main(["report", "recipe2", "--results", str(results), "--format", "csv"]) == 0
-    assert (results / "recipe2" / "factors.csv").is_file()
 
 
 def one_line(capsys) -> str:

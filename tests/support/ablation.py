@@ -1,14 +1,6 @@
-"""Builders that several test files share, by name (`from support import ...`): scripted pruning
-curves, a space file written from text, in-memory and SQLite parent studies for the ablation, and
-an ablation whose trials store per-image predictions. They live here, not in a test module, so that
-tests/unit and tests/e2e can both import them without importing each other's tests (pytest's
-`pythonpath = ["tests"]` puts this folder on the path)."""
-
-import functools
-import io
-import textwrap
-from collections.abc import Callable
-from pathlib import Path
+"""Ablation builders with known answers: in-memory and SQLite parent studies recorded as `run`
+records them (`parent_study`, `stored_parent`), and a one-at-a-time ablation whose trials store
+per-image predictions (`ablation_with_predictions`), for the ablation, bias and clinical-report tests."""
 
 import numpy as np
 import optuna
@@ -19,51 +11,8 @@ from objectives.metrics import CONFUSION_METRICS, summarize
 from study.predictions import Predictions, write_predictions
 from study.records import ABLATION_VERSION
 from study.report.uncertainty import group_confusions
-from study.run.loop import optimize
-from study.run.output import Output
-from study.run.reporter import RAW, Feed, Reporter
 
 from conftest import ANALYSIS_SPACE
-
-# ---------------------------------------------------------------- pruning: scripted curves
-
-
-def run_scripted(study: optuna.Study, curves: list[tuple[int, list[float]]], *, live: bool = False, feed: Feed = RAW,
-                 returns: Callable[[list[float]], float] = lambda values: values[-1]) -> list[optuna.trial.FrozenTrial]:
-    """One trial per (fe_epochs, values): each epoch's validation kappa goes through the real
-    reporter (fed `feed`); the trial returns `returns(values)` (its last value by default).
-
-    `live`: the trials run through the runner's own loop (`study.run.loop.optimize`, with the
-    study's pruner and a quiet output) instead of one `study.optimize` per curve; trial n (counted
-    from the study's first new trial) emits ``curves[n]``."""
-    def objective(trial: optuna.Trial, fe_epochs: int, values: list[float]) -> float:
-        reporter = Reporter(trial, "kappa", fe_epochs=fe_epochs, epochs=len(values), feed=feed)
-        for epoch, value in enumerate(values, start=1):
-            reporter(epoch, {"epoch": epoch, "phase": "fe" if epoch <= fe_epochs else "ft", "val_kappa": value})
-        return returns(values)
-
-    first = len(study.trials)
-    if live:
-        quiet = Output(io.StringIO(), io.StringIO())
-        optimize(study, lambda trial: objective(trial, *curves[trial.number - first]), target=first + len(curves),
-                 out=quiet, metric="kappa")
-        return study.get_trials(deepcopy=False)
-    for fe_epochs, values in curves:
-        study.optimize(functools.partial(objective, fe_epochs=fe_epochs, values=values), n_trials=1)
-    return study.get_trials(deepcopy=False)
-
-
-# ---------------------------------------------------------------- search spaces
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    """TOML text (dedented, so a test can indent it) as the space file s.toml."""
-    path = tmp_path / "s.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-# ---------------------------------------------------------------- ablation: parent studies
 
 # the shared study's space, with focal_alpha too (coupled with focal_gamma when the loss changes)
 SPACE = ANALYSIS_SPACE + 'focal_alpha = { choices = ["none", "inverse_frequency"], when = { loss = "focal" } }\n'
@@ -110,8 +59,6 @@ def stored_parent(tmp_path, space_text=SPACE):
         parent.add_trial(trial)
     return url
 
-
-# ---------------------------------------------------------------- ablation: stored predictions
 
 SEEDS = [1001, 1002, 1003, 1004, 1005]
 PATIENTS, K = 100, 5
