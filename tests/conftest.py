@@ -11,7 +11,7 @@ import os
 import pickle
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import optuna
@@ -26,6 +26,41 @@ from objectives.train import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
+
+# ---------------------------------------------------------------- the two layers
+# The folder tells the layer and the `slow` marker defines it (`pytest -m "not slow"` is the fast
+# layer), so the two must agree; collection stops when they do not.
+LAYERS = {"unit": False, "e2e": True}  # folder under tests/ -> whether its tests are marked slow
+
+
+def layer_problem(path: PurePosixPath, slow: bool) -> str | None:
+    """What is wrong with a test in file `path` (relative to tests/) that is or is not marked
+    `slow`, or None: every test under tests/e2e is slow, none under tests/unit is, and a test file
+    anywhere else has no layer (it would run in whichever layer its marker says, unseen)."""
+    folder = path.parts[0] if len(path.parts) > 1 else ""
+    if folder not in LAYERS:
+        return "is outside tests/unit and tests/e2e: move it to the folder of its layer"
+    if slow and not LAYERS[folder]:
+        return "is marked slow but lies under tests/unit: move it to tests/e2e"
+    if not slow and LAYERS[folder]:
+        return "lies under tests/e2e but is not marked slow: mark it @pytest.mark.slow or move it to tests/unit"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: a slow test in tests/unit is caught by the fast run too
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).resolve().parent
+    problems = []
+    for item in items:
+        path = Path(item.path).resolve()
+        if tests in path.parents:
+            slow = item.get_closest_marker("slow") is not None
+            why = layer_problem(PurePosixPath(path.relative_to(tests).as_posix()), slow)
+            if why:
+                problems.append(f"{item.nodeid} {why}")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise pytest.UsageError(problems[0] + more)
 
 
 def class_image(label: int, size: int, rng: np.random.Generator) -> Image.Image:
