@@ -12,7 +12,7 @@
 # docs. Timings and, on other hardware or library versions, the trials' values differ from run to run.
 # The figures come from elsewhere: docs/confusion_best.png is the report's confusion_best.png
 # (copied to OUT_DIR by the `report` step), docs/dashboard.png the dashboard test's screenshot
-# (STUDY_DOCS_SCREENSHOT=docs/dashboard.png, tests/test_analysis.py), docs/ablation_table.png the
+# (STUDY_DOCS_SCREENSHOT=docs/dashboard.png, tests/e2e/test_analysis.py), docs/ablation_table.png the
 # LaTeX ablation table of the `ablate` step below, rendered by pdflatex + pdftoppm (the `exhibit` step).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

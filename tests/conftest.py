@@ -1,14 +1,17 @@
-"""Shared fixtures: small real datasets written as JPEG files, a TORCH_HOME with checkpoint files
-made here, a runner for the real CLI in a subprocess, and one real study (`made`) that every
-test of `report` and `ablate` reads instead of training its own."""
+"""Shared fixtures: small real datasets written as files (the DR lab's JPEGs, CIFAR-10 batches,
+ImageFolder trees), a TORCH_HOME with checkpoint files made here, a runner for the real CLI in a
+subprocess, and one real study (`made`) that every test of `report` and `ablate` reads instead of
+training its own. It serves both layers, tests/unit and tests/e2e, and checks at collection that
+the folder and the `slow` marker agree."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import optuna
@@ -22,6 +25,42 @@ from objectives.data import Augment
 from objectives.train import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+# ---------------------------------------------------------------- the two layers
+# The folder tells the layer and the `slow` marker defines it (`pytest -m "not slow"` is the fast
+# layer), so the two must agree; collection stops when they do not.
+LAYERS = {"unit": False, "e2e": True}  # folder under tests/ -> whether its tests are marked slow
+
+
+def layer_problem(path: PurePosixPath, slow: bool) -> str | None:
+    """What is wrong with a test in file `path` (relative to tests/) that is or is not marked
+    `slow`, or None: every test under tests/e2e is slow, none under tests/unit is, and a test file
+    anywhere else has no layer (it would run in whichever layer its marker says, unseen)."""
+    folder = path.parts[0] if len(path.parts) > 1 else ""
+    if folder not in LAYERS:
+        return "is outside tests/unit and tests/e2e: move it to the folder of its layer"
+    if slow and not LAYERS[folder]:
+        return "is marked slow but lies under tests/unit: move it to tests/e2e"
+    if not slow and LAYERS[folder]:
+        return "lies under tests/e2e but is not marked slow: mark it @pytest.mark.slow or move it to tests/unit"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: a slow test in tests/unit is caught by the fast run too
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).resolve().parent
+    problems = []
+    for item in items:
+        path = Path(item.path).resolve()
+        if tests in path.parents:
+            slow = item.get_closest_marker("slow") is not None
+            why = layer_problem(PurePosixPath(path.relative_to(tests).as_posix()), slow)
+            if why:
+                problems.append(f"{item.nodeid} {why}")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise pytest.UsageError(problems[0] + more)
 
 
 def class_image(label: int, size: int, rng: np.random.Generator) -> Image.Image:
@@ -52,6 +91,51 @@ def dr_labels(n: int, seed: int = 0) -> list[int]:
     rng = np.random.default_rng(seed)
     labels = list(rng.choice(5, size=n - 10, p=[0.73, 0.07, 0.15, 0.025, 0.025])) + [0, 1, 2, 3, 4] * 2
     return [int(x) for x in rng.permutation(labels)]
+
+
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar(parent: Path, per_batch: int = 20, seed: int = 0, protocol: int = 2) -> Path:
+    """A small ``cifar-10-batches-py`` in the real format: pickled dicts with bytes keys (as
+    Python 2's cPickle wrote them), 'data' a (N, 3072) uint8 array, R then G then B planes."""
+    root = parent / "cifar-10-batches-py"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = [int(x) for x in rng.integers(0, 10, per_batch)]
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                 b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)]}
+        with open(root / name, "wb") as handle:
+            pickle.dump(batch, handle, protocol=protocol)
+    meta = {b"num_cases_per_batch": per_batch, b"label_names": [n.encode() for n in CIFAR_NAMES], b"num_vis": 3072}
+    with open(root / "batches.meta", "wb") as handle:
+        pickle.dump(meta, handle, protocol=protocol)
+    return root
+
+
+def write_imagefolder(root: Path, counts: dict[str, int], split: str = "train", size: int = 24, seed: int = 0) -> Path:
+    """PNG (RGB, grayscale, RGBA) and JPEG files in split/<class>/, plus a file to ignore."""
+    rng = np.random.default_rng(seed)
+    for label, (name, n) in enumerate(counts.items()):
+        folder = root / split / name
+        folder.mkdir(parents=True)
+        for i in range(n):
+            img = class_image(label, size, rng)
+            kind = i % 4
+            if kind == 0:
+                img.save(folder / f"{i}.png")
+            elif kind == 1:
+                img.convert("L").save(folder / f"{i}.png")
+            elif kind == 2:
+                rgba = img.convert("RGBA")
+                rgba.putalpha(128)
+                rgba.save(folder / f"{i}.png")
+            else:
+                img.save(folder / f"{i}.jpg", quality=90)
+        (folder / "notes.txt").write_text("not an image")
+    return root
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 Logistic regression by gradient descent (numpy) on two Gaussian clouds of 2-D points. Its
 settings are named unlike the image classifier's (``rounds``, ``warmup``, ``rng``, ``shuffle``),
 so a study of it runs through `run`, `ablate` and `report` only if ``study/`` reads them through
-``ROLES`` and never by name (tests/test_contract.py).
+``ROLES`` and never by name (tests/e2e/test_contract_e2e.py).
 """
 
 from __future__ import annotations

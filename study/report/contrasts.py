@@ -4,7 +4,7 @@ Every seed of every arm is scored on the same fixed test split. The paired t ove
 (stats.paired) sees only the training randomness: two variants equal in the population but strong
 on different images carry the same test-set luck into every seed, so their per-seed differences
 agree with each other and the t interval is far too narrow (11-21 % false positives at nominal 5 %
-in the null simulation of tests/test_contrasts.py). A naive two-way bootstrap does not fix it: 5
+in the null simulation of tests/support/contrasts.py). A naive two-way bootstrap does not fix it: 5
 seeds resampled with replacement give 126 distinct draws and undercover, and resampling crossed
 seed x patient data independently is biased (McCullagh 2000).
 
@@ -76,7 +76,7 @@ def variance_components_interval(full: np.ndarray, boot: np.ndarray, confidence:
       seeds cannot remove. The per-image seed noise is already in s_d^2, so it is not counted
       again. This is the Obuchowski-Rockette-Hillis decomposition of multi-reader multi-case
       studies (seeds are the readers, patients the cases; Hillis 2007), whose denominator degrees
-      of freedom are this Welch-Satterthwaite nu. Null simulation (tests/test_contrasts.py, R =
+      of freedom are this Welch-Satterthwaite nu. Null simulation (tests/e2e/test_contrasts_e2e.py, R =
       1,000): 5.0-6.0 % false positives at nominal 5 % for accuracy, 5.2 % for quadratic kappa.
     - "averaged": the variance over replicates of the seed-averaged difference. It also contains
       the per-image seed noise / S that s_d^2 / S already holds, so the interval is conservative
