@@ -1,3 +1,6 @@
+"""Reading the data layouts, decoding once into the cache, seeded stratified splits and the
+train-only channel statistics, on small real JPEG files."""
+
 import json
 import os
 from pathlib import Path

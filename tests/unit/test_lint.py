@@ -1,10 +1,12 @@
 """`ruff check .` is clean over the whole repository, and `mypy` over study/ and objectives/ (the
-settings of both are in pyproject.toml)."""
+settings of both are in pyproject.toml), and every module opens with a docstring."""
 
+import ast
 import importlib.util
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +35,23 @@ def test_mypy_is_clean(tmp_path):
     command = [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy_cache")]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def undocumented_modules(root: Path) -> list[str]:
+    """The Python files under `root`'s own folders whose first statement is not a docstring."""
+    folders = ("study", "objectives", "search_spaces", "benchmarks", "tests", "docs")
+    found = []
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*.py")):
+            if not ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))):
+                found.append(str(path.relative_to(root)))
+    return found
+
+
+def test_every_module_opens_with_what_it_is_for(tmp_path):
+    """Every module says what it holds (DESIGN.md's style): a file without an opening docstring is named."""
+    assert undocumented_modules(ROOT) == []
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_bare.py").write_text("import os\n")
+    (tmp_path / "tests" / "test_told.py").write_text('"""Why this exists."""\n')
+    assert undocumented_modules(tmp_path) == ["tests/test_bare.py"]

@@ -1,3 +1,6 @@
+"""The metric registry (`objectives.metrics`): its formulas against scikit-learn, the
+majority-class predictor's kappa of zero, NaN recall for an absent class, one entry per metric."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,3 +1,6 @@
+"""Search spaces (`study.spaces`): TOML to typed frozen configs, pins and fixed overrides,
+fingerprints, one-line errors for malformed files, and the report layout a study records."""
+
 import dataclasses
 from pathlib import Path
 

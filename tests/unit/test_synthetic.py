@@ -1,3 +1,6 @@
+"""The embedded fundus generator (`objectives.synthetic`): the DR grade mix, eye pairs of one
+grade per patient, determinism, and folders written once and never reused across generators."""
+
 import json
 import re
 from pathlib import Path

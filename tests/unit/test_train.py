@@ -1,3 +1,6 @@
+"""The training loop (`objectives.train`): pretrained weights from the local cache, the FE phase
+freezing the backbone, the best epoch picked on validation, NaN loss, bf16 and compile on CPU."""
+
 from pathlib import Path
 
 import numpy as np
