@@ -361,15 +361,15 @@ def loss_confound(plan: AblationRecord) -> str:
     """The caption's sentence on a loss contrast: the loss also sets the effective step size
     (the objective's `Roles.step_size`), unless that was retuned per variant."""
     _, step = plan.loss_roles()
-    text = ("A change of loss also changes the effective step size: focal loss, for one, scales the cross-entropy "
-            "gradient by about (1 - p_t)^gamma, so at p_t = 0.9 its gradient is ~3 % of CE's, and at one learning "
-            "rate the effective step sizes differ 5-35x over training.")
+    text = ("A change of loss also changes the effective step size: focal loss scales the cross-entropy gradient by "
+            "about (1 - p_t)^gamma, so at p_t = 0.9 its gradient is ~3 % of CE's, and at one learning rate the "
+            "effective step sizes differ 5-35x over training.")
     retune = plan.retune
     if retune and step is not None and retune.get(PARAM) == step:
         return text + f" {step} was retuned for every variant, which removes most of that confound."
     if step is None:
-        return text + " Retune the step size per variant (ablate --retune) to separate them."
-    return text + (f" The step size ({step}) was not retuned per variant, so Δ mixes the loss with the step size; "
+        return text + " The learning rate was not retuned per variant, so Δ mixes the loss with the step size."
+    return text + (" The learning rate was not retuned per variant, so Δ mixes the loss with the step size; "
                    f"run ablate --retune {step} to separate them.")
 
 
