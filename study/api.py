@@ -35,12 +35,10 @@ def open_study(name: str, storage: StorageArg = None,
     is: e.g. `optuna.storages.JournalStorage`), or by default $STUDY_STORAGE, else the results
     folder's SQLite file (`study.storage.resolve`, as the CLI). A missing file or an unknown name
     raises `InputError` with one line saying which."""
-    from objectives.errors import InputError
     from study import storage as storages
 
     where = storages.resolve(storage, results=results, origin=storages.ARGUMENT)
-    if where.file is not None and not where.file.exists():
-        raise InputError(f"no storage at {where.file}; run a study first (or pass storage=URL)")
+    storages.require_file(where, " (or pass storage=URL)")
     return storages.load_study(name, storages.open_storage(where, existing=True))
 
 

@@ -77,8 +77,6 @@ def get_logger(name: str) -> logging.Logger:
 def configure(verbosity: int = NORMAL) -> None:
     """What ``-q`` / ``-v`` set: errors only, warnings (the default), or debug detail too; Python
     warnings shown through the logger (`show_warning`)."""
-    import warnings
-
     _install().setLevel(LEVELS[verbosity])
     warnings.showwarning = show_warning
 

@@ -70,6 +70,18 @@ class Resolved:
         """The local file of a SQLite or journal URL; None for servers, in-memory and objects."""
         return None if self.given is not None else local_file(self.url)
 
+    @property
+    def absent(self) -> bool:
+        """A local storage file that does not exist yet: a new storage, which holds no study."""
+        return self.file is not None and not self.file.exists()
+
+
+def require_file(where: Resolved, hint: str = "") -> None:
+    """A one-line InputError where `where` is a local file that does not exist: a command or call
+    that only reads must not create an empty storage (`hint`: what else the caller could do)."""
+    if where.absent:
+        raise InputError(f"no storage at {where.file}; run a study first{hint}")
+
 
 def resolve(given: str | BaseStorage | Resolved | None = None, *, results: str | Path = "results",
             origin: str = FLAG, environ: Mapping[str, str] | None = None) -> Resolved:

@@ -263,8 +263,6 @@ def _plan(name: str, parent: optuna.Study, space: SearchSpace, found: list[Varia
         step_size=roles.step_size)
 
 
-
-
 class _AblationObjective:
     """One cell of the evaluation grid: a variant's config on one evaluation seed."""
 

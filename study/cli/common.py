@@ -139,6 +139,6 @@ def storage_of(args: argparse.Namespace, *, must_exist: bool = False) -> storage
     (a local file, for a command that only reads, must exist)."""
     where = storage.resolve(args.storage, results=args.results)
     _log.debug("storage: %s", where.shown)
-    if must_exist and where.file is not None and not where.file.exists():
-        raise InputError(f"no storage at {where.file}; run a study first")
+    if must_exist:
+        storage.require_file(where)
     return where

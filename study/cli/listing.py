@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     where = storage_of(args)
     present: list[str] = []
-    if where.file is None or where.file.exists():
+    if not where.absent:
         store = storage.open_storage(where, read_only=True)
         present = storage.study_names(store)
     print(f"storage: {where.shown}")

@@ -107,7 +107,7 @@ def space_or_stored(args: argparse.Namespace) -> SearchSpace:
         return registry.resolve(args.name)
     except registry.UnknownStudy:
         where = storage_of(args)
-        if where.file is not None and not where.file.exists():
+        if where.absent:
             raise
         name = args.study_name or args.name
         store = storage.open_storage(where)

@@ -367,10 +367,8 @@ def loss_confound(plan: AblationRecord) -> str:
     retune = plan.retune
     if retune and step is not None and retune.get(PARAM) == step:
         return text + f" {step} was retuned for every variant, which removes most of that confound."
-    if step is None:
-        return text + " The learning rate was not retuned per variant, so Δ mixes the loss with the step size."
-    return text + (" The learning rate was not retuned per variant, so Δ mixes the loss with the step size; "
-                   f"run ablate --retune {step} to separate them.")
+    return text + (" The learning rate was not retuned per variant, so Δ mixes the loss with the step size"
+                   + (f"; run ablate --retune {step} to separate them." if step is not None else "."))
 
 
 def _interval_text(table: pd.DataFrame) -> str:

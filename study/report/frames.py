@@ -26,8 +26,9 @@ from study.spaces.report_layout import ReportLayout
 NUMERIC_BINS = 3
 ENDS = ("low", "high")  # a test metric's recorded 95 % interval: test_<metric>_low / _high
 _INTERVAL_COLUMNS = tuple(records.interval_key(name, end) for name in TABLE_METRICS for end in ENDS)
+_METRIC_COLUMNS = tuple(f"{split}_{name}" for split in SPLITS for name in TABLE_METRICS)
 _LEVEL_COLUMNS = {"n", "pruned", "failed", "best", "mean", "std", "best_trial", *_INTERVAL_COLUMNS,
-                  *(f"{split}_{name}" for split in SPLITS for name in TABLE_METRICS)}  # what `_level_stats` adds
+                  *_METRIC_COLUMNS}  # what `_level_stats` adds
 SAMPLED = "sampled:"  # column prefix of a trial's sampled params (absent where a condition was false)
 
 
@@ -45,8 +46,7 @@ def trial_frame(study: optuna.Study) -> pd.DataFrame:
                                "fail_reason": record.fail_reason}
         row.update(record.config)
         row.update({f"{SAMPLED}{k}": v for k, v in t.params.items()})
-        for column in [*(f"{split}_{name}" for split in SPLITS for name in TABLE_METRICS), *_INTERVAL_COLUMNS]:
-            row[column] = flat.get(column, np.nan)
+        row.update({column: flat.get(column, np.nan) for column in (*_METRIC_COLUMNS, *_INTERVAL_COLUMNS)})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -132,13 +132,10 @@ def _level_stats(group: pd.DataFrame, maximize: bool) -> dict[str, Any]:
         best = complete.loc[index]
         summary = stats.summarize(complete.value.tolist())
         result.update(best=float(best.value), mean=summary.mean, std=summary.std, best_trial=int(best.number))
-        for split in SPLITS:
-            for name in TABLE_METRICS:
-                result[f"{split}_{name}"] = float(best[f"{split}_{name}"])
+        result.update({c: float(best[c]) for c in _METRIC_COLUMNS})
         result.update({c: float(best[c]) if c in best else np.nan for c in _INTERVAL_COLUMNS})
     else:
-        result.update({f"{s}_{n}": np.nan for s in SPLITS for n in TABLE_METRICS})
-        result.update({c: np.nan for c in _INTERVAL_COLUMNS})
+        result.update({c: np.nan for c in (*_METRIC_COLUMNS, *_INTERVAL_COLUMNS)})
     return result
 
 

@@ -106,8 +106,7 @@ class Session:
         """Before any data is decoded or file written: the storage opens, and a search study of
         this name already in it is ours (`check_adoptable`) and of this space (or `allow_change`)."""
         prep = self.prep
-        path = prep.storage.file
-        if path is not None and not path.exists():
+        if prep.storage.absent:
             return  # a new SQLite or journal file holds no study yet: created once the data has been read
         if prep.study_name not in storage.study_names(self.store):
             return

@@ -27,7 +27,6 @@ ENDPOINT_KEYS = {"positive"}
 _LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")  # labels name figure files
 
 
-
 @dataclass(frozen=True)
 class Endpoint:
     """A named binary grouping of classes (`[report.endpoints]`): `positive` are class indices
@@ -35,6 +34,7 @@ class Endpoint:
 
     name: str
     positive: tuple[int, ...]
+
 
 @dataclass(frozen=True)
 class ReportLayout:
